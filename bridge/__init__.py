@@ -1,0 +1,1 @@
+"""messenger-bridge: a company's own messenger ↔ a live chat, with durable ordered delivery."""

@@ -1,0 +1,71 @@
+"""`create_app(settings)`: the only place the application is assembled; tests use it too."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from bridge.channels import ChannelManager
+from bridge.delivery import DeliveryWorker
+from bridge.dispatch import Dispatcher
+from bridge.keys import CHANNELS, DATABASE, HTTP, LIVECHATS, RELAY, SETTINGS, WORKER
+from bridge.relay import Relay
+from bridge.settings import Settings
+from bridge.web import admin, health, livechat, messenger
+from bridge.web.common import error_middleware
+from connectors.base import build_livechat
+from storage.database import Database
+
+USER_AGENT = "messenger-bridge/0.1"
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+    )
+    app[SETTINGS] = settings
+
+    async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = Database(settings.storage.path, settings.storage.synchronous)
+        await db.open()
+        app[DATABASE] = db
+        yield
+        await db.close()
+
+    async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = settings.delivery
+        timeout = aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout)
+        connector = aiohttp.TCPConnector(limit=cfg.concurrency * 2)
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, headers={"User-Agent": USER_AGENT}
+        ) as http:
+            app[HTTP] = http
+            yield
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        db, http = app[DATABASE], app[HTTP]
+
+        def wake() -> None:
+            worker.wake()
+
+        livechats = {
+            lc_id: build_livechat(lc_id, lc, http) for lc_id, lc in settings.livechats.items()
+        }
+        channels = ChannelManager(db, settings, http, wake, clock)
+        dispatcher = Dispatcher(db, settings, livechats, channels, clock)
+        worker = DeliveryWorker(db, settings.delivery, dispatcher, channels, clock)
+        app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
+        app[RELAY] = Relay(db, settings, wake, clock)
+        await channels.start()
+        worker.start()
+        yield
+        await worker.stop()
+        await channels.stop()
+
+    app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])
+    for module in (messenger, livechat, admin, health):
+        app.add_routes(module.routes)
+    return app

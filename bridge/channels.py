@@ -1,0 +1,228 @@
+"""The life cycle of each messenger channel: connecting, active, interrupted, rejected, disconnected.
+
+States are persisted (so the CLI, the admin API and a restarted service see them) and cached in
+memory for the request path. A channel that is not active holds every call to its messenger in
+the outbox; becoming active releases them, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from functools import partial
+
+import aiohttp
+import aiosqlite
+import structlog
+
+from bridge.backoff import backoff
+from bridge.model import Delivered, DeliveryResult, Unauthorized
+from bridge.settings import Settings
+from connectors.messenger import MessengerClient
+from storage import channels as repo
+from storage import outbox
+from storage.channels import ChannelRow
+from storage.database import Database
+
+log = structlog.get_logger("channels")
+
+CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = (
+    "connecting",
+    "active",
+    "interrupted",
+    "rejected",
+    "disconnected",
+)
+
+
+class ChannelManager:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        http: aiohttp.ClientSession,
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._wake = wake
+        self._clock = clock
+        self.clients = {
+            cid: MessengerClient(http, cid, m.webhook, m.confirmation_code.get_secret_value())
+            for cid, m in settings.messengers.items()
+        }
+        self._rows: dict[str, ChannelRow] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}
+
+    # --- reading -----------------------------------------------------------------------
+
+    def row(self, channel_id: str) -> ChannelRow:
+        return self._rows[channel_id]
+
+    def state(self, channel_id: str) -> str:
+        return self._rows[channel_id].state
+
+    def webhook_url(self, channel_id: str) -> str:
+        return f"{self._settings.server.public_url}/messengers/{channel_id}/webhook"
+
+    # --- start and stop ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        now = self._clock()
+        for cid, messenger in self._settings.messengers.items():
+            if not messenger.confirmation_code.get_secret_value():
+                log.warning(
+                    "channel.empty_confirmation_code",
+                    channel=cid,
+                    hint="any token is accepted from this messenger; set confirmation_code",
+                )
+
+            sync = partial(
+                repo.sync_from_config, channel_id=cid, config_enabled=messenger.enabled, now=now
+            )
+            row = self._rows[cid] = await self._db.write(sync)
+            if not row.enabled:
+                if row.state != DISCONNECTED:
+                    await self._set(cid, DISCONNECTED, "disabled in the configuration")
+            elif row.state in (CONNECTING, INTERRUPTED, DISCONNECTED):
+                self._start_loop(cid)
+            log.info("channel.loaded", channel=cid, state=self.state(cid))
+
+    async def stop(self) -> None:
+        loops = list(self._loops.values())
+        for task in loops:
+            task.cancel()
+        for task in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops.clear()
+
+    # --- admin actions ------------------------------------------------------------------
+
+    async def connect(self, channel_id: str, *, force: bool = False) -> ChannelRow:
+        """Enable the channel and send `connect`; `force` resends it to an active channel.
+
+        Waits for the first attempt so the admin sees its outcome; later attempts go on in
+        the background under back-off.
+        """
+        if self.state(channel_id) == ACTIVE and not force:
+            return self.row(channel_id)
+        await self._set(channel_id, CONNECTING, None, enabled=True)
+        first = self._start_loop(channel_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(first), self._settings.delivery.request_timeout + 1
+            )
+        return self.row(channel_id)
+
+    async def disconnect(self, channel_id: str, *, by_messenger: bool = False) -> ChannelRow:
+        self._cancel_loop(channel_id)
+        reason = "disconnected by the messenger" if by_messenger else "disconnected by an admin"
+        await self._set(channel_id, DISCONNECTED, reason, enabled=False)
+        if not by_messenger:
+            # Best effort, once: the messenger is told, but its answer cannot undo the disconnect.
+            result = await self.clients[channel_id].disconnect()
+            if not isinstance(result, Delivered):
+                log.warning(
+                    "channel.disconnect_not_acknowledged", channel=channel_id, error=_err(result)
+                )
+        return self.row(channel_id)
+
+    # --- what deliveries tell us -------------------------------------------------------
+
+    async def record_delivery(self, channel_id: str, result: DeliveryResult) -> None:
+        if isinstance(result, Delivered):
+            self._failures[channel_id] = 0
+            return
+        if isinstance(result, Unauthorized):
+            self._cancel_loop(channel_id)
+            await self._set(channel_id, REJECTED, result.error)
+            return
+        failures = self._failures[channel_id] = self._failures.get(channel_id, 0) + 1
+        threshold = self._settings.delivery.failures_before_interrupted
+        if failures >= threshold and self.state(channel_id) == ACTIVE:
+            await self._set(
+                channel_id, INTERRUPTED, f"{failures} deliveries failed: {_err(result)}"
+            )
+            self._start_loop(channel_id, first_delay=True)
+
+    # --- internals ----------------------------------------------------------------------
+
+    async def _set(
+        self, channel_id: str, state: str, error: str | None, *, enabled: bool | None = None
+    ) -> None:
+        now = self._clock()
+        became_active = state == ACTIVE and self.state(channel_id) != ACTIVE
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            await repo.set_state(conn, channel_id, state, now, last_error=error, enabled=enabled)
+            if became_active:
+                await outbox.release_channel(conn, channel_id, now)
+
+        await self._db.write(work)
+        old = self._rows[channel_id]
+        self._rows[channel_id] = ChannelRow(
+            channel_id,
+            state,
+            now if state != old.state else old.since,
+            error,
+            old.enabled if enabled is None else enabled,
+        )
+        if state != old.state:
+            log.info(
+                "channel.state", channel=channel_id, state=state, previous=old.state, error=error
+            )
+        if became_active:
+            self._failures[channel_id] = 0
+            self._wake()
+
+    def _start_loop(self, channel_id: str, *, first_delay: bool = False) -> asyncio.Future[None]:
+        self._cancel_loop(channel_id)
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loops[channel_id] = asyncio.create_task(
+            self._connect_loop(channel_id, first, first_delay), name=f"connect-{channel_id}"
+        )
+        return first
+
+    def _cancel_loop(self, channel_id: str) -> None:
+        task = self._loops.pop(channel_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _connect_loop(
+        self, channel_id: str, first: asyncio.Future[None], first_delay: bool
+    ) -> None:
+        delivery = self._settings.delivery
+        attempt = 1 if first_delay else 0
+        try:
+            while True:
+                if attempt:
+                    await asyncio.sleep(backoff(attempt, delivery.retry_base, delivery.retry_cap))
+                attempt += 1
+                try:
+                    result = await self.clients[channel_id].connect(self.webhook_url(channel_id))
+                    if isinstance(result, Delivered):
+                        await self._set(channel_id, ACTIVE, None)
+                        return
+                    if isinstance(result, Unauthorized):
+                        await self._set(channel_id, REJECTED, result.error)
+                        return
+                    await self._set(channel_id, INTERRUPTED, f"connect failed: {_err(result)}")
+                except Exception:  # a storage hiccup must not end the reconnect loop
+                    log.exception("channel.connect_loop_error", channel=channel_id)
+                finally:
+                    if not first.done():
+                        first.set_result(None)
+        finally:
+            if self._loops.get(channel_id) is asyncio.current_task():
+                del self._loops[channel_id]
+            if not first.done():
+                first.set_result(None)
+
+
+def _err(result: DeliveryResult) -> str:
+    return getattr(result, "error", "") or type(result).__name__

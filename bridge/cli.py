@@ -1,0 +1,135 @@
+"""`messenger-bridge` (also `python -m bridge`): serve, check-config and the channel commands.
+
+The channel commands talk to the running service's admin API, so what they change is what
+the service does, at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from bridge.app import create_app
+from bridge.logs import configure_logging
+from bridge.settings import ConfigError, Settings, load_settings, resolve_config_path
+from storage.database import DatabaseInUse
+from storage.migrations import SchemaTooNew
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="messenger-bridge", description=__doc__)
+    parser.add_argument(
+        "--config",
+        help="TOML file (default: $BRIDGE_CONFIG, else ./config.toml, else config.example.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the service")
+    sub.add_parser("check-config", help="validate the configuration and exit")
+    admin_args = argparse.ArgumentParser(add_help=False)
+    admin_args.add_argument("--url", help="admin API base URL (default: from [server])")
+    sub.add_parser("channels", parents=[admin_args], help="list messenger channels and states")
+    for action in ("connect", "disconnect", "reconnect"):
+        cmd = sub.add_parser(action, parents=[admin_args], help=f"{action} a messenger channel")
+        cmd.add_argument("channel_id")
+    args = parser.parse_args(argv)
+
+    path = resolve_config_path(args.config)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+
+    if args.command == "check-config":
+        print(
+            f"{path}: OK ({len(settings.livechats)} live chats, {len(settings.messengers)} messengers)"
+        )
+        return 0
+    if args.command == "serve":
+        return serve(settings)
+    return asyncio.run(
+        admin_command(settings, args.command, getattr(args, "channel_id", None), args.url)
+    )
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.logging, settings.secrets())
+    log = structlog.get_logger("bridge")
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.server.host,
+            port=settings.server.port,
+            access_log=None,
+            print=None,
+            shutdown_timeout=5,
+            handle_signals=True,
+        )
+    except (DatabaseInUse, SchemaTooNew, OSError) as exc:
+        log.error("bridge.cannot_start", error=str(exc))
+        return 1
+    return 0
+
+
+def _admin_base(settings: Settings) -> str:
+    host = settings.server.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (reaching a wildcard bind locally)
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.server.port}"
+
+
+async def admin_command(
+    settings: Settings, command: str, channel_id: str | None, url: str | None
+) -> int:
+    base = (url or _admin_base(settings)).rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
+    if command == "channels":
+        method, path = "GET", "/admin/channels"
+    else:
+        method, path = "POST", f"/admin/messengers/{channel_id}/{command}"
+    timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.request(method, base + path, headers=headers) as resp,
+        ):
+            body: Any = await resp.json(content_type=None)
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        print(f"cannot reach the bridge at {base}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        message = body.get("error", body) if isinstance(body, dict) else body
+        print(f"error ({status}): {message}", file=sys.stderr)
+        return 1
+    rows = body["channels"] if command == "channels" else [body]
+    _print_channels(rows)
+    return 0
+
+
+def _print_channels(rows: list[dict[str, Any]]) -> None:
+    columns = ("id", "name", "livechat", "state", "since", "held_messages", "last_error")
+    table = [[str(r.get(c) if r.get(c) is not None else "") for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        print(json.dumps({"channels": []}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

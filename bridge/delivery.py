@@ -1,0 +1,165 @@
+"""The delivery worker: claims due outbox items, runs them concurrently, settles each outcome.
+
+At-least-once: an item is deleted only after its call succeeded, so a crash in between means
+one more call with the same ids, which the other side drops. Per-lane order comes from the
+claim (only a lane's oldest pending item is claimable) plus one item in flight per lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import aiosqlite
+import structlog
+
+from bridge.backoff import backoff
+from bridge.channels import ChannelManager
+from bridge.dispatch import Attempt, Dispatcher
+from bridge.model import Delivered, Failed, Retry, Unauthorized
+from bridge.settings import DeliverySettings
+from storage import outbox
+from storage.database import Database
+from storage.outbox import OutboxItem
+
+log = structlog.get_logger("delivery")
+
+MAX_IDLE = 1.0  # seconds between looks at the outbox when nothing wakes the worker
+MIN_IDLE = 0.01
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        db: Database,
+        settings: DeliverySettings,
+        dispatcher: Dispatcher,
+        channels: ChannelManager,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._dispatcher = dispatcher
+        self._channels = channels
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+        self._inflight.clear()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # storage trouble: keep the worker alive, look again shortly
+                log.exception("delivery.round_failed")
+                await asyncio.sleep(MAX_IDLE)
+
+    async def _round(self) -> None:
+        self._wakeup.clear()
+        free = self._settings.concurrency - len(self._inflight)
+        if free > 0:
+            items = await outbox.claim_ready(self._db, self._clock(), free, set(self._inflight))
+            for item in items:
+                self._inflight[item.id] = asyncio.create_task(self._deliver(item))
+            if items and len(items) == free:
+                return  # there may be more ready: look again at once
+        due = await outbox.next_due(self._db)
+        idle = MAX_IDLE if due is None else min(MAX_IDLE, max(MIN_IDLE, due - self._clock()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), idle)
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        bound = log.bind(item=item.id, kind=item.kind, lane=item.lane, ref=item.ref_id)
+        try:
+            try:
+                attempt = await self._dispatcher.attempt(item)
+            except Exception as exc:
+                bound.exception("delivery.attempt_crashed")
+                attempt = Attempt(Retry(f"internal error: {type(exc).__name__}"))
+            await self._settle(item, attempt, bound)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # left pending as it was: the next round tries again
+            bound.exception("delivery.settle_failed")
+        finally:
+            self._inflight.pop(item.id, None)
+            self.wake()
+
+    async def _settle(
+        self, item: OutboxItem, attempt: Attempt, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        result, now, cfg = attempt.result, self._clock(), self._settings
+        if attempt.channel_id is not None:
+            await self._channels.record_delivery(attempt.channel_id, result)
+
+        follow_up = None
+        if isinstance(result, Delivered):
+            follow_up = attempt.on_delivered
+            bound.info("delivery.done", attempts=item.attempts + 1)
+
+            async def work(conn: aiosqlite.Connection) -> None:
+                await outbox.complete(conn, item.id)
+        elif isinstance(result, Unauthorized):
+            # Not the item's fault: the channel is now rejected and holds it until an admin acts.
+            bound.warning("delivery.unauthorized", error=result.error)
+            at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
+
+            async def work(conn: aiosqlite.Connection) -> None:
+                await outbox.reschedule(
+                    conn, item.id, attempts=item.attempts, at=at, error=result.error, now=now
+                )
+        else:
+            attempts = item.attempts + 1
+            give_up = isinstance(result, Failed) or (
+                now - item.created_at >= cfg.give_up_after and attempts >= cfg.min_attempts
+            )
+            if give_up:
+                follow_up = attempt.on_dead
+                bound.error("delivery.dead", attempts=attempts, error=result.error)
+
+                async def work(conn: aiosqlite.Connection) -> None:
+                    await outbox.bury(conn, item.id, attempts=attempts, error=result.error, now=now)
+            else:
+                delay = backoff(attempts, cfg.retry_base, cfg.retry_cap)
+                if isinstance(result, Retry) and result.after is not None:
+                    delay = max(delay, min(result.after, cfg.retry_cap))
+                bound.warning(
+                    "delivery.retry", attempts=attempts, error=result.error, delay=round(delay, 3)
+                )
+
+                async def work(conn: aiosqlite.Connection) -> None:
+                    await outbox.reschedule(
+                        conn,
+                        item.id,
+                        attempts=attempts,
+                        at=now + delay,
+                        error=result.error,
+                        now=now,
+                    )
+
+        async def settle(conn: aiosqlite.Connection) -> None:
+            await work(conn)
+            if follow_up is not None:
+                await follow_up(conn)
+
+        await self._db.write(settle)

@@ -1,0 +1,170 @@
+"""What each kind of outbox item means: which outside call it makes and what follows from it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiosqlite
+import structlog
+
+from bridge import relay
+from bridge.channels import ACTIVE, ChannelManager
+from bridge.model import (
+    Customer,
+    Delivered,
+    DeliveryResult,
+    Failed,
+    Operator,
+    OperatorReply,
+    OutgoingMessage,
+    Retry,
+    UserProfile,
+)
+from bridge.settings import Settings
+from connectors.base import LiveChatConnector
+from storage import chats, messages, outbox
+from storage.database import Database
+from storage.outbox import OutboxItem
+
+log = structlog.get_logger("dispatch")
+
+Work = Callable[[aiosqlite.Connection], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    result: DeliveryResult
+    on_delivered: Work | None = None  # committed with the item's completion
+    on_dead: Work | None = None  # committed when the item is given up
+    channel_id: str | None = None  # the messenger channel whose health this result speaks of
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        livechats: dict[str, LiveChatConnector],
+        channels: ChannelManager,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._livechats = livechats
+        self._channels = channels
+        self._clock = clock
+
+    async def attempt(self, item: OutboxItem) -> Attempt:
+        if item.kind == relay.TO_LIVECHAT:
+            return await self._to_livechat(item)
+        if item.kind == relay.TO_MESSENGER:
+            return await self._to_messenger(item)
+        if item.kind in (relay.OUTCOME, relay.READ):
+            return await self._notice(item)
+        return Attempt(Failed(f"unknown outbox kind {item.kind!r}"))
+
+    async def _to_livechat(self, item: OutboxItem) -> Attempt:
+        assert item.ref_id is not None
+        msg = await messages.get(self._db.reader, item.ref_id)
+        chat = await chats.get_chat(self._db.reader, msg.chat_id) if msg else None
+        if msg is None or chat is None:
+            return Attempt(Failed("the message is no longer stored"))
+        connector = self._livechats.get(chat.livechat_id)
+        if connector is None:
+            return Attempt(Retry(f"live chat {chat.livechat_id!r} is not configured"))
+        profile = await self._profile(chat.channel_id, msg.user_id or chat.user_id)
+        customer = Customer(
+            channel_id=chat.channel_id,
+            client_key=chat.client_key,
+            profile=profile,
+            chat_name=chat.name,
+            customer_id=chat.customer_id,
+            customer_tag=chat.customer_tag,
+        )
+        result = await connector.deliver(
+            customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at)
+        )
+
+        def outcome(success: bool) -> Work:
+            async def work(conn: aiosqlite.Connection) -> None:
+                if isinstance(result, Delivered):
+                    await messages.set_status(conn, msg.id, "delivered", result.remote_id)
+                    await chats.set_customer(conn, chat.id, result.customer_id, result.customer_tag)
+                else:
+                    await messages.set_status(conn, msg.id, "failed")
+                await outbox.enqueue(
+                    conn,
+                    kind=relay.OUTCOME,
+                    lane=relay.messenger_lane(chat.id),
+                    channel_id=chat.channel_id,
+                    ref_id=msg.id,
+                    payload={"external_id": msg.external_id, "success": success},
+                    now=self._clock(),
+                )
+
+            return work
+
+        return Attempt(result, on_delivered=outcome(True), on_dead=outcome(False))
+
+    async def _profile(self, channel_id: str, user_id: str) -> UserProfile:
+        """The cached profile, refreshed through `userInfo` when stale; never blocks a message."""
+        cached = await chats.get_user(self._db.reader, channel_id, user_id)
+        profile, fetched_at = cached if cached else (UserProfile(user_id), None)
+        ttl = self._settings.delivery.profile_ttl
+        fresh = fetched_at is not None and self._clock() - fetched_at < ttl
+        client = self._channels.clients.get(channel_id)
+        if fresh or client is None or self._channels.state(channel_id) != ACTIVE:
+            return profile
+        fetched = await client.user_info(user_id)
+        now = self._clock()
+
+        async def save(conn: aiosqlite.Connection) -> None:
+            if fetched is not None:
+                await chats.save_profile(conn, channel_id, fetched, now)
+            else:
+                await chats.mark_profile_tried(conn, channel_id, user_id, now)
+
+        await self._db.write(save)
+        if fetched is None:
+            log.info("dispatch.profile_unavailable", channel=channel_id, user=user_id)
+        return fetched or profile
+
+    async def _to_messenger(self, item: OutboxItem) -> Attempt:
+        assert item.ref_id is not None and item.channel_id is not None
+        msg = await messages.get(self._db.reader, item.ref_id)
+        chat = await chats.get_chat(self._db.reader, msg.chat_id) if msg else None
+        if msg is None or chat is None:
+            return Attempt(Failed("the message is no longer stored"))
+        client = self._channels.clients.get(item.channel_id)
+        if client is None:
+            return Attempt(Retry(f"messenger {item.channel_id!r} is not configured"))
+        operator = (
+            Operator(msg.operator_id, msg.operator_name)
+            if msg.operator_id or msg.operator_name
+            else None
+        )
+        result = await client.send_message(
+            OperatorReply(msg.uid, chat.external_chat_id, msg.text, msg.files, operator)
+        )
+
+        def status(value: str) -> Work:
+            async def work(conn: aiosqlite.Connection) -> None:
+                await messages.set_status(conn, msg.id, value)
+
+            return work
+
+        return Attempt(result, status("delivered"), status("failed"), channel_id=item.channel_id)
+
+    async def _notice(self, item: OutboxItem) -> Attempt:
+        assert item.channel_id is not None
+        client = self._channels.clients.get(item.channel_id)
+        if client is None:
+            return Attempt(Retry(f"messenger {item.channel_id!r} is not configured"))
+        external_id = str(item.payload["external_id"])
+        if item.kind == relay.OUTCOME:
+            result = await client.send_outcome(external_id, bool(item.payload["success"]))
+        else:
+            result = await client.mark_as_read(external_id)
+        return Attempt(result, channel_id=item.channel_id)

@@ -1,0 +1,25 @@
+"""Every object the application shares, each under its own typed key."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from bridge.settings import Settings
+from storage.database import Database
+
+if TYPE_CHECKING:
+    from bridge.channels import ChannelManager
+    from bridge.delivery import DeliveryWorker
+    from bridge.relay import Relay
+    from connectors.base import LiveChatConnector
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
+CHANNELS: web.AppKey[ChannelManager] = web.AppKey("channels")
+WORKER: web.AppKey[DeliveryWorker] = web.AppKey("worker")
+LIVECHATS: web.AppKey[dict[str, LiveChatConnector]] = web.AppKey("livechats")

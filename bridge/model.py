@@ -1,0 +1,179 @@
+"""The bridge's own types. Connectors parse wire formats into these and format them back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    name: str
+    url: str
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    user_id: str
+    username: str | None = None
+    phone: str | None = None
+    avatar: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    id: str | None = None
+    name: str | None = None
+
+
+# --- messenger → bridge -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    external_message_id: str
+    external_chat_id: str
+    external_user_id: str
+    text: str
+    files: tuple[FileRef, ...] = ()
+    external_chat_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfoQuery:
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessengerDisconnect:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UserRead:
+    """The user has read an operator's message (`message_id` is the bridge's id for it)."""
+
+    message_id: str
+
+
+MessengerRequest = UserMessage | UserInfoQuery | MessengerDisconnect | UserRead
+
+
+# --- live chat → bridge -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRef:
+    """How a live chat names a messenger chat: by its own customer id or by our client key."""
+
+    customer_id: str | None = None
+    client_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMessage:
+    chat: ChatRef
+    message_id: str | None
+    text: str
+    files: tuple[FileRef, ...] = ()
+    operator: Operator | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    """A conversation was opened, reopened or closed on the live-chat side."""
+
+    chat: ChatRef
+    open: bool
+    name: str
+    url: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRead:
+    chat: ChatRef
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    """Anything else the live chat told us: recorded, never an error."""
+
+    name: str
+    raw: dict[str, Any]
+    chat: ChatRef | None = None
+
+
+LiveChatEvent = AgentMessage | ConversationState | AgentRead | OtherEvent
+
+
+# --- bridge → live chat -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """What the live chat needs to know about the messenger chat a message comes from."""
+
+    channel_id: str
+    client_key: str
+    profile: UserProfile
+    chat_name: str | None = None
+    customer_id: str | None = None
+    customer_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    uid: str
+    text: str
+    files: tuple[FileRef, ...]
+    created_at: float
+
+
+# --- bridge → messenger -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorReply:
+    uid: str
+    target_chat_id: str
+    text: str
+    files: tuple[FileRef, ...]
+    operator: Operator | None = None
+
+
+# --- the outcome of one outside call -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    remote_id: str | None = None
+    customer_id: str | None = None
+    customer_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A transient failure: try again later (after `after` seconds if the other side said so)."""
+
+    error: str
+    after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A permanent failure: the other side refused this item; sending it again cannot help."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unauthorized:
+    """The other side refused our credentials: nothing for it will pass until an admin acts."""
+
+    error: str
+
+
+DeliveryResult = Delivered | Retry | Failed | Unauthorized

@@ -1,0 +1,233 @@
+"""Typed settings: a TOML file, every key overridable from the environment.
+
+`BRIDGE_<SECTION>__<KEY>` overrides `[section] key`, e.g. `BRIDGE_SERVER__PORT=9000` or
+`BRIDGE_MESSENGERS__ACME__CONFIRMATION_CODE=...`. Problems are collected into a `ConfigError`
+whose lines read `path.to.key: what is wrong`; the CLI prints them and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from yarl import URL
+
+CHANNEL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """One or more problems in the configuration, each `path.to.key: problem`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _http_url(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _not_blank(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+RequiredSecret = Annotated[SecretStr, AfterValidator(_not_blank)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: HttpUrl = "http://127.0.0.1:8080"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
+
+
+class StorageSettings(_Section):
+    path: str = "var/bridge.sqlite3"
+    # "normal" (WAL) survives a crash of the process; "full" also survives a power loss.
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class AdminSettings(_Section):
+    token: RequiredSecret
+
+
+class DeliverySettings(_Section):
+    connect_timeout: float = Field(default=5.0, gt=0)
+    request_timeout: float = Field(default=15.0, gt=0)
+    retry_base: float = Field(default=1.0, gt=0)
+    retry_cap: float = Field(default=300.0, gt=0)
+    give_up_after: float = Field(default=24 * 3600.0, gt=0)
+    min_attempts: int = Field(default=5, ge=1)
+    concurrency: int = Field(default=64, ge=1, le=1024)
+    failures_before_interrupted: int = Field(default=3, ge=1)
+    profile_ttl: float = Field(default=24 * 3600.0, ge=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ChatvisorSettings(_Section):
+    kind: Literal["chatvisor"]
+    api_url: HttpUrl
+    api_token: RequiredSecret
+    hook_token: RequiredSecret
+
+
+LiveChatSettings = ChatvisorSettings
+LIVECHAT_KINDS = ("chatvisor",)
+
+
+class MessengerSettings(_Section):
+    name: str = Field(min_length=1)
+    livechat: str
+    webhook: HttpUrl
+    # Required key, but may be empty: then any token is accepted (warned about at start-up).
+    confirmation_code: SecretStr
+    operator_sessions: bool = True
+    enabled: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    admin: AdminSettings
+    delivery: DeliverySettings = DeliverySettings()
+    logging: LoggingSettings = LoggingSettings()
+    livechats: dict[str, LiveChatSettings] = {}
+    messengers: dict[str, MessengerSettings] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The constructor receives the TOML file's contents; the environment overrides them.
+        return (env_settings, init_settings)
+
+    def secrets(self) -> list[str]:
+        """Every secret value configured, for the log redactor."""
+        values = [self.admin.token.get_secret_value()]
+        for lc in self.livechats.values():
+            values += [lc.api_token.get_secret_value(), lc.hook_token.get_secret_value()]
+        values += [m.confirmation_code.get_secret_value() for m in self.messengers.values()]
+        return [v for v in values if v]
+
+
+def resolve_config_path(explicit: str | None) -> Path:
+    """`--config`, else `$BRIDGE_CONFIG`, else `./config.toml`, else `config.example.toml`."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("BRIDGE_CONFIG"):
+        return Path(env)
+    local = Path("config.toml")
+    return local if local.exists() else Path("config.example.toml")
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    return settings_from_dict(raw)
+
+
+def settings_from_dict(raw: dict[str, Any]) -> Settings:
+    problems = _precheck(raw)
+    if not problems:
+        try:
+            settings = Settings(**raw)
+        except ValidationError as exc:
+            problems = [_format_error(err) for err in exc.errors()]
+        else:
+            problems = _cross_check(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _precheck(raw: dict[str, Any]) -> list[str]:
+    """Problems pydantic would report obscurely: an unknown live-chat kind."""
+    problems = []
+    livechats = raw.get("livechats", {})
+    if isinstance(livechats, dict):
+        for lc_id, lc in livechats.items():
+            if isinstance(lc, dict) and "kind" in lc and lc["kind"] not in LIVECHAT_KINDS:
+                known = ", ".join(LIVECHAT_KINDS)
+                problems.append(
+                    f"livechats.{lc_id}.kind: unknown kind {lc['kind']!r} (known: {known})"
+                )
+    return problems
+
+
+def _format_error(err: Any) -> str:
+    path = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing":
+        message = "required key is missing"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{path}: {message}"
+
+
+def _cross_check(settings: Settings) -> list[str]:
+    problems = []
+    for section, ids in (("livechats", settings.livechats), ("messengers", settings.messengers)):
+        for key in ids:
+            if not CHANNEL_ID.match(key):
+                problems.append(
+                    f"{section}.{key}: id must be 1-64 of a-z, 0-9, '_' or '-', starting with a"
+                    " letter or digit (it is part of a URL)"
+                )
+    seen_webhooks: dict[str, str] = {}
+    for m_id, messenger in settings.messengers.items():
+        if messenger.livechat not in settings.livechats:
+            known = ", ".join(sorted(settings.livechats)) or "none configured"
+            problems.append(
+                f"messengers.{m_id}.livechat: unknown live chat {messenger.livechat!r} (known: {known})"
+            )
+        # One messenger account belongs to one live chat: the same webhook twice is one account.
+        if (other := seen_webhooks.get(messenger.webhook)) is not None:
+            problems.append(
+                f"messengers.{m_id}.webhook: same webhook as messengers.{other}"
+                " (one messenger account can be connected to only one live chat)"
+            )
+        else:
+            seen_webhooks[messenger.webhook] = m_id
+    return problems

@@ -1,0 +1,1 @@
+"""HTTP handlers: each authenticates, parses through its connector, hands off and answers."""

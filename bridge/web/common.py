@@ -1,0 +1,84 @@
+"""What every handler shares: reading a bounded body, the error middleware, the access log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bridge.errors import ApiError, TooLarge
+from bridge.keys import SETTINGS
+from storage.database import StorageUnavailable
+
+log = structlog.get_logger("http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HTTP_ERRCODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def json_error(status: int, errcode: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message, "errcode": errcode}, status=status, headers=headers)
+
+
+def ok(body: Any = None) -> web.Response:
+    return web.json_response({"result": "ok"} if body is None else body)
+
+
+async def read_body(request: web.Request) -> bytes:
+    limit = request.app[SETTINGS].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge("body_too_large", f"the body is over the limit of {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("body_too_large", f"the body is over the limit of {limit} bytes") from None
+
+
+def _route(request: web.Request) -> str:
+    # The route's pattern, not the path: paths can hold a hook token.
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = json_error(exc.status, exc.errcode, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        errcode = HTTP_ERRCODES.get(exc.status, "http_error")
+        response = json_error(exc.status, errcode, exc.reason)
+    except StorageUnavailable:
+        # Nothing was stored: the sender must keep the message and retry.
+        response = json_error(
+            503,
+            "storage_unavailable",
+            "the bridge cannot store this now; retry later",
+            **{"Retry-After": "1"},
+        )
+    except Exception:
+        log.exception("http.unhandled", method=request.method, route=_route(request))
+        response = json_error(500, "internal_error", "internal error; it has been logged")
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    level = "info" if response.status < 500 else "error"
+    getattr(log, level)(
+        "http.request",
+        method=request.method,
+        route=_route(request),
+        status=response.status,
+        ms=duration_ms,
+    )
+    return response

@@ -1,0 +1,35 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from aiohttp import web
+
+from bridge.keys import DATABASE, LIVECHATS
+from storage.migrations import LATEST
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    db = request.app[DATABASE]
+    try:
+        await db.fetch_one("SELECT 1")
+    except (sqlite3.Error, AssertionError, ValueError):
+        return web.json_response({"status": "unavailable", "database": "not open"}, status=503)
+    if db.schema_version != LATEST:
+        return web.json_response(
+            {"status": "unavailable", "database": f"schema {db.schema_version}, want {LATEST}"},
+            status=503,
+        )
+    livechats = {lc_id: await c.readiness() for lc_id, c in request.app[LIVECHATS].items()}
+    return web.json_response(
+        {"status": "ready", "schema_version": db.schema_version, "livechats": livechats}
+    )

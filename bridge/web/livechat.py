@@ -1,0 +1,25 @@
+"""`POST /livechats/{livechat_id}/webhook/{hook_token}`: everything a live chat sends the bridge."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bridge.errors import NotFound, Unauthenticated
+from bridge.keys import LIVECHATS, RELAY, SETTINGS
+from bridge.secrets import same_secret
+from bridge.web.common import ok, read_body
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/livechats/{livechat_id}/webhook/{hook_token}")
+async def livechat_webhook(request: web.Request) -> web.Response:
+    livechat_id = request.match_info["livechat_id"]
+    settings = request.app[SETTINGS].livechats.get(livechat_id)
+    if settings is None:
+        raise NotFound("unknown_livechat", "no live chat with this id")
+    if not same_secret(request.match_info["hook_token"], settings.hook_token.get_secret_value()):
+        raise Unauthenticated("bad_token", "the hook token does not match")
+    events = request.app[LIVECHATS][livechat_id].parse_hook(await read_body(request))
+    await request.app[RELAY].accept_livechat_events(livechat_id, events)
+    return ok()

@@ -1,0 +1,1 @@
+"""One module per outside party; each turns its wire format into the bridge's own types and back."""

@@ -1,0 +1,199 @@
+"""The Chatvisor-style live chat (shared/protocols/chatvisor.md): REST calls out, hooks in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import Field, field_validator
+
+from bridge.errors import BadRequest
+from bridge.model import (
+    AgentMessage,
+    AgentRead,
+    ChatRef,
+    ConversationState,
+    Customer,
+    Delivered,
+    DeliveryResult,
+    FileRef,
+    LiveChatEvent,
+    Operator,
+    OtherEvent,
+    OutgoingMessage,
+    Retry,
+)
+from bridge.settings import ChatvisorSettings
+from connectors import http as outside
+from connectors.wire import WireModel, id_str, json_object, validate
+
+OPEN_STATUSES = {"UNREAD", "UNRESOLVED"}
+
+
+class _File(WireModel):
+    name: str = ""
+    url: str = Field(min_length=1)
+    size: int | None = None
+
+
+class _Sender(WireModel):
+    type: str
+    id: str | None = None
+    name: str | None = None
+
+    _ids = field_validator("id", mode="before")(id_str)
+
+
+class _Message(WireModel):
+    id: str | None = None
+    text: str = ""
+    files: list[_File] = []
+    sender: _Sender
+
+    _ids = field_validator("id", mode="before")(id_str)
+
+
+class _MessageNew(WireModel):
+    customerId: str = Field(min_length=1)
+    message: _Message
+
+    _ids = field_validator("customerId", mode="before")(id_str)
+
+
+class _MessageRead(WireModel):
+    customerId: str = Field(min_length=1)
+    messageId: str = Field(min_length=1)
+
+    _ids = field_validator("customerId", "messageId", mode="before")(id_str)
+
+
+class _Conversation(WireModel):
+    customerId: str = Field(min_length=1)
+    status: str = "UNREAD"
+    url: str | None = None
+
+    _ids = field_validator("customerId", mode="before")(id_str)
+
+
+class _ConversationEvent(WireModel):
+    conversation: _Conversation
+
+
+def parse_hook(body: bytes) -> list[LiveChatEvent]:
+    doc = json_object(body)
+    name = doc.get("event")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("missing_field", "event: required string is missing")
+
+    if name == "message.new":
+        event = validate(_MessageNew, doc)
+        chat = ChatRef(customer_id=event.customerId)
+        if event.message.sender.type != "agent":
+            # Customer messages are our own echoes; system notes are kept in the event log.
+            return [] if event.message.sender.type == "customer" else [OtherEvent(name, doc, chat)]
+        files = tuple(
+            FileRef(f.name or f.url.rsplit("/", 1)[-1], f.url, f.size) for f in event.message.files
+        )
+        if not event.message.text and not files:
+            raise BadRequest("empty_message", "message.text: a message needs text or files")
+        sender = event.message.sender
+        return [
+            AgentMessage(
+                chat=chat,
+                message_id=event.message.id,
+                text=event.message.text,
+                files=files,
+                operator=Operator(id=sender.id, name=sender.name),
+            )
+        ]
+    if name in ("conversation.new", "conversation.status"):
+        conv = validate(_ConversationEvent, doc).conversation
+        return [
+            ConversationState(
+                chat=ChatRef(customer_id=conv.customerId),
+                open=conv.status.upper() in OPEN_STATUSES,
+                name=name,
+                url=conv.url,
+                raw=doc,
+            )
+        ]
+    if name == "message.read":
+        read = validate(_MessageRead, doc)
+        return [AgentRead(ChatRef(customer_id=read.customerId), read.messageId)]
+    return [OtherEvent(name, doc)]
+
+
+def customer_body(customer: Customer) -> dict[str, Any]:
+    profile = customer.profile
+    return {
+        "id": customer.client_key,
+        "firstname": profile.username or customer.chat_name or profile.user_id,
+        "lastname": "",
+        "email": None,
+        "phone": profile.phone,
+        "labels": [f"messenger:{customer.channel_id}"],
+    }
+
+
+def customer_tag(body: dict[str, Any]) -> str:
+    """A digest of what we told the live chat about a customer, to re-tag only on change."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ChatvisorConnector:
+    kind = "chatvisor"
+
+    def __init__(
+        self, livechat_id: str, settings: ChatvisorSettings, http: aiohttp.ClientSession
+    ) -> None:
+        self.livechat_id = livechat_id
+        self._api = settings.api_url
+        self._auth = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
+        self._http = http
+
+    def parse_hook(self, body: bytes) -> list[LiveChatEvent]:
+        return parse_hook(body)
+
+    async def deliver(self, customer: Customer, message: OutgoingMessage) -> DeliveryResult:
+        body = customer_body(customer)
+        tag = customer_tag(body)
+        customer_id = customer.customer_id
+        if customer_id is None or customer.customer_tag != tag:
+            answer = await self._call("/customer", body)
+            if not isinstance(answer, Delivered):
+                return answer
+            customer_id = answer.remote_id
+        assert customer_id is not None
+        answer = await self._call(
+            f"/conversation/{quote(customer_id, safe='')}/message",
+            {
+                "id": message.uid,
+                "text": message.text,
+                "files": [{"name": f.name, "size": f.size, "url": f.url} for f in message.files],
+                "timestamp": datetime.fromtimestamp(message.created_at, UTC).isoformat(),
+            },
+        )
+        if not isinstance(answer, Delivered):
+            return answer
+        return Delivered(remote_id=answer.remote_id, customer_id=customer_id, customer_tag=tag)
+
+    async def _call(self, path: str, body: dict[str, Any]) -> DeliveryResult:
+        outcome = await outside.request(
+            self._http, "POST", self._api + path, body, headers=self._auth
+        )
+        result = outside.classify(outcome)
+        if not isinstance(result, Delivered):
+            return result
+        assert isinstance(outcome, outside.Response)
+        doc = outcome.json()
+        remote = doc.get("customerId", doc.get("id")) if isinstance(doc, dict) else None
+        if remote is None:
+            return Retry(f"{path.rsplit('/', 1)[-1]}: answer without an id")
+        return Delivered(remote_id=str(remote))
+
+    async def readiness(self) -> dict[str, Any]:
+        return {"kind": self.kind}

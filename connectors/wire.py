@@ -1,0 +1,45 @@
+"""Reading JSON request bodies into pydantic models with errors that name the faulty field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bridge.errors import BadRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class WireModel(BaseModel):
+    # Tolerant reader: the other side may add fields at any time.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("invalid_json", "the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("invalid_json", "the body must be a JSON object")
+    return doc
+
+
+def id_str(value: Any) -> Any:
+    """Ids arrive as strings or numbers depending on the sender; the bridge keeps strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def validate(model: type[M], data: dict[str, Any], prefix: str = "") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join([*([prefix] if prefix else []), *(str(p) for p in err["loc"])])
+        if err["type"] == "missing":
+            raise BadRequest("missing_field", f"{where}: required") from None
+        raise BadRequest("invalid_field", f"{where}: {err['msg']}") from None

@@ -1,0 +1,1 @@
+"""SQLite storage: the database wrapper, migrations and one repository module per table group."""

@@ -1,0 +1,69 @@
+"""Channel rows: each messenger channel's life-cycle state and whether an admin wants it on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    id: str
+    state: str
+    since: float
+    last_error: str | None
+    enabled: bool
+
+
+def _row(row: aiosqlite.Row) -> ChannelRow:
+    return ChannelRow(
+        row["id"], row["state"], row["since"], row["last_error"], bool(row["enabled"])
+    )
+
+
+async def sync_from_config(
+    conn: aiosqlite.Connection, channel_id: str, config_enabled: bool, now: float
+) -> ChannelRow:
+    """Create the row, or apply the config's `enabled` if it changed since we last read it.
+
+    The admin API changes `enabled` at run time and that survives a restart, but an admin who
+    edits `enabled` in the config file means it: a changed config value wins.
+    """
+    await conn.execute(
+        """INSERT INTO channels (id, state, since, enabled, config_enabled)
+           VALUES (?, CASE WHEN ? THEN 'connecting' ELSE 'disconnected' END, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET
+               enabled = CASE WHEN config_enabled != excluded.config_enabled
+                              THEN excluded.config_enabled ELSE enabled END,
+               config_enabled = excluded.config_enabled""",
+        (channel_id, config_enabled, now, config_enabled, config_enabled),
+    )
+    async with conn.execute("SELECT * FROM channels WHERE id = ?", (channel_id,)) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return _row(row)
+
+
+async def set_state(
+    conn: aiosqlite.Connection,
+    channel_id: str,
+    state: str,
+    now: float,
+    *,
+    last_error: str | None = None,
+    enabled: bool | None = None,
+) -> None:
+    await conn.execute(
+        """UPDATE channels SET
+               since = CASE WHEN state != ? THEN ? ELSE since END,
+               state = ?, last_error = ?, enabled = coalesce(?, enabled)
+           WHERE id = ?""",
+        (state, now, state, last_error, enabled, channel_id),
+    )
+
+
+async def all_channels(db: Database) -> list[ChannelRow]:
+    return [_row(r) for r in await db.fetch_all("SELECT * FROM channels ORDER BY id")]

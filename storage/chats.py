@@ -1,0 +1,235 @@
+"""Chats, their users and their sessions: the map between a messenger chat and the live chat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from bridge.model import ChatRef, UserProfile
+from storage.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRow:
+    id: int
+    channel_id: str
+    external_chat_id: str
+    name: str | None
+    user_id: str
+    client_key: str
+    livechat_id: str
+    customer_id: str | None
+    customer_tag: str | None
+
+
+def _chat(row: aiosqlite.Row) -> ChatRow:
+    return ChatRow(
+        row["id"],
+        row["channel_id"],
+        row["external_chat_id"],
+        row["name"],
+        row["user_id"],
+        row["client_key"],
+        row["livechat_id"],
+        row["customer_id"],
+        row["customer_tag"],
+    )
+
+
+def client_key(channel_id: str, external_chat_id: str) -> str:
+    """The stable key a live chat knows a messenger chat by; deterministic, so it survives a
+    lost database and the live chat keeps one customer per chat."""
+    return f"{channel_id}:{external_chat_id}"
+
+
+async def upsert_chat(
+    conn: aiosqlite.Connection,
+    *,
+    channel_id: str,
+    external_chat_id: str,
+    name: str | None,
+    user_id: str,
+    livechat_id: str,
+    now: float,
+) -> int:
+    async with conn.execute(
+        """INSERT INTO chats (channel_id, external_chat_id, name, user_id, client_key,
+                              livechat_id, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (channel_id, external_chat_id) DO UPDATE SET
+               name = coalesce(excluded.name, name),
+               user_id = excluded.user_id,
+               livechat_id = excluded.livechat_id
+           RETURNING id""",
+        (
+            channel_id,
+            external_chat_id,
+            name,
+            user_id,
+            client_key(channel_id, external_chat_id),
+            livechat_id,
+            now,
+        ),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def get_chat(conn: aiosqlite.Connection, chat_id: int) -> ChatRow | None:
+    async with conn.execute("SELECT * FROM chats WHERE id = ?", (chat_id,)) as cur:
+        row = await cur.fetchone()
+    return _chat(row) if row else None
+
+
+async def find_chat(conn: aiosqlite.Connection, livechat_id: str, ref: ChatRef) -> ChatRow | None:
+    """The chat a live chat means: by our client key first, else by its customer id."""
+    row = None
+    if ref.client_key is not None:
+        async with conn.execute(
+            "SELECT * FROM chats WHERE client_key = ? AND livechat_id = ?",
+            (ref.client_key, livechat_id),
+        ) as cur:
+            row = await cur.fetchone()
+    if row is None and ref.customer_id is not None:
+        async with conn.execute(
+            "SELECT * FROM chats WHERE livechat_id = ? AND customer_id = ? ORDER BY id LIMIT 1",
+            (livechat_id, ref.customer_id),
+        ) as cur:
+            row = await cur.fetchone()
+    return _chat(row) if row else None
+
+
+async def set_customer(
+    conn: aiosqlite.Connection, chat_id: int, customer_id: str | None, tag: str | None
+) -> None:
+    await conn.execute(
+        """UPDATE chats SET customer_id = coalesce(?, customer_id),
+                            customer_tag = coalesce(?, customer_tag) WHERE id = ?""",
+        (customer_id, tag, chat_id),
+    )
+
+
+# --- users --------------------------------------------------------------------------------
+
+
+async def ensure_user(conn: aiosqlite.Connection, channel_id: str, user_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO users (channel_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (channel_id, user_id),
+    )
+
+
+async def get_user(
+    conn: aiosqlite.Connection, channel_id: str, user_id: str
+) -> tuple[UserProfile, float | None] | None:
+    """The cached profile and when it was fetched (None: never)."""
+    async with conn.execute(
+        "SELECT * FROM users WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    profile = UserProfile(row["user_id"], row["username"], row["phone"], row["avatar"])
+    return profile, row["fetched_at"]
+
+
+async def save_profile(
+    conn: aiosqlite.Connection, channel_id: str, profile: UserProfile, now: float
+) -> None:
+    await conn.execute(
+        """INSERT INTO users (channel_id, user_id, username, phone, avatar, fetched_at)
+           VALUES (?, ?, ?, ?, ?, ?)
+           ON CONFLICT (channel_id, user_id) DO UPDATE SET
+               username = excluded.username, phone = excluded.phone,
+               avatar = excluded.avatar, fetched_at = excluded.fetched_at""",
+        (channel_id, profile.user_id, profile.username, profile.phone, profile.avatar, now),
+    )
+
+
+async def mark_profile_tried(
+    conn: aiosqlite.Connection, channel_id: str, user_id: str, now: float
+) -> None:
+    """A failed lookup counts as a fetch, so a messenger that cannot answer is not asked for
+    every message; the profile is asked for again when the cache ages out."""
+    await conn.execute(
+        "UPDATE users SET fetched_at = ? WHERE channel_id = ? AND user_id = ?",
+        (now, channel_id, user_id),
+    )
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+
+async def open_session_id(conn: aiosqlite.Connection, chat_id: int) -> int | None:
+    async with conn.execute(
+        "SELECT id FROM sessions WHERE chat_id = ? AND status = 'open'", (chat_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def open_session(
+    conn: aiosqlite.Connection, chat_id: int, livechat_id: str, opened_by: str, now: float
+) -> tuple[int, bool]:
+    """The chat's open session, creating one if there is none; (id, created)."""
+    existing = await open_session_id(conn, chat_id)
+    if existing is not None:
+        return existing, False
+    async with conn.execute(
+        """INSERT INTO sessions (chat_id, livechat_id, status, opened_by, opened_at)
+           VALUES (?, ?, 'open', ?, ?) RETURNING id""",
+        (chat_id, livechat_id, opened_by, now),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), True
+
+
+async def reopen_last_session(conn: aiosqlite.Connection, chat_id: int) -> int | None:
+    """Reopen the chat's latest session if none is open; return the open session's id."""
+    existing = await open_session_id(conn, chat_id)
+    if existing is not None:
+        return existing
+    async with conn.execute(
+        """UPDATE sessions SET status = 'open', closed_at = NULL
+           WHERE id = (SELECT max(id) FROM sessions WHERE chat_id = ?) RETURNING id""",
+        (chat_id,),
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def close_session(conn: aiosqlite.Connection, chat_id: int, now: float) -> int | None:
+    async with conn.execute(
+        """UPDATE sessions SET status = 'closed', closed_at = ?
+           WHERE chat_id = ? AND status = 'open' RETURNING id""",
+        (now, chat_id),
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def set_session_url(conn: aiosqlite.Connection, session_id: int, url: str | None) -> None:
+    if url:
+        await conn.execute(
+            "UPDATE sessions SET conversation_url = ? WHERE id = ?", (url, session_id)
+        )
+
+
+async def list_sessions(
+    db: Database, channel_id: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await db.fetch_all(
+        """SELECT s.id, s.status, s.opened_by, s.opened_at, s.closed_at, s.conversation_url,
+                  s.livechat_id, c.channel_id, c.external_chat_id, c.name AS chat_name,
+                  c.user_id, c.customer_id,
+                  (SELECT count(*) FROM messages m WHERE m.session_id = s.id) AS messages
+           FROM sessions s JOIN chats c ON c.id = s.chat_id
+           WHERE (?1 IS NULL OR c.channel_id = ?1) AND (?2 IS NULL OR s.status = ?2)
+           ORDER BY s.id DESC LIMIT ?3""",
+        (channel_id, status, limit),
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,147 @@
+"""Messages in both directions, each with the bridge's own stable id (`uid`)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import aiosqlite
+
+from bridge.model import FileRef
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: int
+    uid: str
+    session_id: int
+    chat_id: int
+    direction: str
+    external_id: str | None
+    remote_id: str | None
+    user_id: str | None
+    operator_id: str | None
+    operator_name: str | None
+    text: str
+    files: tuple[FileRef, ...]
+    status: str
+    created_at: float
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
+
+
+def files_json(files: tuple[FileRef, ...]) -> str:
+    return json.dumps([{"name": f.name, "url": f.url, "size": f.size} for f in files])
+
+
+def _files(text: str) -> tuple[FileRef, ...]:
+    return tuple(FileRef(f["name"], f["url"], f.get("size")) for f in json.loads(text))
+
+
+def _row(row: aiosqlite.Row) -> MessageRow:
+    return MessageRow(
+        id=row["id"],
+        uid=row["uid"],
+        session_id=row["session_id"],
+        chat_id=row["chat_id"],
+        direction=row["direction"],
+        external_id=row["external_id"],
+        remote_id=row["remote_id"],
+        user_id=row["user_id"],
+        operator_id=row["operator_id"],
+        operator_name=row["operator_name"],
+        text=row["text"],
+        files=_files(row["files"]),
+        status=row["status"],
+        created_at=row["created_at"],
+    )
+
+
+async def seen(conn: aiosqlite.Connection, dedupe_key: str) -> bool:
+    async with conn.execute("SELECT 1 FROM messages WHERE dedupe_key = ?", (dedupe_key,)) as cur:
+        return await cur.fetchone() is not None
+
+
+async def insert(
+    conn: aiosqlite.Connection,
+    *,
+    uid: str,
+    dedupe_key: str | None,
+    session_id: int,
+    chat_id: int,
+    direction: str,
+    text: str,
+    files: tuple[FileRef, ...],
+    now: float,
+    external_id: str | None = None,
+    remote_id: str | None = None,
+    user_id: str | None = None,
+    operator_id: str | None = None,
+    operator_name: str | None = None,
+) -> int:
+    async with conn.execute(
+        """INSERT INTO messages (uid, dedupe_key, session_id, chat_id, direction, external_id,
+                                 remote_id, user_id, operator_id, operator_name, text, files,
+                                 status, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id""",
+        (
+            uid,
+            dedupe_key,
+            session_id,
+            chat_id,
+            direction,
+            external_id,
+            remote_id,
+            user_id,
+            operator_id,
+            operator_name,
+            text,
+            files_json(files),
+            now,
+        ),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def get(conn: aiosqlite.Connection, message_id: int) -> MessageRow | None:
+    async with conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)) as cur:
+        row = await cur.fetchone()
+    return _row(row) if row else None
+
+
+async def find_inbound(
+    conn: aiosqlite.Connection, chat_id: int, live_chat_id: str
+) -> MessageRow | None:
+    """A user's message named by the live chat: by the id it gave it, or by our uid."""
+    async with conn.execute(
+        """SELECT * FROM messages WHERE direction = 'in'
+               AND ((chat_id = ? AND remote_id = ?) OR uid = ?)
+           ORDER BY id LIMIT 1""",
+        (chat_id, live_chat_id, live_chat_id),
+    ) as cur:
+        row = await cur.fetchone()
+    return _row(row) if row else None
+
+
+async def set_status(
+    conn: aiosqlite.Connection, message_id: int, status: str, remote_id: str | None = None
+) -> None:
+    await conn.execute(
+        "UPDATE messages SET status = ?, remote_id = coalesce(?, remote_id) WHERE id = ?",
+        (status, remote_id, message_id),
+    )
+
+
+async def mark_read_by_uid(conn: aiosqlite.Connection, channel_id: str, uid: str) -> bool:
+    cur = await conn.execute(
+        """UPDATE messages SET status = 'read'
+           WHERE uid = ? AND direction = 'out'
+             AND chat_id IN (SELECT id FROM chats WHERE channel_id = ?)""",
+        (uid, channel_id),
+    )
+    return cur.rowcount > 0

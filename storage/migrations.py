@@ -1,0 +1,148 @@
+"""Versioned schema migrations: numbered steps, each in its own transaction.
+
+Add a step by appending to `MIGRATIONS`; never edit a step that has shipped. A database whose
+version is newer than the code knows is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+V1 = [
+    # One row per configured messenger channel: its life-cycle state and the admin's intent.
+    """CREATE TABLE channels (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL
+            CHECK (state IN ('connecting', 'active', 'interrupted', 'rejected', 'disconnected')),
+        since REAL NOT NULL,
+        last_error TEXT,
+        enabled INTEGER NOT NULL,
+        config_enabled INTEGER NOT NULL
+    )""",
+    # A messenger chat and the key the live chat knows it by (both directions of the id map).
+    """CREATE TABLE chats (
+        id INTEGER PRIMARY KEY,
+        channel_id TEXT NOT NULL,
+        external_chat_id TEXT NOT NULL,
+        name TEXT,
+        user_id TEXT NOT NULL,
+        client_key TEXT NOT NULL UNIQUE,
+        livechat_id TEXT NOT NULL,
+        customer_id TEXT,
+        customer_tag TEXT,
+        created_at REAL NOT NULL,
+        UNIQUE (channel_id, external_chat_id)
+    )""",
+    "CREATE INDEX chats_customer ON chats (livechat_id, customer_id)",
+    """CREATE TABLE users (
+        channel_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        username TEXT,
+        phone TEXT,
+        avatar TEXT,
+        fetched_at REAL,
+        PRIMARY KEY (channel_id, user_id)
+    )""",
+    """CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL REFERENCES chats (id),
+        livechat_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+        opened_by TEXT NOT NULL CHECK (opened_by IN ('user', 'operator')),
+        opened_at REAL NOT NULL,
+        closed_at REAL,
+        conversation_url TEXT,
+        agent_id TEXT,
+        agent_name TEXT
+    )""",
+    # The database's half of "one open session per chat, even under concurrency".
+    "CREATE UNIQUE INDEX sessions_one_open ON sessions (chat_id) WHERE status = 'open'",
+    "CREATE INDEX sessions_by_chat ON sessions (chat_id, id)",
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        dedupe_key TEXT UNIQUE,
+        session_id INTEGER NOT NULL REFERENCES sessions (id),
+        chat_id INTEGER NOT NULL REFERENCES chats (id),
+        direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        external_id TEXT,
+        remote_id TEXT,
+        user_id TEXT,
+        operator_id TEXT,
+        operator_name TEXT,
+        text TEXT NOT NULL,
+        files TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'read')),
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX messages_by_remote ON messages (chat_id, remote_id)",
+    "CREATE INDEX messages_by_session ON messages (session_id, id)",
+    # Every outside call, committed before it is attempted. Items of one lane go in id order.
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        channel_id TEXT,
+        ref_id INTEGER,
+        payload TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_error TEXT
+    )""",
+    "CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE status = 'pending'",
+    "CREATE INDEX outbox_lane ON outbox (lane, id) WHERE status = 'pending'",
+    "CREATE INDEX outbox_channel ON outbox (channel_id) WHERE status = 'pending'",
+    # Live-chat events that are not messages (conversation status, unknown events...).
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        livechat_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        session_id INTEGER REFERENCES sessions (id),
+        payload TEXT NOT NULL,
+        received_at REAL NOT NULL
+    )""",
+    "CREATE INDEX events_by_livechat ON events (livechat_id, name, id)",
+]
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial schema", V1),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+async def current_version(conn: aiosqlite.Connection) -> int:
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    async with conn.execute("SELECT max(version) FROM schema_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the schema to `LATEST`; return the version it is at."""
+    version = await current_version(conn)
+    if version > LATEST:
+        raise SchemaTooNew(
+            f"the database is at schema version {version}, newer than this code knows"
+            f" ({LATEST}); upgrade the bridge"
+        )
+    for step, _description, statements in MIGRATIONS:
+        if step <= version:
+            continue
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (step,))
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        version = step
+    return version

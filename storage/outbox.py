@@ -1,0 +1,151 @@
+"""The durable outbox: every outside call is a row here, committed before it is attempted.
+
+Items in one lane (one chat, one direction) are delivered strictly one after another in id
+order: only the oldest pending item of a lane is ever claimable. Items for a messenger channel
+are held while that channel is not active. Delivered items are deleted; dead ones stay, visible
+to the admin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from storage.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    kind: str
+    lane: str
+    channel_id: str | None
+    ref_id: int | None
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+
+
+def _item(row: aiosqlite.Row) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        kind=row["kind"],
+        lane=row["lane"],
+        channel_id=row["channel_id"],
+        ref_id=row["ref_id"],
+        payload=json.loads(row["payload"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+    )
+
+
+async def enqueue(
+    conn: aiosqlite.Connection,
+    *,
+    kind: str,
+    lane: str,
+    now: float,
+    ref_id: int | None = None,
+    channel_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> int:
+    async with conn.execute(
+        """INSERT INTO outbox (kind, lane, channel_id, ref_id, payload, next_attempt_at,
+                               created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+        (kind, lane, channel_id, ref_id, json.dumps(payload or {}), now, now, now),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def claim_ready(db: Database, now: float, limit: int, busy: set[int]) -> list[OutboxItem]:
+    """Heads of lanes that are due and not held, oldest first, skipping those in flight."""
+    rows = await db.fetch_all(
+        """SELECT o.* FROM outbox o
+           LEFT JOIN channels c ON c.id = o.channel_id
+           WHERE o.status = 'pending' AND o.next_attempt_at <= ?
+             AND (o.channel_id IS NULL OR c.state = 'active')
+             AND o.id = (SELECT min(p.id) FROM outbox p
+                         WHERE p.lane = o.lane AND p.status = 'pending')
+           ORDER BY o.id LIMIT ?""",
+        (now, limit + len(busy)),
+    )
+    return [item for item in map(_item, rows) if item.id not in busy][:limit]
+
+
+async def next_due(db: Database) -> float | None:
+    row = await db.fetch_one(
+        """SELECT min(o.next_attempt_at) FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id
+           WHERE o.status = 'pending' AND (o.channel_id IS NULL OR c.state = 'active')"""
+    )
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def complete(conn: aiosqlite.Connection, item_id: int) -> None:
+    await conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+
+async def reschedule(
+    conn: aiosqlite.Connection, item_id: int, *, attempts: int, at: float, error: str, now: float
+) -> None:
+    await conn.execute(
+        """UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?
+           WHERE id = ?""",
+        (attempts, at, error, now, item_id),
+    )
+
+
+async def bury(
+    conn: aiosqlite.Connection, item_id: int, *, attempts: int, error: str, now: float
+) -> None:
+    await conn.execute(
+        """UPDATE outbox SET status = 'dead', attempts = ?, last_error = ?, updated_at = ?
+           WHERE id = ?""",
+        (attempts, error, now, item_id),
+    )
+
+
+async def release_channel(conn: aiosqlite.Connection, channel_id: str, now: float) -> int:
+    """A channel became active: its held items are due now, with a fresh count of attempts."""
+    cur = await conn.execute(
+        """UPDATE outbox SET next_attempt_at = ?, attempts = 0
+           WHERE channel_id = ? AND status = 'pending'""",
+        (now, channel_id),
+    )
+    return cur.rowcount
+
+
+async def pending_by_channel(db: Database) -> dict[str, int]:
+    rows = await db.fetch_all(
+        """SELECT channel_id, count(*) FROM outbox
+           WHERE status = 'pending' AND channel_id IS NOT NULL GROUP BY channel_id"""
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def list_items(db: Database, status: str, limit: int) -> list[dict[str, Any]]:
+    rows = await db.fetch_all(
+        """SELECT id, kind, lane, channel_id, ref_id, status, attempts, next_attempt_at,
+                  created_at, updated_at, last_error
+           FROM outbox WHERE status = ? ORDER BY id LIMIT ?""",
+        (status, limit),
+    )
+    return [dict(r) for r in rows]
+
+
+async def depth(db: Database) -> dict[str, Any]:
+    row = await db.fetch_one(
+        """SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox
+           WHERE status = 'pending'"""
+    )
+    dead = await db.fetch_one("SELECT count(*) FROM outbox WHERE status = 'dead'")
+    return {
+        "pending": row["pending"] if row else 0,
+        "oldest_created_at": row["oldest"] if row else None,
+        "dead": dead[0] if dead else 0,
+    }
