@@ -1,0 +1,201 @@
+"""Real loopback servers for every party: the messenger, the live chat and the bridge itself."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridge.app import create_app
+from bridge.keys import CHANNELS, DATABASE
+from bridge.settings import Settings, settings_from_dict
+from connectors.sim.chatvisor import ChatvisorSim
+from connectors.sim.messenger import MessengerSim
+from connectors.sim.server import SimServer
+
+ADMIN_TOKEN = "admin-secret-token-1234"
+API_TOKEN = "chatvisor-api-token-5678"
+HOOK_TOKEN = "chatvisor-hook-token-9012"
+CODE = "messenger-confirmation-code-3456"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Wait until `check()` (sync or async) is truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(interval)
+
+
+class Bridge:
+    """The real service, started in this process on its own port (as `serve` would)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.server.port}"
+
+    async def start(self) -> None:
+        self.app = create_app(self.settings)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(
+            self._runner, "127.0.0.1", self.settings.server.port, reuse_address=True
+        ).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def state(self, channel_id: str = "acme") -> str:
+        assert self.app is not None
+        return self.app[CHANNELS].state(channel_id)
+
+    async def query(self, sql: str, params: Any = ()) -> list[Any]:
+        assert self.app is not None
+        return [tuple(r) for r in await self.app[DATABASE].fetch_all(sql, params)]
+
+    def hook_url(self, livechat_id: str = "support", token: str = HOOK_TOKEN) -> str:
+        return f"{self.url}/livechats/{livechat_id}/webhook/{token}"
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def make_config(
+    tmp_path: Path, bridge_port: int, messenger_url: str, chatvisor_url: str, **over: Any
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "server": {
+            "port": bridge_port,
+            "public_url": f"http://127.0.0.1:{bridge_port}",
+            "max_body_bytes": 65536,
+        },
+        "storage": {"path": str(tmp_path / "bridge.sqlite3")},
+        "admin": {"token": ADMIN_TOKEN},
+        "delivery": {
+            "retry_base": 0.02,
+            "retry_cap": 0.2,
+            "request_timeout": 2,
+            "connect_timeout": 1,
+            "failures_before_interrupted": 3,
+        },
+        "livechats": {
+            "support": {
+                "kind": "chatvisor",
+                "api_url": f"{chatvisor_url}/rest/v1",
+                "api_token": API_TOKEN,
+                "hook_token": HOOK_TOKEN,
+            }
+        },
+        "messengers": {
+            "acme": {
+                "name": "Support service",
+                "livechat": "support",
+                "webhook": f"{messenger_url}/hook",
+                "confirmation_code": CODE,
+            }
+        },
+    }
+    for section, values in over.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **values}
+        else:
+            config[section] = values
+    return config
+
+
+class World:
+    """Everything a test needs: the two simulators, the bridge, and an HTTP client."""
+
+    def __init__(self, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+        self.tmp_path = tmp_path
+        self.http = http
+        self.messenger = MessengerSim(CODE)
+        self.chatvisor = ChatvisorSim(API_TOKEN)
+        self.messenger_server = SimServer(self.messenger.app)
+        self.chatvisor_server = SimServer(self.chatvisor.app)
+        self.bridge_port = free_port()
+        self.bridge: Bridge | None = None
+
+    async def start_sims(self) -> None:
+        await self.messenger_server.start()
+        await self.chatvisor_server.start()
+
+    def config(self, **over: Any) -> dict[str, Any]:
+        return make_config(
+            self.tmp_path,
+            self.bridge_port,
+            self.messenger_server.url,
+            self.chatvisor_server.url,
+            **over,
+        )
+
+    async def start_bridge(self, *, wait_active: bool = True, **over: Any) -> Bridge:
+        bridge = Bridge(settings_from_dict(self.config(**over)))
+        await bridge.start()
+        self.bridge = bridge
+        self.chatvisor.hook_url = bridge.hook_url()
+        if wait_active:
+            await eventually(lambda: bridge.state() == "active", what="channel active")
+        return bridge
+
+    async def stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+        await self.messenger_server.stop()
+        await self.chatvisor_server.stop()
+
+    async def customer_id(self, chat_id: str, channel_id: str = "acme") -> str:
+        key = f"{channel_id}:{chat_id}"
+        result: str = await eventually(
+            lambda: self.chatvisor.customer_by_key.get(key), what=f"customer {key}"
+        )
+        return result
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+@pytest.fixture
+async def world(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[World]:
+    w = World(tmp_path, http)
+    await w.start_sims()
+    yield w
+    await w.stop()
+
+
+@pytest.fixture
+async def running(world: World) -> World:
+    """A world whose bridge is up and whose channel is active."""
+    await world.start_bridge()
+    return world
