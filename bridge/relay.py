@@ -139,12 +139,16 @@ class Relay:
 
         chat = await chats.find_chat(conn, livechat_id, event.chat)
         if chat is None:
-            log.warning("relay.unlinked_event", livechat=livechat_id, event=type(event).__name__)
+            log.warning("relay.unlinked_event", livechat=livechat_id, kind=type(event).__name__)
             await events.record(
                 conn,
                 livechat_id=livechat_id,
                 name="unlinked",
-                payload={"event": type(event).__name__, "chat": event.chat.__repr__()},
+                payload={
+                    "kind": type(event).__name__,
+                    "customer_id": event.chat.customer_id,
+                    "client_key": event.chat.client_key,
+                },
                 now=now,
             )
             return False
