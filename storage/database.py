@@ -54,10 +54,14 @@ class Database:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._take_process_lock()
-        self._writer = await self._connect()
-        self.schema_version = await migrate(self._writer)
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only=ON")
+        try:
+            self._writer = await self._connect()
+            self.schema_version = await migrate(self._writer)
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only=ON")
+        except BaseException:
+            await self.close()  # a refused or broken file must not stay open and locked
+            raise
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
 
     async def _connect(self) -> aiosqlite.Connection:

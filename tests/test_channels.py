@@ -35,7 +35,9 @@ async def test_disconnect_holds_then_reconnect_delivers(running: World) -> None:
     status, body = await admin(running, "POST", "/admin/messengers/acme/reconnect")
     assert status == 200 and body["state"] == "active"
     assert m.count("connect") == 2
-    await eventually(lambda: m.chat_log["k1"] == ["held-0", "held-1", "held-2"], what="held replies")
+    await eventually(
+        lambda: m.chat_log["k1"] == ["held-0", "held-1", "held-2"], what="held replies"
+    )
     assert (await m.send_message(http, "k1", "back"))[0] == 200
 
 
@@ -46,7 +48,7 @@ async def test_messenger_side_disconnect_is_honoured(running: World) -> None:
     assert (await m.send_message(http, "k2", "x"))[0] == 409
     assert m.count("disconnect") == 0  # the messenger asked; the bridge does not echo it back
     status, body = await admin(running, "POST", "/admin/messengers/acme/connect")
-    assert body["state"] == "active"
+    assert (status, body["state"]) == (200, "active")
 
 
 async def test_wrong_code_at_connect_rejects_the_channel(world: World) -> None:
@@ -98,7 +100,9 @@ async def test_admin_change_survives_restart_until_config_changes(world: World) 
     await bridge.stop()
 
     acme = world.config()["messengers"]["acme"]
-    bridge = await world.start_bridge(wait_active=False, messengers={"acme": {**acme, "enabled": False}})
+    bridge = await world.start_bridge(
+        wait_active=False, messengers={"acme": {**acme, "enabled": False}}
+    )
     assert bridge.state() == "disconnected"
     await bridge.stop()
     bridge = await world.start_bridge(messengers={"acme": {**acme, "enabled": True}})
@@ -120,7 +124,11 @@ async def test_admin_lists_sessions(running: World) -> None:
     status, body = await admin(running, "GET", "/admin/sessions?messenger=acme")
     assert status == 200
     (session,) = body["sessions"]
-    assert session["external_chat_id"] == "k4" and session["messages"] == 2 and session["status"] == "open"
+    assert (
+        session["external_chat_id"] == "k4"
+        and session["messages"] == 2
+        and session["status"] == "open"
+    )
     assert (await admin(running, "GET", "/admin/sessions?messenger=zzz"))[0] == 404
     assert (await admin(running, "GET", "/admin/sessions?limit=abc"))[0] == 400
 

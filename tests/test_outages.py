@@ -45,15 +45,22 @@ async def test_permanent_rejection_reports_failure(running: World) -> None:
     cv.fail_with = None
     await m.send_message(http, "p1", "next one passes", message_id="p1-2")
     await eventually(lambda: m.outcomes.get("p1-2") is True, what="the lane moves on")
-    async with http.get(f"{running.bridge.url}/admin/outbox?status=dead", headers=running.bridge.admin_headers()) as r:
+    async with http.get(
+        f"{running.bridge.url}/admin/outbox?status=dead", headers=running.bridge.admin_headers()
+    ) as r:
         body = await r.json()
     assert [i["kind"] for i in body["items"]] == ["livechat.message"]
     assert body["items"][0]["last_error"].startswith("HTTP 422")
-    assert await running.bridge.query("SELECT status FROM messages ORDER BY id") == [("failed",), ("delivered",)]
+    assert await running.bridge.query("SELECT status FROM messages ORDER BY id") == [
+        ("failed",),
+        ("delivered",),
+    ]
 
 
 async def test_give_up_horizon_marks_dead(world: World) -> None:
-    await world.start_bridge(delivery={**world.config()["delivery"], "give_up_after": 0.2, "min_attempts": 3})
+    await world.start_bridge(
+        delivery={**world.config()["delivery"], "give_up_after": 0.2, "min_attempts": 3}
+    )
     m, cv, http = world.messenger, world.chatvisor, world.http
     cv.fail_with = 500
     await m.send_message(http, "h1", "never", message_id="h1-1")
@@ -81,7 +88,9 @@ async def test_messenger_down_interrupts_then_flushes_in_order(running: World) -
 
     await running.messenger_server.start()
     await eventually(lambda: bridge.state() == "active", what="reconnected")
-    await eventually(lambda: m.chat_log["d1"] == [f"reply-{i}" for i in range(10)], what="flushed in order")
+    await eventually(
+        lambda: m.chat_log["d1"] == [f"reply-{i}" for i in range(10)], what="flushed in order"
+    )
     assert m.duplicates == 0
 
 

@@ -1,0 +1,133 @@
+"""The real `messenger-bridge serve` process, driven by the CLI; its logs hold no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bridge.logs import configure_logging
+from bridge.settings import LoggingSettings
+from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN, World, eventually
+
+SECRETS = (ADMIN_TOKEN, API_TOKEN, HOOK_TOKEN, CODE)
+
+
+def toml(config: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def table(prefix: str, values: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if scalars:
+            lines.append(f"[{prefix}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in scalars.items())
+        for k, v in values.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", config)
+    return "\n".join(lines) + "\n"
+
+
+async def cli(config: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_serve_and_channel_commands(world: World, tmp_path: Path) -> None:
+    config = world.config(logging={"level": "debug", "format": "json"})
+    path = tmp_path / "config.toml"
+    path.write_text(toml(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "--config",
+        str(path),
+        "serve",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{world.bridge_port}"
+
+        async def ready() -> bool:
+            try:
+                async with world.http.get(f"{base}/readyz") as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        await eventually(ready, timeout=20, what="bridge ready")
+        await eventually(lambda: world.messenger.bridge_webhook, what="connect")
+        world.chatvisor.hook_url = f"{base}/livechats/support/webhook/{HOOK_TOKEN}"
+
+        code, out, _ = await cli(path, "channels")
+        assert code == 0
+        assert out.splitlines()[0].split()[:4] == ["ID", "NAME", "LIVECHAT", "STATE"]
+        assert "acme" in out and "active" in out
+
+        await world.messenger.send_message(world.http, "p1", "over a real process")
+        customer = await world.customer_id("p1")
+        await world.chatvisor.agent_reply(world.http, customer, "answer")
+        await eventually(lambda: world.messenger.chat_log["p1"] == ["answer"], what="reply")
+        # Bad input of every kind, so that error paths log too.
+        await world.messenger.send(world.http, "message", {"x": 1}, token="wrong-token")
+        async with world.http.post(f"{base}/livechats/support/webhook/wrong", json={}) as r:
+            assert r.status == 401
+
+        code, out, _ = await cli(path, "disconnect", "acme")
+        assert code == 0 and "disconnected" in out
+        code, out, _ = await cli(path, "reconnect", "acme")
+        assert code == 0 and "active" in out
+        code, _, err = await cli(path, "connect", "nope")
+        assert code == 1 and "404" in err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    logs = stderr.decode()
+    lines = [json.loads(line) for line in logs.splitlines()]
+    assert any(line["event"] == "http.request" for line in lines)
+    assert "Traceback" not in logs
+    for secret in SECRETS:
+        assert secret not in logs
+
+
+async def test_cli_without_a_running_bridge(tmp_path: Path, world: World) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(toml(world.config()))
+    code, _, err = await cli(path, "channels")
+    assert code == 1 and "cannot reach the bridge" in err
+
+
+def test_redactor_catches_a_secret_logged_by_mistake() -> None:
+    buf = io.StringIO()
+    configure_logging(LoggingSettings(format="json"), [CODE], stream=buf)
+    try:
+        structlog.get_logger().info("oops", detail=f"token={CODE}", nested={"k": [CODE]})
+        try:
+            raise ValueError(CODE)
+        except ValueError:
+            structlog.get_logger().exception("failed")
+    finally:
+        structlog.reset_defaults()
+    assert CODE not in buf.getvalue()
+    assert "[redacted]" in buf.getvalue()

@@ -1,0 +1,183 @@
+"""Configuration: every mistake is one clear `path.to.key: problem` line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.settings import ConfigError, load_settings, settings_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base() -> dict[str, Any]:
+    return {
+        "admin": {"token": "t" * 12},
+        "livechats": {
+            "support": {
+                "kind": "chatvisor",
+                "api_url": "http://127.0.0.1:8090/rest/v1",
+                "api_token": "api-token",
+                "hook_token": "hook-token",
+            }
+        },
+        "messengers": {
+            "acme": {
+                "name": "Support",
+                "livechat": "support",
+                "webhook": "http://127.0.0.1:8091/hook",
+                "confirmation_code": "code",
+            }
+        },
+    }
+
+
+def problems(config: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(config)
+    return info.value.problems
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(ROOT / "config.example.toml")
+    assert settings.messengers["acme"].livechat == "support"
+
+
+def test_unknown_livechat() -> None:
+    config = base()
+    config["messengers"]["acme"]["livechat"] = "sales"
+    assert problems(config) == [
+        "messengers.acme.livechat: unknown live chat 'sales' (known: support)"
+    ]
+
+
+def test_unknown_kind() -> None:
+    config = base()
+    config["livechats"]["support"]["kind"] = "zendesk"
+    assert problems(config) == ["livechats.support.kind: unknown kind 'zendesk' (known: chatvisor)"]
+
+
+def test_bad_urls() -> None:
+    config = base()
+    config["messengers"]["acme"]["webhook"] = "ftp://x/hook"
+    config["livechats"]["support"]["api_url"] = "not a url"
+    config["server"] = {"public_url": "127.0.0.1:8080"}
+    found = problems(config)
+    assert "messengers.acme.webhook: must be an absolute http:// or https:// URL" in found
+    assert "livechats.support.api_url: must be an absolute http:// or https:// URL" in found
+    assert "server.public_url: must be an absolute http:// or https:// URL" in found
+
+
+def test_duplicate_webhook_across_messengers() -> None:
+    config = base()
+    config["messengers"]["other"] = {**config["messengers"]["acme"], "name": "Other"}
+    assert problems(config) == [
+        "messengers.other.webhook: same webhook as messengers.acme"
+        " (one messenger account can be connected to only one live chat)"
+    ]
+
+
+def test_several_messengers_per_livechat_are_fine() -> None:
+    config = base()
+    config["messengers"]["other"] = {
+        **config["messengers"]["acme"],
+        "webhook": "http://127.0.0.1:9/h",
+    }
+    assert set(settings_from_dict(config).messengers) == {"acme", "other"}
+
+
+def test_missing_and_empty_tokens() -> None:
+    config = base()
+    del config["admin"]
+    config["livechats"]["support"]["api_token"] = "  "
+    del config["livechats"]["support"]["hook_token"]
+    del config["messengers"]["acme"]["confirmation_code"]
+    assert sorted(problems(config)) == [
+        "admin: required key is missing",
+        "livechats.support.api_token: must not be empty",
+        "livechats.support.hook_token: required key is missing",
+        "messengers.acme.confirmation_code: required key is missing",
+    ]
+
+
+def test_empty_confirmation_code_is_allowed() -> None:
+    config = base()
+    config["messengers"]["acme"]["confirmation_code"] = ""
+    assert settings_from_dict(config).messengers["acme"].confirmation_code.get_secret_value() == ""
+
+
+def test_unknown_keys_and_bad_values() -> None:
+    config = base()
+    config["server"] = {"prot": 1, "port": 70000}
+    config["storage"] = {"synchronous": "sometimes"}
+    found = problems(config)
+    assert "server.prot: unknown key" in found
+    assert "server.port: Input should be less than or equal to 65535" in found
+    assert "storage.synchronous: Input should be 'normal' or 'full'" in found
+
+
+def test_channel_ids_must_fit_in_a_url() -> None:
+    config = base()
+    config["messengers"]["Bad Id"] = config["messengers"].pop("acme")
+    assert problems(config)[0].startswith("messengers.Bad Id: id must be")
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_SERVER__PORT", "9999")
+    monkeypatch.setenv("BRIDGE_MESSENGERS__ACME__CONFIRMATION_CODE", "from-env")
+    settings = settings_from_dict(base())
+    assert settings.server.port == 9999
+    assert settings.messengers["acme"].confirmation_code.get_secret_value() == "from-env"
+    assert settings.messengers["acme"].name == "Support"
+
+
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+def test_cli_reports_problems_with_exit_code_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[admin]\ntoken = ""\n[messengers.acme]\nname = "x"\nlivechat = "nope"\n'
+        'webhook = "http://h/x"\nconfirmation_code = ""\n'
+    )
+    result = run_cli("--config", str(bad), "check-config")
+    assert result.returncode == 2
+    # Shape problems come first; cross-checks (the unknown live chat) once the shape is right.
+    assert result.stderr.splitlines() == ["admin.token: must not be empty"]
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\nport = 1\n")
+    result = run_cli("--config", str(broken), "check-config")
+    assert result.returncode == 2 and "invalid TOML" in result.stderr and "line 1" in result.stderr
+
+    result = run_cli("--config", str(tmp_path / "missing.toml"), "serve")
+    assert result.returncode == 2 and "file not found" in result.stderr
+
+
+def test_cli_config_resolution(tmp_path: Path) -> None:
+    result = run_cli("check-config", cwd=ROOT)
+    assert result.returncode == 0 and "config.example.toml: OK" in result.stdout
+    custom = tmp_path / "c.toml"
+    custom.write_text((ROOT / "config.example.toml").read_text())
+    result = run_cli("check-config", env={"BRIDGE_CONFIG": str(custom)})
+    assert result.returncode == 0 and str(custom) in result.stdout
+    (tmp_path / "config.toml").write_text((ROOT / "config.example.toml").read_text())
+    result = run_cli("check-config", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("config.toml: OK")
