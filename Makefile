@@ -30,7 +30,7 @@ unit: $(BIN)/.installed
 
 test: lint typecheck unit
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed  # arrives with the benchmark issue
 	$(BIN)/python -m bench.run
 
 clean:
