@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,9 +23,9 @@ from connectors.sim.messenger import MessengerSim
 from connectors.sim.server import SimServer
 
 
-async def wait_for(check: object, what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():  # type: ignore[operator]
+async def wait_for(check: Callable[[], object], what: str, seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
         if asyncio.get_running_loop().time() > deadline:
             raise SystemExit(f"demo: timed out waiting for {what}")
         await asyncio.sleep(0.05)
@@ -41,9 +42,7 @@ async def main() -> None:
         support = settings.livechats["support"]
         messenger = MessengerSim(acme.confirmation_code.get_secret_value())
         chatvisor = ChatvisorSim(support.api_token.get_secret_value())
-        chatvisor.hook_url = (
-            f"{settings.server.public_url}/livechats/support/webhook/{support.hook_token.get_secret_value()}"
-        )
+        chatvisor.hook_url = f"{settings.server.public_url}/livechats/support/webhook/{support.hook_token.get_secret_value()}"
         servers = [
             SimServer(messenger.app, port=URL(acme.webhook).port or 80),
             SimServer(chatvisor.app, port=URL(support.api_url).port or 80),
@@ -57,7 +56,9 @@ async def main() -> None:
             async with aiohttp.ClientSession() as http:
                 await wait_for(lambda: messenger.bridge_webhook, "the bridge's connect")
                 print(f"1. bridge connected the messenger; it posts to {messenger.bridge_webhook}")
-                await messenger.send_message(http, "chat-42", "Hi! My order has not arrived.", user_id="alice")
+                await messenger.send_message(
+                    http, "chat-42", "Hi! My order has not arrived.", user_id="alice"
+                )
                 await wait_for(lambda: chatvisor.customer_by_key, "the customer at the live chat")
                 customer = next(iter(chatvisor.customer_by_key.values()))
                 await wait_for(lambda: chatvisor.texts(customer), "the message at the live chat")
