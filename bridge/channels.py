@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable
 from functools import partial
@@ -64,7 +65,8 @@ class ChannelManager:
         return self._rows[channel_id]
 
     def state(self, channel_id: str) -> str:
-        return self._rows[channel_id].state
+        row = self._rows.get(channel_id)
+        return row.state if row else DISCONNECTED
 
     def webhook_url(self, channel_id: str) -> str:
         return f"{self._settings.server.public_url}/messengers/{channel_id}/webhook"
@@ -73,6 +75,17 @@ class ChannelManager:
 
     async def start(self) -> None:
         now = self._clock()
+        for stale in await repo.all_channels(self._db):
+            if stale.id not in self._settings.messengers and stale.state != DISCONNECTED:
+                # Removed from the config: hold what it has queued rather than drop it.
+                stale_set = partial(
+                    repo.set_state,
+                    channel_id=stale.id,
+                    state=DISCONNECTED,
+                    now=now,
+                    last_error="no longer in the configuration",
+                )
+                await self._db.write(stale_set)
         for cid, messenger in self._settings.messengers.items():
             if not messenger.confirmation_code.get_secret_value():
                 log.warning(
@@ -135,6 +148,8 @@ class ChannelManager:
     # --- what deliveries tell us -------------------------------------------------------
 
     async def record_delivery(self, channel_id: str, result: DeliveryResult) -> None:
+        if channel_id not in self._rows:
+            return
         if isinstance(result, Delivered):
             self._failures[channel_id] = 0
             return
@@ -183,8 +198,11 @@ class ChannelManager:
     def _start_loop(self, channel_id: str, *, first_delay: bool = False) -> asyncio.Future[None]:
         self._cancel_loop(channel_id)
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A fresh context: the loop may be started from a delivery whose ids are bound.
         self._loops[channel_id] = asyncio.create_task(
-            self._connect_loop(channel_id, first, first_delay), name=f"connect-{channel_id}"
+            self._connect_loop(channel_id, first, first_delay),
+            name=f"connect-{channel_id}",
+            context=contextvars.Context(),
         )
         return first
 

@@ -99,8 +99,11 @@ class DeliveryWorker:
             await self._settle(item, attempt, bound)
         except asyncio.CancelledError:
             raise
-        except Exception:  # left pending as it was: the next round tries again
+        except Exception:
+            # Left pending as it was. Staying in flight a while keeps it from being claimed
+            # again at once while storage is failing.
             bound.exception("delivery.settle_failed")
+            await asyncio.sleep(MAX_IDLE)
         finally:
             self._inflight.pop(item.id, None)
             self.wake()

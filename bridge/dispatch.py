@@ -41,6 +41,13 @@ class Attempt:
     channel_id: str | None = None  # the messenger channel whose health this result speaks of
 
 
+def _bind(channel_id: str, msg: messages.MessageRow) -> None:
+    # Each delivery runs in its own task, so these ids tag only that delivery's log lines.
+    structlog.contextvars.bind_contextvars(
+        channel=channel_id, session=msg.session_id, message=msg.uid
+    )
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -71,6 +78,7 @@ class Dispatcher:
         chat = await chats.get_chat(self._db.reader, msg.chat_id) if msg else None
         if msg is None or chat is None:
             return Attempt(Failed("the message is no longer stored"))
+        _bind(chat.channel_id, msg)
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
             return Attempt(Retry(f"live chat {chat.livechat_id!r} is not configured"))
@@ -137,6 +145,7 @@ class Dispatcher:
         chat = await chats.get_chat(self._db.reader, msg.chat_id) if msg else None
         if msg is None or chat is None:
             return Attempt(Failed("the message is no longer stored"))
+        _bind(chat.channel_id, msg)
         client = self._channels.clients.get(item.channel_id)
         if client is None:
             return Attempt(Retry(f"messenger {item.channel_id!r} is not configured"))
@@ -159,6 +168,7 @@ class Dispatcher:
 
     async def _notice(self, item: OutboxItem) -> Attempt:
         assert item.channel_id is not None
+        structlog.contextvars.bind_contextvars(channel=item.channel_id)
         client = self._channels.clients.get(item.channel_id)
         if client is None:
             return Attempt(Retry(f"messenger {item.channel_id!r} is not configured"))

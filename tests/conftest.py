@@ -157,8 +157,10 @@ class World:
             **over,
         )
 
-    async def start_bridge(self, *, wait_active: bool = True, **over: Any) -> Bridge:
-        bridge = Bridge(settings_from_dict(self.config(**over)))
+    async def start_bridge(
+        self, *, wait_active: bool = True, config: dict[str, Any] | None = None, **over: Any
+    ) -> Bridge:
+        bridge = Bridge(settings_from_dict(config or self.config(**over)))
         await bridge.start()
         self.bridge = bridge
         self.chatvisor.hook_url = bridge.hook_url()

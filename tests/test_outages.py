@@ -137,3 +137,40 @@ async def test_restart_with_work_pending(running: World) -> None:
     await eventually(lambda: m.chat_log["rs"] == expected, what="replies after restart, in order")
     assert m.duplicates == 0
     assert await bridge.query("SELECT count(*) FROM sessions") == [(1,)]
+
+
+async def test_storage_refusing_writes_answers_503_then_recovers(running: World) -> None:
+    from bridge.keys import DATABASE
+
+    m, http, bridge = running.messenger, running.http, running.bridge
+    assert bridge is not None and bridge.app is not None
+    writer = bridge.app[DATABASE]._writer  # the test stands in for a full or read-only disk
+    assert writer is not None
+    await writer.execute("PRAGMA query_only=ON")
+    status, body = await m.send_message(http, "db", "not stored", message_id="db-1")
+    assert status == 503 and body["errcode"] == "storage_unavailable"
+    assert await bridge.query("SELECT count(*) FROM messages") == [(0,)]
+    await writer.execute("PRAGMA query_only=OFF")
+    assert (await m.send_message(http, "db", "stored", message_id="db-1"))[0] == 200
+    await eventually(
+        lambda: running.chatvisor.all_texts() == ["stored"], what="delivered once cleared"
+    )
+
+
+async def test_channel_removed_from_config_holds_its_items(running: World) -> None:
+    m, cv, http = running.messenger, running.chatvisor, running.http
+    await m.send_message(http, "gone", "x")
+    customer = await running.customer_id("gone")
+    await eventually(lambda: m.outcomes, what="outcome")
+    await running.bridge.stop()
+    config = running.config()
+    config["messengers"] = {
+        "other": {**config["messengers"]["acme"], "webhook": "http://127.0.0.1:9/x"}
+    }
+    bridge = await running.start_bridge(wait_active=False, config=config)
+    assert (await cv.agent_reply(http, customer, "for a removed channel"))[0] == 200
+    await asyncio.sleep(0.2)
+    assert await bridge.query("SELECT state, last_error FROM channels WHERE id = 'acme'") == [
+        ("disconnected", "no longer in the configuration")
+    ]
+    assert await bridge.query("SELECT status FROM outbox") == [("pending",)]

@@ -131,3 +131,33 @@ def test_redactor_catches_a_secret_logged_by_mistake() -> None:
         structlog.reset_defaults()
     assert CODE not in buf.getvalue()
     assert "[redacted]" in buf.getvalue()
+
+
+async def test_message_path_log_lines_carry_ids_and_empty_code_is_warned(world: World) -> None:
+    buf = io.StringIO()
+    configure_logging(LoggingSettings(level="debug", format="json"), SECRETS, stream=buf)
+    try:
+        acme = {**world.config()["messengers"]["acme"], "confirmation_code": ""}
+        world.messenger.code = ""
+        await world.start_bridge(messengers={"acme": acme})
+        await world.messenger.send_message(world.http, "ids", "hello", message_id="ext-1")
+        customer = await world.customer_id("ids")
+        await world.chatvisor.agent_reply(world.http, customer, "hi")
+        await eventually(lambda: world.messenger.chat_log["ids"], what="reply")
+        await eventually(lambda: world.messenger.outcomes, what="outcome")
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert any(
+        line["event"] == "channel.empty_confirmation_code" and line["level"] == "warning"
+        for line in lines
+    )
+    accepted = next(line for line in lines if line["event"] == "messenger.message_accepted")
+    assert {"channel", "session", "message"} <= accepted.keys()
+    done = [line for line in lines if line["event"] == "delivery.done"]
+    assert len(done) >= 3  # to the live chat, the outcome, the reply
+    for line in done:
+        assert line["channel"] == "acme"
+    for line in done:
+        if line["kind"] != "messenger.outcome":
+            assert line["session"] == accepted["session"] and line["message"]

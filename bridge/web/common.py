@@ -51,6 +51,8 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    # Requests on a kept-alive connection can share a task: start each with no ids bound.
+    structlog.contextvars.clear_contextvars()
     response: web.StreamResponse
     try:
         response = await handler(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from bridge.errors import NotFound, Unauthenticated
@@ -15,6 +16,7 @@ routes = web.RouteTableDef()
 @routes.post("/livechats/{livechat_id}/webhook/{hook_token}")
 async def livechat_webhook(request: web.Request) -> web.Response:
     livechat_id = request.match_info["livechat_id"]
+    structlog.contextvars.bind_contextvars(livechat=livechat_id)
     settings = request.app[SETTINGS].livechats.get(livechat_id)
     if settings is None:
         raise NotFound("unknown_livechat", "no live chat with this id")

@@ -20,6 +20,7 @@ log = structlog.get_logger("messenger")
 @routes.post("/messengers/{channel_id}/webhook")
 async def messenger_webhook(request: web.Request) -> web.Response:
     channel_id = request.match_info["channel_id"]
+    structlog.contextvars.bind_contextvars(channel=channel_id)
     settings = request.app[SETTINGS].messengers.get(channel_id)
     if settings is None:
         raise NotFound("unknown_channel", "no messenger channel with this id")
@@ -39,7 +40,6 @@ async def messenger_webhook(request: web.Request) -> web.Response:
         accepted = await relay.accept_user_message(channel_id, req)
         log.info(
             "messenger.message_accepted",
-            channel=channel_id,
             session=accepted.session_id,
             message=accepted.uid,
             external_message=req.external_message_id,
