@@ -127,9 +127,8 @@ class ChannelManager:
         await self._set(channel_id, CONNECTING, None, enabled=True)
         first = self._start_loop(channel_id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.shield(first), self._settings.delivery.request_timeout + 1
-            )
+            async with asyncio.timeout(self._settings.delivery.request_timeout + 1):
+                await asyncio.shield(first)
         return self.row(channel_id)
 
     async def disconnect(self, channel_id: str, *, by_messenger: bool = False) -> ChannelRow:

@@ -47,6 +47,7 @@ class DeliveryWorker:
         self._wakeup = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -55,6 +56,7 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="delivery-worker")
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -65,7 +67,7 @@ class DeliveryWorker:
         self._inflight.clear()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._round()
             except asyncio.CancelledError:
@@ -78,15 +80,24 @@ class DeliveryWorker:
         self._wakeup.clear()
         free = self._settings.concurrency - len(self._inflight)
         if free > 0:
-            items = await outbox.claim_ready(self._db, self._clock(), free, set(self._inflight))
+            now, inflight = self._clock(), self._inflight
+
+            async def claim(conn: aiosqlite.Connection) -> list[OutboxItem]:
+                # `inflight` is read when the claim runs, after every settle queued before it.
+                return await outbox.claim_ready(conn, now, free, inflight, len(inflight))
+
+            items = await self._db.write(claim)
             for item in items:
                 self._inflight[item.id] = asyncio.create_task(self._deliver(item))
             if items and len(items) == free:
                 return  # there may be more ready: look again at once
         due = await outbox.next_due(self._db)
         idle = MAX_IDLE if due is None else min(MAX_IDLE, max(MIN_IDLE, due - self._clock()))
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just
+        # as the event fires, and stop() would then wait forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), idle)
+            async with asyncio.timeout(idle):
+                await self._wakeup.wait()
 
     async def _deliver(self, item: OutboxItem) -> None:
         bound = log.bind(item=item.id, kind=item.kind, lane=item.lane, ref=item.ref_id)
@@ -120,15 +131,15 @@ class DeliveryWorker:
             follow_up = attempt.on_delivered
             bound.info("delivery.done", attempts=item.attempts + 1)
 
-            async def work(conn: aiosqlite.Connection) -> None:
-                await outbox.complete(conn, item.id)
+            async def work(conn: aiosqlite.Connection) -> bool:
+                return await outbox.complete(conn, item.id)
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
             bound.warning("delivery.unauthorized", error=result.error)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
-            async def work(conn: aiosqlite.Connection) -> None:
-                await outbox.reschedule(
+            async def work(conn: aiosqlite.Connection) -> bool:
+                return await outbox.reschedule(
                     conn, item.id, attempts=item.attempts, at=at, error=result.error, now=now
                 )
         else:
@@ -140,8 +151,10 @@ class DeliveryWorker:
                 follow_up = attempt.on_dead
                 bound.error("delivery.dead", attempts=attempts, error=result.error)
 
-                async def work(conn: aiosqlite.Connection) -> None:
-                    await outbox.bury(conn, item.id, attempts=attempts, error=result.error, now=now)
+                async def work(conn: aiosqlite.Connection) -> bool:
+                    return await outbox.bury(
+                        conn, item.id, attempts=attempts, error=result.error, now=now
+                    )
             else:
                 delay = backoff(attempts, cfg.retry_base, cfg.retry_cap)
                 if isinstance(result, Retry) and result.after is not None:
@@ -150,8 +163,8 @@ class DeliveryWorker:
                     "delivery.retry", attempts=attempts, error=result.error, delay=round(delay, 3)
                 )
 
-                async def work(conn: aiosqlite.Connection) -> None:
-                    await outbox.reschedule(
+                async def work(conn: aiosqlite.Connection) -> bool:
+                    return await outbox.reschedule(
                         conn,
                         item.id,
                         attempts=attempts,
@@ -161,8 +174,7 @@ class DeliveryWorker:
                     )
 
         async def settle(conn: aiosqlite.Connection) -> None:
-            await work(conn)
-            if follow_up is not None:
+            if await work(conn) and follow_up is not None:
                 await follow_up(conn)
 
         await self._db.write(settle)

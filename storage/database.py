@@ -58,7 +58,8 @@ class Database:
             self._writer = await self._connect()
             self.schema_version = await migrate(self._writer)
             self._reader = await self._connect()
-            await self._reader.execute("PRAGMA query_only=ON")
+            async with self._reader.execute("PRAGMA query_only=ON"):
+                pass
         except BaseException:
             await self.close()  # a refused or broken file must not stay open and locked
             raise
@@ -74,7 +75,9 @@ class Database:
             "foreign_keys=ON",
             "busy_timeout=5000",
         ):
-            await conn.execute(f"PRAGMA {pragma}")
+            # Closed at once: an open statement would pin a snapshot or hold a lock.
+            async with conn.execute(f"PRAGMA {pragma}"):
+                pass
         return conn
 
     def _take_process_lock(self) -> None:

@@ -78,8 +78,9 @@ V1 = [
     "CREATE INDEX messages_by_remote ON messages (chat_id, remote_id)",
     "CREATE INDEX messages_by_session ON messages (session_id, id)",
     # Every outside call, committed before it is attempted. Items of one lane go in id order.
+    # AUTOINCREMENT: an id is never reused, so a late settle cannot touch a newer item.
     """CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
         lane TEXT NOT NULL,
         channel_id TEXT,

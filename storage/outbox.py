@@ -9,6 +9,7 @@ to the admin.
 from __future__ import annotations
 
 import json
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,15 @@ async def enqueue(
     return int(row[0])
 
 
-async def claim_ready(db: Database, now: float, limit: int, busy: set[int]) -> list[OutboxItem]:
-    """Heads of lanes that are due and not held, oldest first, skipping those in flight."""
-    rows = await db.fetch_all(
+async def claim_ready(
+    conn: aiosqlite.Connection, now: float, limit: int, busy: Container[int], n_busy: int
+) -> list[OutboxItem]:
+    """Heads of lanes that are due and not held, oldest first, skipping those in flight.
+
+    Run on the writer, in turn with the settles: a reader's snapshot could still show an item
+    that a settle has just completed, and it would be sent twice.
+    """
+    async with conn.execute(
         """SELECT o.* FROM outbox o
            LEFT JOIN channels c ON c.id = o.channel_id
            WHERE o.status = 'pending' AND o.next_attempt_at <= ?
@@ -73,8 +80,9 @@ async def claim_ready(db: Database, now: float, limit: int, busy: set[int]) -> l
              AND o.id = (SELECT min(p.id) FROM outbox p
                          WHERE p.lane = o.lane AND p.status = 'pending')
            ORDER BY o.id LIMIT ?""",
-        (now, limit + len(busy)),
-    )
+        (now, limit + n_busy),
+    ) as cur:
+        rows = await cur.fetchall()
     return [item for item in map(_item, rows) if item.id not in busy][:limit]
 
 
@@ -86,28 +94,35 @@ async def next_due(db: Database) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def complete(conn: aiosqlite.Connection, item_id: int) -> None:
-    await conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+# Each settle returns whether it found the item still pending: follow-ups run only then, so
+# nothing is ever settled twice.
+
+
+async def complete(conn: aiosqlite.Connection, item_id: int) -> bool:
+    cur = await conn.execute("DELETE FROM outbox WHERE id = ? AND status = 'pending'", (item_id,))
+    return cur.rowcount > 0
 
 
 async def reschedule(
     conn: aiosqlite.Connection, item_id: int, *, attempts: int, at: float, error: str, now: float
-) -> None:
-    await conn.execute(
+) -> bool:
+    cur = await conn.execute(
         """UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?
-           WHERE id = ?""",
+           WHERE id = ? AND status = 'pending'""",
         (attempts, at, error, now, item_id),
     )
+    return cur.rowcount > 0
 
 
 async def bury(
     conn: aiosqlite.Connection, item_id: int, *, attempts: int, error: str, now: float
-) -> None:
-    await conn.execute(
+) -> bool:
+    cur = await conn.execute(
         """UPDATE outbox SET status = 'dead', attempts = ?, last_error = ?, updated_at = ?
-           WHERE id = ?""",
+           WHERE id = ? AND status = 'pending'""",
         (attempts, error, now, item_id),
     )
+    return cur.rowcount > 0
 
 
 async def release_channel(conn: aiosqlite.Connection, channel_id: str, now: float) -> int:
