@@ -55,7 +55,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             lc_id: build_livechat(lc_id, lc, http) for lc_id, lc in settings.livechats.items()
         }
         channels = ChannelManager(db, settings, http, wake, clock)
-        dispatcher = Dispatcher(db, settings, livechats, channels, clock)
+        dispatcher = Dispatcher(db, settings, livechats, channels, http, clock)
         worker = DeliveryWorker(db, settings.delivery, dispatcher, channels, clock)
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
         app[RELAY] = Relay(db, settings, wake, clock)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import aiosqlite
 import structlog
 
@@ -23,8 +24,9 @@ from bridge.model import (
     UserProfile,
 )
 from bridge.settings import Settings
+from connectors import webhooks
 from connectors.base import LiveChatConnector
-from storage import chats, messages, outbox
+from storage import chats, events, messages, outbox
 from storage.database import Database
 from storage.outbox import OutboxItem
 
@@ -55,8 +57,10 @@ class Dispatcher:
         settings: Settings,
         livechats: dict[str, LiveChatConnector],
         channels: ChannelManager,
+        http: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._http = http
         self._db = db
         self._settings = settings
         self._livechats = livechats
@@ -70,6 +74,8 @@ class Dispatcher:
             return await self._to_messenger(item)
         if item.kind in (relay.OUTCOME, relay.READ):
             return await self._notice(item)
+        if item.kind == relay.TO_SUBSCRIBER:
+            return await self._to_subscriber(item)
         return Attempt(Failed(f"unknown outbox kind {item.kind!r}"))
 
     async def _to_livechat(self, item: OutboxItem) -> Attempt:
@@ -178,3 +184,34 @@ class Dispatcher:
         else:
             result = await client.mark_as_read(external_id)
         return Attempt(result, channel_id=item.channel_id)
+
+    async def _to_subscriber(self, item: OutboxItem) -> Attempt:
+        key = item.payload["subscription"]
+        sub = next((s for s in self._settings.subscriptions if s.key == key), None)
+        if sub is None:
+            return Attempt(Failed(f"subscription {key!r} is no longer configured"))
+        assert item.ref_id is not None
+        event = await events.get(self._db, item.ref_id)
+        if event is None:
+            return Attempt(Failed("the event is no longer stored"))
+        connector = self._livechats.get(event.livechat_id)
+        notice = webhooks.EventNotice(
+            uid=event.uid,
+            name=event.name,
+            livechat_id=event.livechat_id,
+            livechat_kind=connector.kind if connector else "unknown",
+            received_at=event.received_at,
+            payload=event.payload,
+            session_id=event.session_id,
+            channel_id=event.channel_id,
+            external_chat_id=event.external_chat_id,
+        )
+        structlog.contextvars.bind_contextvars(subscription=key, event=event.uid)
+        result = await webhooks.deliver(
+            self._http,
+            sub.url,
+            sub.secret.get_secret_value(),
+            f"msg_{event.uid}_{key}",  # the same on every retry: receivers drop repeats
+            webhooks.body(notice),
+        )
+        return Attempt(result)

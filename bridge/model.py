@@ -65,10 +65,32 @@ MessengerRequest = UserMessage | UserInfoQuery | MessengerDisconnect | UserRead
 
 @dataclass(frozen=True, slots=True)
 class ChatRef:
-    """How a live chat names a messenger chat: by its own customer id or by our client key."""
+    """How a live chat names a messenger chat: by its own customer id, by our client key, by
+    its own conversation id, or only by the visitor's contact details."""
 
     customer_id: str | None = None
     client_key: str | None = None
+    conversation_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Contact details the live chat holds for a visitor."""
+
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    sender: str  # "visitor" | "agent" | what the live chat said
+    text: str
+    timestamp: float | None = None
+    agent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +128,31 @@ class OtherEvent:
     chat: ChatRef | None = None
 
 
-LiveChatEvent = AgentMessage | ConversationState | AgentRead | OtherEvent
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """A chat life-cycle event (JivoChat's Webhooks API): accepted, updated, finished..."""
+
+    name: str  # normalised event name, e.g. "chat_accepted", "offline_message"
+    chat: ChatRef
+    raw: dict[str, Any]
+    contact: Contact | None = None
+    agent: Operator | None = None
+    wants_answer: bool = False  # the live chat shows the agent what we answer
+    closes: bool = False
+    assign_to: str | None = None
+    transcript: tuple[TranscriptLine, ...] | None = None
+
+
+LiveChatEvent = AgentMessage | ConversationState | AgentRead | Lifecycle | OtherEvent
+
+
+@dataclass(frozen=True, slots=True)
+class CrmAnswer:
+    """What the bridge tells an agent about the messenger user behind a chat."""
+
+    contact: Contact
+    fields: tuple[tuple[str, str], ...]
+    link: str | None = None
 
 
 # --- bridge → live chat -------------------------------------------------------------------

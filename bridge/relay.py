@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import aiosqlite
 import structlog
@@ -16,7 +18,11 @@ import structlog
 from bridge.model import (
     AgentMessage,
     AgentRead,
+    ChatRef,
+    Contact,
     ConversationState,
+    CrmAnswer,
+    Lifecycle,
     LiveChatEvent,
     OtherEvent,
     UserMessage,
@@ -33,6 +39,7 @@ TO_LIVECHAT = "livechat.message"
 TO_MESSENGER = "messenger.message"
 OUTCOME = "messenger.outcome"
 READ = "messenger.read"
+TO_SUBSCRIBER = "subscriber.event"
 
 
 def livechat_lane(chat_id: int) -> str:
@@ -41,6 +48,21 @@ def livechat_lane(chat_id: int) -> str:
 
 def messenger_lane(chat_id: int) -> str:
     return f"ms:{chat_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    queued: bool = False  # something was put in the outbox: wake the worker
+    answer: CrmAnswer | None = None
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    return {
+        "name": contact.name,
+        "email": contact.email,
+        "phone": contact.phone,
+        "description": contact.description,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,141 +128,257 @@ class Relay:
             self._wake()
         return accepted
 
-    async def accept_livechat_events(self, livechat_id: str, batch: list[LiveChatEvent]) -> None:
-        async def work(conn: aiosqlite.Connection) -> bool:
-            woke = False
+    async def accept_livechat_events(
+        self, livechat_id: str, batch: list[LiveChatEvent]
+    ) -> list[CrmAnswer]:
+        """Apply a hook's events; return what the live chat should show its agent."""
+
+        async def work(conn: aiosqlite.Connection) -> tuple[bool, list[CrmAnswer]]:
+            queued, answers = False, []
             for event in batch:
-                woke |= await self._apply(conn, livechat_id, event)
-            return woke
+                applied = await self._apply(conn, livechat_id, event)
+                queued |= applied.queued
+                if applied.answer is not None:
+                    answers.append(applied.answer)
+            return queued, answers
 
         if not batch:
-            return
-        queued: bool = await self._db.write(work)
+            return []
+        queued, answers = await self._db.write(work)
         if queued:
             self._wake()
+        return answers
 
     async def _apply(
         self, conn: aiosqlite.Connection, livechat_id: str, event: LiveChatEvent
-    ) -> bool:
-        """Apply one event; True if it queued something to deliver."""
-        now = self._clock()
+    ) -> Applied:
         if isinstance(event, OtherEvent):
             chat = await chats.find_chat(conn, livechat_id, event.chat) if event.chat else None
             session_id = await chats.open_session_id(conn, chat.id) if chat else None
-            await events.record(
-                conn,
-                livechat_id=livechat_id,
-                name=event.name,
-                payload=event.raw,
-                session_id=session_id,
-                now=now,
-            )
-            return False
-
+            return Applied(await self._record(conn, livechat_id, event.name, event.raw, session_id))
+        if isinstance(event, Lifecycle):
+            return await self._on_lifecycle(conn, livechat_id, event)
         chat = await chats.find_chat(conn, livechat_id, event.chat)
         if chat is None:
             log.warning("relay.unlinked_event", livechat=livechat_id, kind=type(event).__name__)
-            await events.record(
-                conn,
-                livechat_id=livechat_id,
-                name="unlinked",
-                payload={
-                    "kind": type(event).__name__,
-                    "customer_id": event.chat.customer_id,
-                    "client_key": event.chat.client_key,
-                },
-                now=now,
-            )
-            return False
-        messenger = self._settings.messengers.get(chat.channel_id)
-        operator_sessions = messenger is not None and messenger.operator_sessions
-
+            payload = {
+                "kind": type(event).__name__,
+                "customer_id": event.chat.customer_id,
+                "client_key": event.chat.client_key,
+            }
+            return Applied(await self._record(conn, livechat_id, "unlinked", payload, None))
         if isinstance(event, AgentMessage):
-            dedupe_key = f"out:{livechat_id}:{event.message_id}" if event.message_id else None
-            if dedupe_key and await messages.seen(conn, dedupe_key):
-                return False
-            session_id = await chats.open_session_id(conn, chat.id)
-            if session_id is None:
-                if not operator_sessions:
-                    await events.record(
-                        conn,
-                        livechat_id=livechat_id,
-                        name="message.refused",
-                        payload={
-                            "reason": "no open session and the messenger does not allow"
-                            " operator-started sessions",
-                            "chat_id": chat.id,
-                            "message_id": event.message_id,
-                        },
-                        now=now,
-                    )
-                    log.warning("relay.operator_session_refused", channel=chat.channel_id)
-                    return False
+            return await self._on_agent_message(conn, livechat_id, chat, event)
+        if isinstance(event, ConversationState):
+            return await self._on_conversation(conn, livechat_id, chat, event)
+        return await self._on_read(conn, chat, event)
+
+    async def _record(
+        self,
+        conn: aiosqlite.Connection,
+        livechat_id: str,
+        name: str,
+        payload: dict[str, Any],
+        session_id: int | None,
+    ) -> bool:
+        """Keep the event and queue it for every subscription that wants it."""
+        now = self._clock()
+        event_id = await events.record(
+            conn,
+            livechat_id=livechat_id,
+            name=name,
+            payload=payload,
+            session_id=session_id,
+            now=now,
+        )
+        queued = False
+        for sub in self._settings.subscriptions:
+            if sub.wants(livechat_id, name):
+                await outbox.enqueue(
+                    conn,
+                    kind=TO_SUBSCRIBER,
+                    lane=f"sub:{sub.key}",
+                    ref_id=event_id,
+                    payload={"subscription": sub.key},
+                    now=now,
+                )
+                queued = True
+        return queued
+
+    def _operator_sessions(self, chat: chats.ChatRow) -> bool:
+        messenger = self._settings.messengers.get(chat.channel_id)
+        return messenger is not None and messenger.operator_sessions
+
+    async def _on_agent_message(
+        self, conn: aiosqlite.Connection, livechat_id: str, chat: chats.ChatRow, event: AgentMessage
+    ) -> Applied:
+        now = self._clock()
+        dedupe_key = f"out:{livechat_id}:{event.message_id}" if event.message_id else None
+        if dedupe_key and await messages.seen(conn, dedupe_key):
+            return Applied()
+        session_id = await chats.open_session_id(conn, chat.id)
+        if session_id is None:
+            if not self._operator_sessions(chat):
+                log.warning("relay.operator_session_refused", channel=chat.channel_id)
+                payload = {
+                    "reason": "no open session and the messenger does not allow"
+                    " operator-started sessions",
+                    "chat_id": chat.id,
+                    "message_id": event.message_id,
+                }
+                return Applied(
+                    await self._record(conn, livechat_id, "message.refused", payload, None)
+                )
+            session_id, _ = await chats.open_session(conn, chat.id, livechat_id, "operator", now)
+        operator = event.operator
+        message_id = await messages.insert(
+            conn,
+            uid=messages.new_uid(),
+            dedupe_key=dedupe_key,
+            session_id=session_id,
+            chat_id=chat.id,
+            direction="out",
+            text=event.text,
+            files=event.files,
+            now=now,
+            remote_id=event.message_id,
+            operator_id=operator.id if operator else None,
+            operator_name=operator.name if operator else None,
+        )
+        await outbox.enqueue(
+            conn,
+            kind=TO_MESSENGER,
+            lane=messenger_lane(chat.id),
+            channel_id=chat.channel_id,
+            ref_id=message_id,
+            now=now,
+        )
+        return Applied(queued=True)
+
+    async def _on_conversation(
+        self,
+        conn: aiosqlite.Connection,
+        livechat_id: str,
+        chat: chats.ChatRow,
+        event: ConversationState,
+    ) -> Applied:
+        now = self._clock()
+        if event.open:
+            session_id = await chats.reopen_last_session(conn, chat.id)
+            if session_id is None and self._operator_sessions(chat):
                 session_id, _ = await chats.open_session(
                     conn, chat.id, livechat_id, "operator", now
                 )
-            operator = event.operator
-            message_id = await messages.insert(
-                conn,
-                uid=messages.new_uid(),
-                dedupe_key=dedupe_key,
-                session_id=session_id,
-                chat_id=chat.id,
-                direction="out",
-                text=event.text,
-                files=event.files,
-                now=now,
-                remote_id=event.message_id,
-                operator_id=operator.id if operator else None,
-                operator_name=operator.name if operator else None,
-            )
-            await outbox.enqueue(
-                conn,
-                kind=TO_MESSENGER,
-                lane=messenger_lane(chat.id),
-                channel_id=chat.channel_id,
-                ref_id=message_id,
-                now=now,
-            )
-            return True
+            if session_id is not None:
+                await chats.set_session_url(conn, session_id, event.url)
+        else:
+            session_id = await chats.close_session(conn, chat.id, now)
+        return Applied(await self._record(conn, livechat_id, event.name, event.raw, session_id))
 
-        if isinstance(event, ConversationState):
-            if event.open:
-                session_id = await chats.reopen_last_session(conn, chat.id)
-                if session_id is None and operator_sessions:
-                    session_id, _ = await chats.open_session(
-                        conn, chat.id, livechat_id, "operator", now
+    async def _on_read(
+        self, conn: aiosqlite.Connection, chat: chats.ChatRow, event: AgentRead
+    ) -> Applied:
+        target = await messages.find_inbound(conn, chat.id, event.message_id)
+        if target is None or target.status == "read" or target.external_id is None:
+            return Applied()
+        await messages.set_status(conn, target.id, "read")
+        await outbox.enqueue(
+            conn,
+            kind=READ,
+            lane=messenger_lane(chat.id),
+            channel_id=chat.channel_id,
+            ref_id=target.id,
+            payload={"external_id": target.external_id},
+            now=self._clock(),
+        )
+        return Applied(queued=True)
+
+    async def _on_lifecycle(
+        self, conn: aiosqlite.Connection, livechat_id: str, event: Lifecycle
+    ) -> Applied:
+        chat, session_id = await self._link(conn, livechat_id, event)
+        answer = None
+        if chat is not None:
+            if event.contact is not None and event.name != "chat_finished":
+                await chats.set_contact(conn, chat.id, _contact_json(event.contact))
+            if session_id is not None:
+                agent = event.agent
+                if event.name == "chat_accepted" or event.chat.conversation_id:
+                    await chats.link_session(
+                        conn,
+                        session_id,
+                        event.chat.conversation_id,
+                        agent.id if agent and event.name == "chat_accepted" else None,
+                        agent.name if agent and event.name == "chat_accepted" else None,
                     )
-                if session_id is not None:
-                    await chats.set_session_url(conn, session_id, event.url)
-            else:
-                session_id = await chats.close_session(conn, chat.id, now)
-            await events.record(
-                conn,
-                livechat_id=livechat_id,
-                name=event.name,
-                payload=event.raw,
-                session_id=session_id,
-                now=now,
-            )
-            return False
+                if event.assign_to:
+                    await chats.set_crm_link(conn, session_id, event.assign_to)
+                if event.closes:
+                    transcript = (
+                        None
+                        if event.transcript is None
+                        else [
+                            {
+                                "sender": t.sender,
+                                "text": t.text,
+                                "timestamp": t.timestamp,
+                                "agent_id": t.agent_id,
+                            }
+                            for t in event.transcript
+                        ]
+                    )
+                    await chats.finish_session(conn, session_id, transcript, self._clock())
+                if event.wants_answer:
+                    answer = await self._crm_answer(conn, chat, session_id)
+        else:
+            log.info("relay.unlinked_lifecycle", livechat=livechat_id, kind=event.name)
+        queued = await self._record(conn, livechat_id, event.name, event.raw, session_id)
+        return Applied(queued, answer)
 
-        if isinstance(event, AgentRead):
-            target = await messages.find_inbound(conn, chat.id, event.message_id)
-            if target is None or target.status == "read" or target.external_id is None:
-                return False
-            await messages.set_status(conn, target.id, "read")
-            await outbox.enqueue(
-                conn,
-                kind=READ,
-                lane=messenger_lane(chat.id),
-                channel_id=chat.channel_id,
-                ref_id=target.id,
-                payload={"external_id": target.external_id},
-                now=now,
-            )
-            return True
-        return False
+    async def _link(
+        self, conn: aiosqlite.Connection, livechat_id: str, event: Lifecycle
+    ) -> tuple[chats.ChatRow | None, int | None]:
+        """The chat and session an event speaks of, tried in the contract's order: our client
+        key as user_token, the visitor's email or phone, a live-chat chat id linked before."""
+        ref = event.chat
+        chat = None
+        if ref.client_key is not None:
+            chat = await chats.find_chat(conn, livechat_id, ChatRef(client_key=ref.client_key))
+        if chat is None:
+            chat = await chats.find_chat_by_contact(conn, livechat_id, ref.email, ref.phone)
+        session_id = None
+        if ref.conversation_id is not None:
+            found = await chats.find_session_by_remote(conn, livechat_id, ref.conversation_id)
+            if found is not None and (chat is None or found[1] == chat.id):
+                session_id = found[0]
+                chat = chat or await chats.get_chat(conn, found[1])
+        if chat is not None and session_id is None:
+            session_id = await chats.open_session_id(conn, chat.id)
+            if session_id is None and event.closes:
+                session_id = await chats.last_session_id(conn, chat.id)
+        return chat, session_id
+
+    async def _crm_answer(
+        self, conn: aiosqlite.Connection, chat: chats.ChatRow, session_id: int
+    ) -> CrmAnswer:
+        found = await chats.get_user(conn, chat.channel_id, chat.user_id)
+        profile = found[0] if found else UserProfile(chat.user_id)
+        messenger = self._settings.messengers.get(chat.channel_id)
+        channel_name = messenger.name if messenger else chat.channel_id
+        opened = datetime.fromtimestamp(await chats.session_opened_at(conn, session_id), UTC)
+        return CrmAnswer(
+            contact=Contact(
+                name=profile.username or chat.name or profile.user_id,
+                phone=profile.phone,
+                description=f"{channel_name} user {profile.user_id}",
+            ),
+            fields=(
+                ("Messenger", channel_name),
+                ("User ID", profile.user_id),
+                ("Session started", opened.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ),
+            link=f"{self._settings.server.public_url}/admin/sessions/{session_id}",
+        )
 
     async def user_read(self, channel_id: str, uid: str) -> None:
         """The messenger reports that its user read an operator's message."""

@@ -7,6 +7,8 @@ whose lines read `path.to.key: what is wrong`; the CLI prints them and exits wit
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import tomllib
@@ -95,8 +97,51 @@ class ChatvisorSettings(_Section):
     hook_token: RequiredSecret
 
 
-LiveChatSettings = ChatvisorSettings
-LIVECHAT_KINDS = ("chatvisor",)
+class JivochatSettings(_Section):
+    kind: Literal["jivochat"]
+    # The Chat API channel's URL carries a random secret in its path: treated as a secret.
+    chat_api_url: Annotated[
+        SecretStr, AfterValidator(lambda v: SecretStr(_http_url(v.get_secret_value())))
+    ]
+    hook_token: RequiredSecret
+    status_timeout: float = Field(default=2.0, gt=0)
+
+
+LiveChatSettings = Annotated[ChatvisorSettings | JivochatSettings, Field(discriminator="kind")]
+LIVECHAT_KINDS = ("chatvisor", "jivochat")
+
+
+def _webhook_secret(value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value()
+    try:
+        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not raw.startswith("whsec_") or len(key) < 16:
+        raise ValueError(
+            "must be a Standard Webhooks secret: 'whsec_' and the base64 of 16 to 64 random"
+            " bytes (e.g. python -c \"import os,base64;print('whsec_'+base64.b64encode("
+            'os.urandom(32)).decode())")'
+        )
+    return value
+
+
+class SubscriptionSettings(_Section):
+    url: HttpUrl
+    secret: Annotated[SecretStr, AfterValidator(_webhook_secret)]
+    events: Literal["*"] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    livechat: str | None = None
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable id of this subscription: its `id`, else derived from its URL."""
+        return self.id or hashlib.sha256(self.url.encode()).hexdigest()[:12]
+
+    def wants(self, livechat_id: str, event: str) -> bool:
+        if self.livechat is not None and self.livechat != livechat_id:
+            return False
+        return self.events == "*" or event in self.events
 
 
 class MessengerSettings(_Section):
@@ -124,6 +169,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     livechats: dict[str, LiveChatSettings] = {}
     messengers: dict[str, MessengerSettings] = {}
+    subscriptions: list[SubscriptionSettings] = []
 
     @classmethod
     def settings_customise_sources(
@@ -141,8 +187,14 @@ class Settings(BaseSettings):
         """Every secret value configured, for the log redactor."""
         values = [self.admin.token.get_secret_value()]
         for lc in self.livechats.values():
-            values += [lc.api_token.get_secret_value(), lc.hook_token.get_secret_value()]
+            values.append(lc.hook_token.get_secret_value())
+            if isinstance(lc, ChatvisorSettings):
+                values.append(lc.api_token.get_secret_value())
+            else:
+                url = lc.chat_api_url.get_secret_value()
+                values += [url, url.rstrip("/").rsplit("/", 2)[-2]]  # the random path part too
         values += [m.confirmation_code.get_secret_value() for m in self.messengers.values()]
+        values += [sub.secret.get_secret_value() for sub in self.subscriptions]
         return [v for v in values if v]
 
 
@@ -188,7 +240,9 @@ def _precheck(raw: dict[str, Any]) -> list[str]:
     livechats = raw.get("livechats", {})
     if isinstance(livechats, dict):
         for lc_id, lc in livechats.items():
-            if isinstance(lc, dict) and "kind" in lc and lc["kind"] not in LIVECHAT_KINDS:
+            if isinstance(lc, dict) and "kind" not in lc:
+                problems.append(f"livechats.{lc_id}.kind: required key is missing")
+            elif isinstance(lc, dict) and lc["kind"] not in LIVECHAT_KINDS:
                 known = ", ".join(LIVECHAT_KINDS)
                 problems.append(
                     f"livechats.{lc_id}.kind: unknown kind {lc['kind']!r} (known: {known})"
@@ -197,7 +251,10 @@ def _precheck(raw: dict[str, Any]) -> list[str]:
 
 
 def _format_error(err: Any) -> str:
-    path = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    loc = list(err["loc"])
+    if len(loc) > 2 and loc[0] == "livechats" and loc[2] in LIVECHAT_KINDS:
+        del loc[2]  # pydantic names the union member; the admin's file has no such level
+    path = ".".join(str(part) for part in loc) or "(top level)"
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
         message = "required key is missing"
@@ -230,4 +287,17 @@ def _cross_check(settings: Settings) -> list[str]:
             )
         else:
             seen_webhooks[messenger.webhook] = m_id
+    seen_keys: dict[str, int] = {}
+    for index, sub in enumerate(settings.subscriptions):
+        if sub.livechat is not None and sub.livechat not in settings.livechats:
+            known = ", ".join(sorted(settings.livechats)) or "none configured"
+            problems.append(
+                f"subscriptions.{index}.livechat: unknown live chat {sub.livechat!r} (known: {known})"
+            )
+        if (other_index := seen_keys.get(sub.key)) is not None:
+            problems.append(
+                f"subscriptions.{index}: same id as subscriptions.{other_index}"
+                " (two subscriptions to one URL need distinct `id`s)"
+            )
+        seen_keys[sub.key] = index
     return problems

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from bridge.model import Customer, DeliveryResult, LiveChatEvent, OutgoingMessage
-from bridge.settings import LiveChatSettings
+from bridge.model import CrmAnswer, Customer, DeliveryResult, LiveChatEvent, OutgoingMessage
+from bridge.settings import ChatvisorSettings, LiveChatSettings
 
 
 class LiveChatConnector(Protocol):
@@ -26,6 +26,10 @@ class LiveChatConnector(Protocol):
         """Post one messenger user's message. Must be idempotent on `message.uid`."""
         ...
 
+    def hook_reply(self, answers: list[CrmAnswer]) -> dict[str, Any]:
+        """The body that answers a hook request, carrying what the relay had to say."""
+        ...
+
     async def readiness(self) -> dict[str, Any]:
         """Facts for /readyz about this live chat; informative, never a failure."""
         ...
@@ -36,6 +40,8 @@ def build_livechat(
 ) -> LiveChatConnector:
     # Imported here so that adding a kind touches this function and its own module only.
     from connectors.chatvisor import ChatvisorConnector
+    from connectors.jivochat import JivochatConnector
 
-    kinds: dict[str, type[ChatvisorConnector]] = {"chatvisor": ChatvisorConnector}
-    return kinds[settings.kind](livechat_id, settings, http)
+    if isinstance(settings, ChatvisorSettings):
+        return ChatvisorConnector(livechat_id, settings, http)
+    return JivochatConnector(livechat_id, settings, http)

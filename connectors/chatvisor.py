@@ -17,6 +17,7 @@ from bridge.model import (
     AgentRead,
     ChatRef,
     ConversationState,
+    CrmAnswer,
     Customer,
     Delivered,
     DeliveryResult,
@@ -194,6 +195,9 @@ class ChatvisorConnector:
         if remote is None:
             return Retry(f"{path.rsplit('/', 1)[-1]}: answer without an id")
         return Delivered(remote_id=str(remote))
+
+    def hook_reply(self, answers: list[CrmAnswer]) -> dict[str, Any]:
+        return {"result": "ok"}
 
     async def readiness(self) -> dict[str, Any]:
         return {"kind": self.kind}

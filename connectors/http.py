@@ -44,11 +44,24 @@ async def request(
     *,
     headers: dict[str, str] | None = None,
     max_body: int = 1 << 20,
+    seconds: float | None = None,
+    raw: bytes | None = None,
 ) -> Response | NoResponse:
-    data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+    """One call, bounded by the session's timeout or `seconds`. `raw` sends bytes as they are
+    (a signed body must not be re-serialised)."""
+    data = (
+        raw
+        if raw is not None
+        else None
+        if body is None
+        else json.dumps(body, ensure_ascii=False).encode()
+    )
     all_headers = {**JSON_HEADERS, **(headers or {})} if data is not None else headers
+    extra: dict[str, Any] = (
+        {} if seconds is None else {"timeout": aiohttp.ClientTimeout(total=seconds)}
+    )
     try:
-        async with http.request(method, url, data=data, headers=all_headers) as resp:
+        async with http.request(method, url, data=data, headers=all_headers, **extra) as resp:
             payload = await resp.content.read(max_body)
             return Response(resp.status, payload, _retry_after(resp.headers.get("Retry-After")))
     except TimeoutError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,3 +234,115 @@ async def list_sessions(
         (channel_id, status, limit),
     )
     return [dict(r) for r in rows]
+
+
+# --- what a live chat's life-cycle events record ------------------------------------------
+
+
+async def find_chat_by_contact(
+    conn: aiosqlite.Connection, livechat_id: str, email: str | None, phone: str | None
+) -> ChatRow | None:
+    """The latest chat whose user's profile or stored contact has this email or phone."""
+    if not email and not phone:
+        return None
+    async with conn.execute(
+        """SELECT c.* FROM chats c
+           LEFT JOIN users u ON u.channel_id = c.channel_id AND u.user_id = c.user_id
+           WHERE c.livechat_id = ?1 AND (
+               (?2 IS NOT NULL AND json_extract(c.contact, '$.email') = ?2)
+               OR (?3 IS NOT NULL AND (u.phone = ?3 OR json_extract(c.contact, '$.phone') = ?3)))
+           ORDER BY c.id DESC LIMIT 1""",
+        (livechat_id, email or None, phone or None),
+    ) as cur:
+        row = await cur.fetchone()
+    return _chat(row) if row else None
+
+
+async def find_session_by_remote(
+    conn: aiosqlite.Connection, livechat_id: str, remote_chat_id: str
+) -> tuple[int, int] | None:
+    """(session id, chat id) of the session a live chat's own chat id was linked to."""
+    async with conn.execute(
+        """SELECT id, chat_id FROM sessions WHERE livechat_id = ? AND remote_chat_id = ?
+           ORDER BY id DESC LIMIT 1""",
+        (livechat_id, remote_chat_id),
+    ) as cur:
+        row = await cur.fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+async def last_session_id(conn: aiosqlite.Connection, chat_id: int) -> int | None:
+    async with conn.execute("SELECT max(id) FROM sessions WHERE chat_id = ?", (chat_id,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+async def session_opened_at(conn: aiosqlite.Connection, session_id: int) -> float:
+    async with conn.execute("SELECT opened_at FROM sessions WHERE id = ?", (session_id,)) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+async def link_session(
+    conn: aiosqlite.Connection,
+    session_id: int,
+    remote_chat_id: str | None,
+    agent_id: str | None,
+    agent_name: str | None,
+) -> None:
+    await conn.execute(
+        """UPDATE sessions SET remote_chat_id = coalesce(?, remote_chat_id),
+                               agent_id = coalesce(?, agent_id),
+                               agent_name = coalesce(?, agent_name)
+           WHERE id = ?""",
+        (remote_chat_id, agent_id, agent_name, session_id),
+    )
+
+
+async def set_crm_link(conn: aiosqlite.Connection, session_id: int, link: str) -> None:
+    await conn.execute("UPDATE sessions SET crm_link = ? WHERE id = ?", (link, session_id))
+
+
+async def finish_session(
+    conn: aiosqlite.Connection, session_id: int, transcript: list[dict[str, Any]] | None, now: float
+) -> None:
+    await conn.execute(
+        """UPDATE sessions SET status = 'closed', closed_at = coalesce(closed_at, ?),
+                               transcript = coalesce(?, transcript)
+           WHERE id = ?""",
+        (
+            now,
+            None if transcript is None else json.dumps(transcript, ensure_ascii=False),
+            session_id,
+        ),
+    )
+
+
+async def set_contact(conn: aiosqlite.Connection, chat_id: int, contact: dict[str, Any]) -> None:
+    await conn.execute(
+        "UPDATE chats SET contact = ? WHERE id = ?",
+        (json.dumps(contact, ensure_ascii=False), chat_id),
+    )
+
+
+async def session_detail(db: Database, session_id: int) -> dict[str, Any] | None:
+    row = await db.fetch_one(
+        """SELECT s.*, c.channel_id, c.external_chat_id, c.name AS chat_name, c.user_id,
+                  c.client_key, c.customer_id, c.contact
+           FROM sessions s JOIN chats c ON c.id = s.chat_id WHERE s.id = ?""",
+        (session_id,),
+    )
+    if row is None:
+        return None
+    detail = dict(row)
+    for key in ("transcript", "contact"):
+        detail[key] = json.loads(detail[key]) if detail[key] else None
+    rows = await db.fetch_all(
+        """SELECT uid, direction, external_id, remote_id, user_id, operator_id, operator_name,
+                  text, files, status, created_at
+           FROM messages WHERE session_id = ? ORDER BY id LIMIT 1000""",
+        (session_id,),
+    )
+    detail["messages"] = [{**dict(r), "files": json.loads(r["files"])} for r in rows]
+    return detail

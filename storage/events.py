@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -20,9 +22,16 @@ async def record(
     session_id: int | None = None,
 ) -> int:
     async with conn.execute(
-        """INSERT INTO events (livechat_id, name, session_id, payload, received_at)
-           VALUES (?, ?, ?, ?, ?) RETURNING id""",
-        (livechat_id, name, session_id, json.dumps(payload, ensure_ascii=False), now),
+        """INSERT INTO events (uid, livechat_id, name, session_id, payload, received_at)
+           VALUES (?, ?, ?, ?, ?, ?) RETURNING id""",
+        (
+            uuid.uuid4().hex,
+            livechat_id,
+            name,
+            session_id,
+            json.dumps(payload, ensure_ascii=False),
+            now,
+        ),
     ) as cur:
         row = await cur.fetchone()
     assert row is not None
@@ -39,3 +48,38 @@ async def list_events(
         (livechat_id, name, limit),
     )
     return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    uid: str
+    livechat_id: str
+    name: str
+    session_id: int | None
+    payload: dict[str, Any]
+    received_at: float
+    channel_id: str | None
+    external_chat_id: str | None
+
+
+async def get(db: Database, event_id: int) -> EventRow | None:
+    row = await db.fetch_one(
+        """SELECT e.*, c.channel_id, c.external_chat_id FROM events e
+           LEFT JOIN sessions s ON s.id = e.session_id LEFT JOIN chats c ON c.id = s.chat_id
+           WHERE e.id = ?""",
+        (event_id,),
+    )
+    if row is None:
+        return None
+    return EventRow(
+        id=row["id"],
+        uid=row["uid"] or f"e{row['id']}",
+        livechat_id=row["livechat_id"],
+        name=row["name"],
+        session_id=row["session_id"],
+        payload=json.loads(row["payload"]),
+        received_at=row["received_at"],
+        channel_id=row["channel_id"],
+        external_chat_id=row["external_chat_id"],
+    )

@@ -108,8 +108,22 @@ V1 = [
     "CREATE INDEX events_by_livechat ON events (livechat_id, name, id)",
 ]
 
+V2 = [
+    # JivoChat: its own chat id per session, the CRM link an agent assigned, the transcript.
+    "ALTER TABLE sessions ADD COLUMN remote_chat_id TEXT",
+    "ALTER TABLE sessions ADD COLUMN crm_link TEXT",
+    "ALTER TABLE sessions ADD COLUMN transcript TEXT",
+    "CREATE INDEX sessions_remote ON sessions (livechat_id, remote_chat_id)",
+    # The contact details the live chat holds for the chat's visitor (JSON).
+    "ALTER TABLE chats ADD COLUMN contact TEXT",
+    "CREATE INDEX users_phone ON users (phone)",
+    # A stable id per event, the base of the webhook-id subscribers see.
+    "ALTER TABLE events ADD COLUMN uid TEXT",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
+    (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),
 ]
 LATEST = MIGRATIONS[-1][0]
 

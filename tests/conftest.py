@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ from bridge.app import create_app
 from bridge.keys import CHANNELS, DATABASE
 from bridge.settings import Settings, settings_from_dict
 from connectors.sim.chatvisor import ChatvisorSim
+from connectors.sim.jivochat import JivochatSim
 from connectors.sim.messenger import MessengerSim
 from connectors.sim.server import SimServer
 
@@ -201,3 +203,71 @@ async def running(world: World) -> World:
     """A world whose bridge is up and whose channel is active."""
     await world.start_bridge()
     return world
+
+
+# --- JivoChat -----------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "jivochat"
+HOOK = "jivo-hook-token-7777"
+EVENTS = [
+    "call_event",
+    "chat_accepted",
+    "chat_assigned",
+    "chat_finished",
+    "chat_updated",
+    "offline_message",
+]
+
+
+def seed(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((FIXTURES / f"{name}.request.json").read_text())
+    return doc
+
+
+class Jivo:
+    def __init__(self, world: World, sim: JivochatSim, server: SimServer) -> None:
+        self.world, self.sim, self.server = world, sim, server
+
+    @property
+    def http(self) -> Any:
+        return self.world.http
+
+    def config(self, **over: Any) -> dict[str, Any]:
+        base = self.world.config()
+        acme = {**base["messengers"]["acme"], "livechat": "sales"}
+        sales = {
+            "kind": "jivochat",
+            "chat_api_url": self.server.url + self.sim.path,
+            "hook_token": HOOK,
+        }
+        return self.world.config(livechats={"sales": sales}, messengers={"acme": acme}, **over)
+
+    async def start(self, **over: Any) -> None:
+        bridge = await self.world.start_bridge(config=self.config(**over))
+        self.sim.hook_url = f"{bridge.url}/livechats/sales/webhook/{HOOK}"
+
+    async def user_says(self, chat: str, text: str, **kw: Any) -> None:
+        status, _ = await self.world.messenger.send_message(self.http, chat, text, **kw)
+        assert status == 200
+
+    async def sessions(self, chat: str) -> list[tuple[Any, ...]]:
+        assert self.world.bridge is not None
+        return await self.world.bridge.query(
+            """SELECT s.id, s.status, s.remote_chat_id, s.agent_name, s.crm_link, s.transcript
+               FROM sessions s JOIN chats c ON c.id = s.chat_id WHERE c.external_chat_id = ?
+               ORDER BY s.id""",
+            (chat,),
+        )
+
+
+@pytest.fixture
+async def jivo(world: World) -> AsyncIterator[Jivo]:
+    sim = JivochatSim()
+    server = SimServer(sim.app)
+    await server.start()
+    j = Jivo(world, sim, server)
+    yield j
+    if world.bridge is not None:
+        await world.bridge.stop()
+        world.bridge = None
+    await server.stop()

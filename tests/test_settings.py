@@ -59,7 +59,9 @@ def test_unknown_livechat() -> None:
 def test_unknown_kind() -> None:
     config = base()
     config["livechats"]["support"]["kind"] = "zendesk"
-    assert problems(config) == ["livechats.support.kind: unknown kind 'zendesk' (known: chatvisor)"]
+    assert problems(config) == [
+        "livechats.support.kind: unknown kind 'zendesk' (known: chatvisor, jivochat)"
+    ]
 
 
 def test_bad_urls() -> None:

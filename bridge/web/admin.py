@@ -95,6 +95,21 @@ async def list_sessions(request: web.Request) -> web.Response:
     return web.json_response({"sessions": rows})
 
 
+@routes.get(r"/admin/sessions/{session_id:\d+}")
+async def session_detail(request: web.Request) -> web.Response:
+    _require_admin(request)
+    detail = await chats.session_detail(
+        request.app[DATABASE], int(request.match_info["session_id"])
+    )
+    if detail is None:
+        raise NotFound("unknown_session", "no session with this id")
+    for key in ("opened_at", "closed_at"):
+        detail[key] = _iso(detail[key])
+    for message in detail["messages"]:
+        message["created_at"] = _iso(message["created_at"])
+    return web.json_response(detail)
+
+
 @routes.get("/admin/outbox")
 async def list_outbox(request: web.Request) -> web.Response:
     _require_admin(request)

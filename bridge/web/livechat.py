@@ -8,7 +8,7 @@ from aiohttp import web
 from bridge.errors import NotFound, Unauthenticated
 from bridge.keys import LIVECHATS, RELAY, SETTINGS
 from bridge.secrets import same_secret
-from bridge.web.common import ok, read_body
+from bridge.web.common import read_body
 
 routes = web.RouteTableDef()
 
@@ -22,6 +22,7 @@ async def livechat_webhook(request: web.Request) -> web.Response:
         raise NotFound("unknown_livechat", "no live chat with this id")
     if not same_secret(request.match_info["hook_token"], settings.hook_token.get_secret_value()):
         raise Unauthenticated("bad_token", "the hook token does not match")
-    events = request.app[LIVECHATS][livechat_id].parse_hook(await read_body(request))
-    await request.app[RELAY].accept_livechat_events(livechat_id, events)
-    return ok()
+    connector = request.app[LIVECHATS][livechat_id]
+    events = connector.parse_hook(await read_body(request))
+    answers = await request.app[RELAY].accept_livechat_events(livechat_id, events)
+    return web.json_response(connector.hook_reply(answers))

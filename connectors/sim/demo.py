@@ -17,7 +17,7 @@ from yarl import URL
 
 from bridge.app import create_app
 from bridge.logs import configure_logging
-from bridge.settings import LoggingSettings, load_settings
+from bridge.settings import ChatvisorSettings, LoggingSettings, load_settings
 from connectors.sim.chatvisor import ChatvisorSim
 from connectors.sim.messenger import MessengerSim
 from connectors.sim.server import SimServer
@@ -40,6 +40,7 @@ async def main() -> None:
         configure_logging(LoggingSettings(level="warning"), settings.secrets())
         acme = settings.messengers["acme"]
         support = settings.livechats["support"]
+        assert isinstance(support, ChatvisorSettings), "the demo plays a Chatvisor-style live chat"
         messenger = MessengerSim(acme.confirmation_code.get_secret_value())
         chatvisor = ChatvisorSim(support.api_token.get_secret_value())
         chatvisor.hook_url = f"{settings.server.public_url}/livechats/support/webhook/{support.hook_token.get_secret_value()}"

@@ -1,0 +1,373 @@
+"""JivoChat (shared/protocols/jivochat.md): the Chat API for messages, the Webhooks API for events.
+
+Both of JivoChat's APIs post to the same bridge URL; a body with `event_name` is a Webhooks-API
+event, a body with `recipient` and `message` is a Chat-API agent message. The models are
+tolerant on purpose: ids come as strings or numbers, optional fields may be null or absent,
+unknown fields are ignored and unknown events are kept, never refused.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+import aiohttp
+from pydantic import Field, field_validator
+
+from bridge.errors import BadRequest
+from bridge.model import (
+    AgentMessage,
+    ChatRef,
+    Contact,
+    CrmAnswer,
+    Customer,
+    Delivered,
+    DeliveryResult,
+    FileRef,
+    Lifecycle,
+    LiveChatEvent,
+    Operator,
+    OtherEvent,
+    OutgoingMessage,
+    TranscriptLine,
+)
+from bridge.settings import JivochatSettings
+from connectors import http as outside
+from connectors.wire import WireModel, id_str, json_object, validate
+
+# Event names as documented, with the quirks real payloads have mapped to one name each.
+EVENT_ALIASES = {"offline_messages": "offline_message"}
+ANSWERED = {"chat_accepted", "chat_updated"}
+FILE_TYPES = {"photo", "video", "document", "audio", "file", "image"}
+
+# --- Webhooks API: the documented objects (seed 001's field tables) ------------------------
+
+
+class Visitor(WireModel):
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    number: str | None = None
+    description: str | None = None
+    social: dict[str, Any] | None = None
+    chats_count: int | str | None = None
+
+    _ids = field_validator("number", "phone", mode="before")(id_str)
+
+
+class Agent(WireModel):
+    id: str | None = None
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+    _ids = field_validator("id", "phone", mode="before")(id_str)
+
+
+class Department(WireModel):
+    id: str | None = None
+    name: str | None = None
+
+    _ids = field_validator("id", mode="before")(id_str)
+
+
+class Call(WireModel):
+    type: str | None = None
+    phone: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    record_url: str | None = None
+
+    _ids = field_validator("phone", mode="before")(id_str)
+
+
+class ChatLogMessage(WireModel):
+    timestamp: float | None = None
+    type: str | None = None
+    agent_id: str | None = None
+    message: str | None = None
+    blacklisted: bool | None = None
+
+    _ids = field_validator("agent_id", mode="before")(id_str)
+
+
+class ChatLog(WireModel):
+    messages: list[ChatLogMessage] = []
+    rate: str | None = None
+    blacklisted: bool | None = None
+
+
+class Event(WireModel):
+    """The fields every Webhooks-API event may carry."""
+
+    event_name: str = Field(min_length=1)
+    chat_id: str | None = None
+    widget_id: str | None = None
+    user_token: str | None = None
+    visitor: Visitor | None = None
+    department: Department | None = None
+    session: dict[str, Any] | None = None
+    page: dict[str, Any] | None = None
+    analytics: dict[str, Any] | list[Any] | None = None
+
+    _ids = field_validator("chat_id", "widget_id", "user_token", mode="before")(id_str)
+
+
+class AgentEvent(Event):
+    """chat_accepted, chat_updated, client_updated, client_attribute_updated."""
+
+    agent: Agent | None = None
+
+
+class ChatAssigned(AgentEvent):
+    assign_to: str | None = None
+
+
+class ChatFinished(Event):
+    agents: list[Agent] = []
+    chat: ChatLog | None = None
+    plain_messages: str | None = None
+    html_messages: str | None = None
+
+
+class CallEvent(AgentEvent):
+    call: Call | None = None
+
+
+class OfflineMessage(Event):
+    offline_message_id: str | None = None
+    message: str | None = None
+
+    _offline_ids = field_validator("offline_message_id", mode="before")(id_str)
+
+
+EVENT_MODELS: dict[str, type[Event]] = {
+    "chat_accepted": AgentEvent,
+    "chat_updated": AgentEvent,
+    "client_updated": AgentEvent,
+    "client_attribute_updated": AgentEvent,
+    "chat_assigned": ChatAssigned,
+    "chat_finished": ChatFinished,
+    "call_event": CallEvent,
+    "offline_message": OfflineMessage,
+}
+
+# --- Chat API: an agent's message -----------------------------------------------------------
+
+
+class ApiSender(WireModel):
+    id: str | None = None
+    name: str | None = None
+
+    _ids = field_validator("id", mode="before")(id_str)
+
+
+class ApiRecipient(WireModel):
+    id: str = Field(min_length=1)
+
+    _ids = field_validator("id", mode="before")(id_str)
+
+
+class ApiMessage(WireModel):
+    type: str = "text"
+    id: str | None = None
+    text: str | None = None
+    file: str | None = None
+    file_name: str | None = None
+
+    _ids = field_validator("id", mode="before")(id_str)
+
+
+class ApiAgentMessage(WireModel):
+    sender: ApiSender | None = None
+    recipient: ApiRecipient
+    message: ApiMessage
+
+
+def parse_hook(body: bytes) -> list[LiveChatEvent]:
+    doc = json_object(body)
+    if "event_name" in doc:
+        return [_lifecycle(doc)]
+    if "recipient" in doc or "message" in doc:
+        return [_agent_message(doc)]
+    raise BadRequest(
+        "unknown_body",
+        "neither a Webhooks API event (event_name) nor a Chat API message (recipient, message)",
+    )
+
+
+def _lifecycle(doc: dict[str, Any]) -> LiveChatEvent:
+    raw_name = doc.get("event_name")
+    if not isinstance(raw_name, str) or not raw_name:
+        raise BadRequest("invalid_field", "event_name: must be a non-empty string")
+    name = EVENT_ALIASES.get(raw_name, raw_name)
+    model = EVENT_MODELS.get(name)
+    if model is None:
+        return OtherEvent(name, doc)
+    event = validate(model, doc)
+    visitor = event.visitor
+    contact = (
+        Contact(visitor.name, visitor.email, visitor.phone, visitor.description)
+        if visitor
+        else None
+    )
+    chat = ChatRef(
+        client_key=event.user_token,
+        conversation_id=event.chat_id,
+        email=visitor.email if visitor else None,
+        phone=visitor.phone if visitor else None,
+    )
+    agent: Agent | None = None
+    if isinstance(event, AgentEvent):
+        agent = event.agent
+    elif isinstance(event, ChatFinished) and event.agents:
+        agent = event.agents[-1]
+    transcript = None
+    if isinstance(event, ChatFinished) and event.chat is not None:
+        transcript = tuple(
+            TranscriptLine(m.type or "unknown", m.message or "", m.timestamp, m.agent_id)
+            for m in event.chat.messages
+        )
+    return Lifecycle(
+        name=name,
+        chat=chat,
+        raw=doc,
+        contact=contact,
+        agent=Operator(agent.id, agent.name) if agent else None,
+        wants_answer=name in ANSWERED,
+        closes=name == "chat_finished",
+        assign_to=event.assign_to if isinstance(event, ChatAssigned) else None,
+        transcript=transcript,
+    )
+
+
+def _agent_message(doc: dict[str, Any]) -> LiveChatEvent:
+    payload = validate(ApiAgentMessage, doc)
+    msg = payload.message
+    chat = ChatRef(client_key=payload.recipient.id)
+    files: tuple[FileRef, ...] = ()
+    if msg.type in FILE_TYPES:
+        if not msg.file:
+            raise BadRequest("missing_field", f"message.file: required for a {msg.type} message")
+        files = (FileRef(msg.file_name or msg.file.rsplit("/", 1)[-1], msg.file),)
+    elif msg.type != "text":
+        return OtherEvent(f"chat_api.{msg.type}", doc, chat)  # typing notices and the like
+    text = msg.text or ""
+    if not text and not files:
+        raise BadRequest("empty_message", "message.text: a message needs text or a file")
+    sender = payload.sender
+    return AgentMessage(
+        chat=chat,
+        message_id=msg.id,
+        text=text,
+        files=files,
+        operator=Operator(sender.id, sender.name) if sender else None,
+    )
+
+
+# --- bridge → JivoChat ---------------------------------------------------------------------
+
+
+def _file_type(file: FileRef) -> str:
+    mime, _ = mimetypes.guess_type(file.name or file.url)
+    if mime and mime.startswith("image/"):
+        return "photo"
+    if mime and mime.startswith("video/"):
+        return "video"
+    return "document"
+
+
+def client_messages(customer: Customer, message: OutgoingMessage) -> list[dict[str, Any]]:
+    """The Chat-API bodies for one message: the text rides with the first file, each further
+    file is a message of its own; ids derive from the bridge's id, so a retry repeats them."""
+    profile = customer.profile
+    sender: dict[str, Any] = {
+        "id": customer.client_key,
+        "name": profile.username or customer.chat_name or profile.user_id,
+    }
+    if profile.phone:
+        sender["phone"] = profile.phone
+    if profile.avatar and profile.avatar.startswith(("http://", "https://")):
+        sender["photo"] = profile.avatar
+    if not message.files:
+        return [
+            {"sender": sender, "message": {"type": "text", "id": message.uid, "text": message.text}}
+        ]
+    bodies = []
+    for index, file in enumerate(message.files):
+        part: dict[str, Any] = {
+            "type": _file_type(file),
+            "id": message.uid if index == 0 else f"{message.uid}-{index}",
+            "file": file.url,
+            "file_name": file.name,
+        }
+        if index == 0 and message.text:
+            part["text"] = message.text
+        bodies.append({"sender": sender, "message": part})
+    return bodies
+
+
+def crm_reply(answers: list[CrmAnswer]) -> dict[str, Any]:
+    if not answers:
+        return {"result": "ok"}
+    answer = answers[0]
+    contact = {
+        key: value
+        for key, value in (
+            ("name", answer.contact.name),
+            ("phone", answer.contact.phone),
+            ("email", answer.contact.email),
+            ("description", answer.contact.description),
+        )
+        if value
+    }
+    reply: dict[str, Any] = {
+        "result": "ok",
+        "contact_info": contact,
+        "custom_data": [{"title": title, "content": content} for title, content in answer.fields],
+        "enable_assign": answer.link is not None,
+    }
+    if answer.link is not None:
+        reply["crm_link"] = answer.link
+    return reply
+
+
+class JivochatConnector:
+    kind = "jivochat"
+
+    def __init__(
+        self, livechat_id: str, settings: JivochatSettings, http: aiohttp.ClientSession
+    ) -> None:
+        self.livechat_id = livechat_id
+        self._url = settings.chat_api_url.get_secret_value()
+        self._status_timeout = settings.status_timeout
+        self._http = http
+
+    def parse_hook(self, body: bytes) -> list[LiveChatEvent]:
+        return parse_hook(body)
+
+    def hook_reply(self, answers: list[CrmAnswer]) -> dict[str, Any]:
+        return crm_reply(answers)
+
+    async def deliver(self, customer: Customer, message: OutgoingMessage) -> DeliveryResult:
+        for body in client_messages(customer, message):
+            result = outside.classify(await outside.request(self._http, "POST", self._url, body))
+            if not isinstance(result, Delivered):
+                return result
+        return Delivered()
+
+    async def readiness(self) -> dict[str, Any]:
+        """Whether agents are online, from the Chat API's /status: informative only."""
+        answer = await outside.request(
+            self._http, "GET", f"{self._url}/status", seconds=self._status_timeout
+        )
+        if isinstance(answer, outside.NoResponse):
+            return {"kind": self.kind, "agents_online": None, "status_error": answer.error}
+        text = answer.body.decode("utf-8", "replace").strip()
+        if answer.status != 200 or text not in ("0", "1"):
+            return {
+                "kind": self.kind,
+                "agents_online": None,
+                "status_error": f"HTTP {answer.status}",
+            }
+        return {"kind": self.kind, "agents_online": text == "1"}
