@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
 from bridge.logs import configure_logging
@@ -161,3 +162,25 @@ async def test_message_path_log_lines_carry_ids_and_empty_code_is_warned(world: 
     for line in done:
         if line["kind"] != "messenger.outcome":
             assert line["session"] == accepted["session"] and line["message"]
+
+
+async def test_the_demo_runs() -> None:
+    import socket
+
+    for port in (8080, 8090, 8091, 8092, 8093, 8094):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"port {port} is taken on this machine")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "connectors.sim.demo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert [line.split(".")[0] for line in lines] == [str(i) for i in range(1, 9)]
+    assert "subscriber got a signed 'chat_finished'" in lines[-1]
