@@ -17,6 +17,7 @@ from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN, World, eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 SECRETS = (ADMIN_TOKEN, API_TOKEN, HOOK_TOKEN, CODE)
 
 
@@ -177,7 +178,7 @@ async def test_the_demo_runs() -> None:
         "connectors.sim.demo",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
