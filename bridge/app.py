@@ -11,10 +11,11 @@ from aiohttp import web
 from bridge.channels import ChannelManager
 from bridge.delivery import DeliveryWorker
 from bridge.dispatch import Dispatcher
-from bridge.keys import CHANNELS, DATABASE, HTTP, LIVECHATS, RELAY, SETTINGS, WORKER
+from bridge.keys import CHANNELS, DATABASE, HTTP, LIVECHATS, METRICS, RELAY, SETTINGS, WORKER
+from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.settings import Settings
-from bridge.web import admin, health, livechat, messenger
+from bridge.web import admin, health, livechat, messenger, metrics
 from bridge.web.common import error_middleware
 from connectors.base import build_livechat
 from storage.database import Database
@@ -27,9 +28,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
     )
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-        db = Database(settings.storage.path, settings.storage.synchronous)
+        db = Database(
+            settings.storage.path, settings.storage.synchronous, settings.storage.busy_timeout
+        )
         await db.open()
         app[DATABASE] = db
         yield
@@ -56,7 +60,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         }
         channels = ChannelManager(db, settings, http, wake, clock)
         dispatcher = Dispatcher(db, settings, livechats, channels, http, clock)
-        worker = DeliveryWorker(db, settings.delivery, dispatcher, channels, clock)
+        worker = DeliveryWorker(db, settings.delivery, dispatcher, channels, app[METRICS], clock)
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
         app[RELAY] = Relay(db, settings, wake, clock)
         await channels.start()
@@ -66,6 +70,6 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         await channels.stop()
 
     app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])
-    for module in (messenger, livechat, admin, health):
+    for module in (messenger, livechat, admin, health, metrics):
         app.add_routes(module.routes)
     return app

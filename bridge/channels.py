@@ -29,13 +29,8 @@ from storage.database import Database
 
 log = structlog.get_logger("channels")
 
-CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = (
-    "connecting",
-    "active",
-    "interrupted",
-    "rejected",
-    "disconnected",
-)
+STATES = ("connecting", "active", "interrupted", "rejected", "disconnected")
+CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = STATES
 
 
 class ChannelManager:
@@ -63,6 +58,9 @@ class ChannelManager:
 
     def row(self, channel_id: str) -> ChannelRow:
         return self._rows[channel_id]
+
+    def channel_ids(self) -> list[str]:
+        return sorted(self._rows)
 
     def state(self, channel_id: str) -> str:
         row = self._rows.get(channel_id)

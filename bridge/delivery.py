@@ -18,6 +18,7 @@ import structlog
 from bridge.backoff import backoff
 from bridge.channels import ChannelManager
 from bridge.dispatch import Attempt, Dispatcher
+from bridge.metrics import Metrics, target_of
 from bridge.model import Delivered, Failed, Retry, Unauthorized
 from bridge.settings import DeliverySettings
 from storage import outbox
@@ -37,8 +38,10 @@ class DeliveryWorker:
         settings: DeliverySettings,
         dispatcher: Dispatcher,
         channels: ChannelManager,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._settings = settings
         self._dispatcher = dispatcher
@@ -102,11 +105,14 @@ class DeliveryWorker:
     async def _deliver(self, item: OutboxItem) -> None:
         bound = log.bind(item=item.id, kind=item.kind, lane=item.lane, ref=item.ref_id)
         try:
+            target = target_of(item.kind)
+            started = time.perf_counter()
             try:
                 attempt = await self._dispatcher.attempt(item)
             except Exception as exc:
                 bound.exception("delivery.attempt_crashed")
                 attempt = Attempt(Retry(f"internal error: {type(exc).__name__}"))
+            self._metrics.delivery_seconds.labels(target).observe(time.perf_counter() - started)
             await self._settle(item, attempt, bound)
         except asyncio.CancelledError:
             raise
@@ -127,7 +133,9 @@ class DeliveryWorker:
             await self._channels.record_delivery(attempt.channel_id, result)
 
         follow_up = None
+        target = target_of(item.kind)
         if isinstance(result, Delivered):
+            self._metrics.deliveries.labels(target, "delivered").inc()
             follow_up = attempt.on_delivered
             bound.info("delivery.done", attempts=item.attempts + 1)
 
@@ -135,6 +143,7 @@ class DeliveryWorker:
                 return await outbox.complete(conn, item.id)
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
+            self._metrics.deliveries.labels(target, "unauthorized").inc()
             bound.warning("delivery.unauthorized", error=result.error)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
@@ -148,6 +157,7 @@ class DeliveryWorker:
                 now - item.created_at >= cfg.give_up_after and attempts >= cfg.min_attempts
             )
             if give_up:
+                self._metrics.deliveries.labels(target, "dead").inc()
                 follow_up = attempt.on_dead
                 bound.error("delivery.dead", attempts=attempts, error=result.error)
 
@@ -156,6 +166,8 @@ class DeliveryWorker:
                         conn, item.id, attempts=attempts, error=result.error, now=now
                     )
             else:
+                self._metrics.deliveries.labels(target, "retry").inc()
+                self._metrics.retries.labels(target).inc()
                 delay = backoff(attempts, cfg.retry_base, cfg.retry_cap)
                 if isinstance(result, Retry) and result.after is not None:
                     delay = max(delay, min(result.after, cfg.retry_cap))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 from storage.database import Database
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 CHANNELS: web.AppKey[ChannelManager] = web.AppKey("channels")
 WORKER: web.AppKey[DeliveryWorker] = web.AppKey("worker")

@@ -67,6 +67,8 @@ class StorageSettings(_Section):
     path: str = "var/bridge.sqlite3"
     # "normal" (WAL) survives a crash of the process; "full" also survives a power loss.
     synchronous: Literal["normal", "full"] = "normal"
+    # How long a write waits for a lock held by someone else before the request gets a 503.
+    busy_timeout: float = Field(default=5.0, ge=0, le=600)
 
 
 class AdminSettings(_Section):

@@ -39,8 +39,9 @@ class DatabaseInUse(Exception):
 
 
 class Database:
-    def __init__(self, path: str, synchronous: str = "normal") -> None:
+    def __init__(self, path: str, synchronous: str = "normal", busy_timeout: float = 5.0) -> None:
         self.path = path
+        self._busy_ms = int(busy_timeout * 1000)
         self.synchronous = synchronous.upper()
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -73,7 +74,7 @@ class Database:
             "journal_mode=WAL",
             f"synchronous={self.synchronous}",
             "foreign_keys=ON",
-            "busy_timeout=5000",
+            f"busy_timeout={self._busy_ms}",
         ):
             # Closed at once: an open statement would pin a snapshot or hold a lock.
             async with conn.execute(f"PRAGMA {pragma}"):

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import ApiError, TooLarge
-from bridge.keys import SETTINGS
+from bridge.keys import METRICS, SETTINGS
 from storage.database import StorageUnavailable
 
 log = structlog.get_logger("http")
@@ -74,13 +74,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("http.unhandled", method=request.method, route=_route(request))
         response = json_error(500, "internal_error", "internal error; it has been logged")
-    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    elapsed = time.perf_counter() - started
+    route = _route(request)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.request_seconds.labels(route).observe(elapsed)
     level = "info" if response.status < 500 else "error"
     getattr(log, level)(
         "http.request",
         method=request.method,
-        route=_route(request),
+        route=route,
         status=response.status,
-        ms=duration_ms,
+        ms=round(elapsed * 1000, 2),
     )
     return response

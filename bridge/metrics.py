@@ -1,0 +1,61 @@
+"""Prometheus metrics, in a registry of the application's own (tests run many apps at once)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def target_of(kind: str) -> str:
+    """The outside party an outbox kind goes to: livechat, messenger or subscriber."""
+    return kind.split(".", 1)[0]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "bridge_http_requests",
+            "Inbound HTTP requests",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "bridge_http_request_duration_seconds",
+            "Time to answer an inbound request",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "bridge_deliveries",
+            "Outside calls made by the delivery worker, by target and result",
+            ["target", "result"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "bridge_delivery_retries",
+            "Deliveries rescheduled after a failure",
+            ["target"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "bridge_delivery_duration_seconds",
+            "Time one outside call took",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_pending = Gauge("bridge_outbox_pending", "Outbox items waiting", registry=r)
+        self.outbox_dead = Gauge("bridge_outbox_dead", "Outbox items given up", registry=r)
+        self.outbox_oldest_age = Gauge(
+            "bridge_outbox_oldest_age_seconds", "Age of the oldest pending outbox item", registry=r
+        )
+        self.sessions_open = Gauge("bridge_sessions_open", "Open sessions", registry=r)
+        self.channel_state = Gauge(
+            "bridge_channel_state",
+            "1 for each messenger channel's current state, 0 for the others",
+            ["channel", "state"],
+            registry=r,
+        )
