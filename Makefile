@@ -30,7 +30,7 @@ unit: $(BIN)/.installed
 
 test: lint typecheck unit
 
-bench: $(BIN)/.installed  # arrives with the benchmark issue
+bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run
 
 clean:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import sqlite3
 import time
 from collections.abc import Callable
 from functools import partial
 
 import aiohttp
-import aiosqlite
 import structlog
 
 from bridge.backoff import backoff
@@ -170,10 +170,10 @@ class ChannelManager:
         now = self._clock()
         became_active = state == ACTIVE and self.state(channel_id) != ACTIVE
 
-        async def work(conn: aiosqlite.Connection) -> None:
-            await repo.set_state(conn, channel_id, state, now, last_error=error, enabled=enabled)
+        def work(conn: sqlite3.Connection) -> None:
+            repo.set_state(conn, channel_id, state, now, last_error=error, enabled=enabled)
             if became_active:
-                await outbox.release_channel(conn, channel_id, now)
+                outbox.release_channel(conn, channel_id, now)
 
         await self._db.write(work)
         old = self._rows[channel_id]

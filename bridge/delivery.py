@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable
 
-import aiosqlite
 import structlog
 
 from bridge.backoff import backoff
@@ -85,9 +85,9 @@ class DeliveryWorker:
         if free > 0:
             now, inflight = self._clock(), self._inflight
 
-            async def claim(conn: aiosqlite.Connection) -> list[OutboxItem]:
+            def claim(conn: sqlite3.Connection) -> list[OutboxItem]:
                 # `inflight` is read when the claim runs, after every settle queued before it.
-                return await outbox.claim_ready(conn, now, free, inflight, len(inflight))
+                return outbox.claim_ready(conn, now, free, inflight, len(inflight))
 
             items = await self._db.write(claim)
             for item in items:
@@ -139,16 +139,16 @@ class DeliveryWorker:
             follow_up = attempt.on_delivered
             bound.info("delivery.done", attempts=item.attempts + 1)
 
-            async def work(conn: aiosqlite.Connection) -> bool:
-                return await outbox.complete(conn, item.id)
+            def work(conn: sqlite3.Connection) -> bool:
+                return outbox.complete(conn, item.id)
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
             self._metrics.deliveries.labels(target, "unauthorized").inc()
             bound.warning("delivery.unauthorized", error=result.error)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
-            async def work(conn: aiosqlite.Connection) -> bool:
-                return await outbox.reschedule(
+            def work(conn: sqlite3.Connection) -> bool:
+                return outbox.reschedule(
                     conn, item.id, attempts=item.attempts, at=at, error=result.error, now=now
                 )
         else:
@@ -161,8 +161,8 @@ class DeliveryWorker:
                 follow_up = attempt.on_dead
                 bound.error("delivery.dead", attempts=attempts, error=result.error)
 
-                async def work(conn: aiosqlite.Connection) -> bool:
-                    return await outbox.bury(
+                def work(conn: sqlite3.Connection) -> bool:
+                    return outbox.bury(
                         conn, item.id, attempts=attempts, error=result.error, now=now
                     )
             else:
@@ -175,8 +175,8 @@ class DeliveryWorker:
                     "delivery.retry", attempts=attempts, error=result.error, delay=round(delay, 3)
                 )
 
-                async def work(conn: aiosqlite.Connection) -> bool:
-                    return await outbox.reschedule(
+                def work(conn: sqlite3.Connection) -> bool:
+                    return outbox.reschedule(
                         conn,
                         item.id,
                         attempts=attempts,
@@ -185,8 +185,8 @@ class DeliveryWorker:
                         now=now,
                     )
 
-        async def settle(conn: aiosqlite.Connection) -> None:
-            if await work(conn) and follow_up is not None:
-                await follow_up(conn)
+        def settle(conn: sqlite3.Connection) -> None:
+            if work(conn) and follow_up is not None:
+                follow_up(conn)
 
         await self._db.write(settle)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-import aiosqlite
 import structlog
 
 from bridge import relay
@@ -32,7 +32,7 @@ from storage.outbox import OutboxItem
 
 log = structlog.get_logger("dispatch")
 
-Work = Callable[[aiosqlite.Connection], Awaitable[object]]
+Work = Callable[[sqlite3.Connection], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +80,8 @@ class Dispatcher:
 
     async def _to_livechat(self, item: OutboxItem) -> Attempt:
         assert item.ref_id is not None
-        msg = await messages.get(self._db.reader, item.ref_id)
-        chat = await chats.get_chat(self._db.reader, msg.chat_id) if msg else None
+        msg = await messages.read(self._db, item.ref_id)
+        chat = await chats.read_chat(self._db, msg.chat_id) if msg else None
         if msg is None or chat is None:
             return Attempt(Failed("the message is no longer stored"))
         _bind(chat.channel_id, msg)
@@ -102,13 +102,13 @@ class Dispatcher:
         )
 
         def outcome(success: bool) -> Work:
-            async def work(conn: aiosqlite.Connection) -> None:
+            def work(conn: sqlite3.Connection) -> None:
                 if isinstance(result, Delivered):
-                    await messages.set_status(conn, msg.id, "delivered", result.remote_id)
-                    await chats.set_customer(conn, chat.id, result.customer_id, result.customer_tag)
+                    messages.set_status(conn, msg.id, "delivered", result.remote_id)
+                    chats.set_customer(conn, chat.id, result.customer_id, result.customer_tag)
                 else:
-                    await messages.set_status(conn, msg.id, "failed")
-                await outbox.enqueue(
+                    messages.set_status(conn, msg.id, "failed")
+                outbox.enqueue(
                     conn,
                     kind=relay.OUTCOME,
                     lane=relay.messenger_lane(chat.id),
@@ -124,7 +124,7 @@ class Dispatcher:
 
     async def _profile(self, channel_id: str, user_id: str) -> UserProfile:
         """The cached profile, refreshed through `userInfo` when stale; never blocks a message."""
-        cached = await chats.get_user(self._db.reader, channel_id, user_id)
+        cached = await chats.read_user(self._db, channel_id, user_id)
         profile, fetched_at = cached if cached else (UserProfile(user_id), None)
         ttl = self._settings.delivery.profile_ttl
         fresh = fetched_at is not None and self._clock() - fetched_at < ttl
@@ -134,11 +134,11 @@ class Dispatcher:
         fetched = await client.user_info(user_id)
         now = self._clock()
 
-        async def save(conn: aiosqlite.Connection) -> None:
+        def save(conn: sqlite3.Connection) -> None:
             if fetched is not None:
-                await chats.save_profile(conn, channel_id, fetched, now)
+                chats.save_profile(conn, channel_id, fetched, now)
             else:
-                await chats.mark_profile_tried(conn, channel_id, user_id, now)
+                chats.mark_profile_tried(conn, channel_id, user_id, now)
 
         await self._db.write(save)
         if fetched is None:
@@ -147,8 +147,8 @@ class Dispatcher:
 
     async def _to_messenger(self, item: OutboxItem) -> Attempt:
         assert item.ref_id is not None and item.channel_id is not None
-        msg = await messages.get(self._db.reader, item.ref_id)
-        chat = await chats.get_chat(self._db.reader, msg.chat_id) if msg else None
+        msg = await messages.read(self._db, item.ref_id)
+        chat = await chats.read_chat(self._db, msg.chat_id) if msg else None
         if msg is None or chat is None:
             return Attempt(Failed("the message is no longer stored"))
         _bind(chat.channel_id, msg)
@@ -165,8 +165,8 @@ class Dispatcher:
         )
 
         def status(value: str) -> Work:
-            async def work(conn: aiosqlite.Connection) -> None:
-                await messages.set_status(conn, msg.id, value)
+            def work(conn: sqlite3.Connection) -> None:
+                messages.set_status(conn, msg.id, value)
 
             return work
 
@@ -191,7 +191,7 @@ class Dispatcher:
         if sub is None:
             return Attempt(Failed(f"subscription {key!r} is no longer configured"))
         assert item.ref_id is not None
-        event = await events.get(self._db, item.ref_id)
+        event = await events.read(self._db, item.ref_id)
         if event is None:
             return Attempt(Failed("the event is no longer stored"))
         connector = self._livechats.get(event.livechat_id)

@@ -6,13 +6,13 @@ returns, everything it decided is on disk and the delivery worker has been woken
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiosqlite
 import structlog
 
 from bridge.model import (
@@ -89,11 +89,11 @@ class Relay:
         livechat_id = self._settings.messengers[channel_id].livechat
         dedupe_key = f"in:{channel_id}:{msg.external_message_id}"
 
-        async def work(conn: aiosqlite.Connection) -> Accepted:
-            if await messages.seen(conn, dedupe_key):
+        def work(conn: sqlite3.Connection) -> Accepted:
+            if messages.seen(conn, dedupe_key):
                 return Accepted(duplicate=True)
             now = self._clock()
-            chat_id = await chats.upsert_chat(
+            chat_id = chats.upsert_chat(
                 conn,
                 channel_id=channel_id,
                 external_chat_id=msg.external_chat_id,
@@ -102,10 +102,10 @@ class Relay:
                 livechat_id=livechat_id,
                 now=now,
             )
-            await chats.ensure_user(conn, channel_id, msg.external_user_id)
-            session_id, _ = await chats.open_session(conn, chat_id, livechat_id, "user", now)
+            chats.ensure_user(conn, channel_id, msg.external_user_id)
+            session_id, _ = chats.open_session(conn, chat_id, livechat_id, "user", now)
             uid = messages.new_uid()
-            message_id = await messages.insert(
+            message_id = messages.insert(
                 conn,
                 uid=uid,
                 dedupe_key=dedupe_key,
@@ -118,7 +118,7 @@ class Relay:
                 external_id=msg.external_message_id,
                 user_id=msg.external_user_id,
             )
-            await outbox.enqueue(
+            outbox.enqueue(
                 conn, kind=TO_LIVECHAT, lane=livechat_lane(chat_id), ref_id=message_id, now=now
             )
             return Accepted(duplicate=False, uid=uid, session_id=session_id)
@@ -133,10 +133,10 @@ class Relay:
     ) -> list[CrmAnswer]:
         """Apply a hook's events; return what the live chat should show its agent."""
 
-        async def work(conn: aiosqlite.Connection) -> tuple[bool, list[CrmAnswer]]:
+        def work(conn: sqlite3.Connection) -> tuple[bool, list[CrmAnswer]]:
             queued, answers = False, []
             for event in batch:
-                applied = await self._apply(conn, livechat_id, event)
+                applied = self._apply(conn, livechat_id, event)
                 queued |= applied.queued
                 if applied.answer is not None:
                     answers.append(applied.answer)
@@ -149,16 +149,14 @@ class Relay:
             self._wake()
         return answers
 
-    async def _apply(
-        self, conn: aiosqlite.Connection, livechat_id: str, event: LiveChatEvent
-    ) -> Applied:
+    def _apply(self, conn: sqlite3.Connection, livechat_id: str, event: LiveChatEvent) -> Applied:
         if isinstance(event, OtherEvent):
-            chat = await chats.find_chat(conn, livechat_id, event.chat) if event.chat else None
-            session_id = await chats.open_session_id(conn, chat.id) if chat else None
-            return Applied(await self._record(conn, livechat_id, event.name, event.raw, session_id))
+            chat = chats.find_chat(conn, livechat_id, event.chat) if event.chat else None
+            session_id = chats.open_session_id(conn, chat.id) if chat else None
+            return Applied(self._record(conn, livechat_id, event.name, event.raw, session_id))
         if isinstance(event, Lifecycle):
-            return await self._on_lifecycle(conn, livechat_id, event)
-        chat = await chats.find_chat(conn, livechat_id, event.chat)
+            return self._on_lifecycle(conn, livechat_id, event)
+        chat = chats.find_chat(conn, livechat_id, event.chat)
         if chat is None:
             log.warning("relay.unlinked_event", livechat=livechat_id, kind=type(event).__name__)
             payload = {
@@ -166,16 +164,16 @@ class Relay:
                 "customer_id": event.chat.customer_id,
                 "client_key": event.chat.client_key,
             }
-            return Applied(await self._record(conn, livechat_id, "unlinked", payload, None))
+            return Applied(self._record(conn, livechat_id, "unlinked", payload, None))
         if isinstance(event, AgentMessage):
-            return await self._on_agent_message(conn, livechat_id, chat, event)
+            return self._on_agent_message(conn, livechat_id, chat, event)
         if isinstance(event, ConversationState):
-            return await self._on_conversation(conn, livechat_id, chat, event)
-        return await self._on_read(conn, chat, event)
+            return self._on_conversation(conn, livechat_id, chat, event)
+        return self._on_read(conn, chat, event)
 
-    async def _record(
+    def _record(
         self,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         livechat_id: str,
         name: str,
         payload: dict[str, Any],
@@ -183,7 +181,7 @@ class Relay:
     ) -> bool:
         """Keep the event and queue it for every subscription that wants it."""
         now = self._clock()
-        event_id = await events.record(
+        event_id = events.record(
             conn,
             livechat_id=livechat_id,
             name=name,
@@ -194,7 +192,7 @@ class Relay:
         queued = False
         for sub in self._settings.subscriptions:
             if sub.wants(livechat_id, name):
-                await outbox.enqueue(
+                outbox.enqueue(
                     conn,
                     kind=TO_SUBSCRIBER,
                     lane=f"sub:{sub.key}",
@@ -209,14 +207,14 @@ class Relay:
         messenger = self._settings.messengers.get(chat.channel_id)
         return messenger is not None and messenger.operator_sessions
 
-    async def _on_agent_message(
-        self, conn: aiosqlite.Connection, livechat_id: str, chat: chats.ChatRow, event: AgentMessage
+    def _on_agent_message(
+        self, conn: sqlite3.Connection, livechat_id: str, chat: chats.ChatRow, event: AgentMessage
     ) -> Applied:
         now = self._clock()
         dedupe_key = f"out:{livechat_id}:{event.message_id}" if event.message_id else None
-        if dedupe_key and await messages.seen(conn, dedupe_key):
+        if dedupe_key and messages.seen(conn, dedupe_key):
             return Applied()
-        session_id = await chats.open_session_id(conn, chat.id)
+        session_id = chats.open_session_id(conn, chat.id)
         if session_id is None:
             if not self._operator_sessions(chat):
                 log.warning("relay.operator_session_refused", channel=chat.channel_id)
@@ -226,12 +224,10 @@ class Relay:
                     "chat_id": chat.id,
                     "message_id": event.message_id,
                 }
-                return Applied(
-                    await self._record(conn, livechat_id, "message.refused", payload, None)
-                )
-            session_id, _ = await chats.open_session(conn, chat.id, livechat_id, "operator", now)
+                return Applied(self._record(conn, livechat_id, "message.refused", payload, None))
+            session_id, _ = chats.open_session(conn, chat.id, livechat_id, "operator", now)
         operator = event.operator
-        message_id = await messages.insert(
+        message_id = messages.insert(
             conn,
             uid=messages.new_uid(),
             dedupe_key=dedupe_key,
@@ -245,7 +241,7 @@ class Relay:
             operator_id=operator.id if operator else None,
             operator_name=operator.name if operator else None,
         )
-        await outbox.enqueue(
+        outbox.enqueue(
             conn,
             kind=TO_MESSENGER,
             lane=messenger_lane(chat.id),
@@ -255,34 +251,30 @@ class Relay:
         )
         return Applied(queued=True)
 
-    async def _on_conversation(
+    def _on_conversation(
         self,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         livechat_id: str,
         chat: chats.ChatRow,
         event: ConversationState,
     ) -> Applied:
         now = self._clock()
         if event.open:
-            session_id = await chats.reopen_last_session(conn, chat.id)
+            session_id = chats.reopen_last_session(conn, chat.id)
             if session_id is None and self._operator_sessions(chat):
-                session_id, _ = await chats.open_session(
-                    conn, chat.id, livechat_id, "operator", now
-                )
+                session_id, _ = chats.open_session(conn, chat.id, livechat_id, "operator", now)
             if session_id is not None:
-                await chats.set_session_url(conn, session_id, event.url)
+                chats.set_session_url(conn, session_id, event.url)
         else:
-            session_id = await chats.close_session(conn, chat.id, now)
-        return Applied(await self._record(conn, livechat_id, event.name, event.raw, session_id))
+            session_id = chats.close_session(conn, chat.id, now)
+        return Applied(self._record(conn, livechat_id, event.name, event.raw, session_id))
 
-    async def _on_read(
-        self, conn: aiosqlite.Connection, chat: chats.ChatRow, event: AgentRead
-    ) -> Applied:
-        target = await messages.find_inbound(conn, chat.id, event.message_id)
+    def _on_read(self, conn: sqlite3.Connection, chat: chats.ChatRow, event: AgentRead) -> Applied:
+        target = messages.find_inbound(conn, chat.id, event.message_id)
         if target is None or target.status == "read" or target.external_id is None:
             return Applied()
-        await messages.set_status(conn, target.id, "read")
-        await outbox.enqueue(
+        messages.set_status(conn, target.id, "read")
+        outbox.enqueue(
             conn,
             kind=READ,
             lane=messenger_lane(chat.id),
@@ -293,18 +285,18 @@ class Relay:
         )
         return Applied(queued=True)
 
-    async def _on_lifecycle(
-        self, conn: aiosqlite.Connection, livechat_id: str, event: Lifecycle
+    def _on_lifecycle(
+        self, conn: sqlite3.Connection, livechat_id: str, event: Lifecycle
     ) -> Applied:
-        chat, session_id = await self._link(conn, livechat_id, event)
+        chat, session_id = self._link(conn, livechat_id, event)
         answer = None
         if chat is not None:
             if event.contact is not None and event.name != "chat_finished":
-                await chats.set_contact(conn, chat.id, _contact_json(event.contact))
+                chats.set_contact(conn, chat.id, _contact_json(event.contact))
             if session_id is not None:
                 agent = event.agent
                 if event.name == "chat_accepted" or event.chat.conversation_id:
-                    await chats.link_session(
+                    chats.link_session(
                         conn,
                         session_id,
                         event.chat.conversation_id,
@@ -312,7 +304,7 @@ class Relay:
                         agent.name if agent and event.name == "chat_accepted" else None,
                     )
                 if event.assign_to:
-                    await chats.set_crm_link(conn, session_id, event.assign_to)
+                    chats.set_crm_link(conn, session_id, event.assign_to)
                 if event.closes:
                     transcript = (
                         None
@@ -327,45 +319,45 @@ class Relay:
                             for t in event.transcript
                         ]
                     )
-                    await chats.finish_session(conn, session_id, transcript, self._clock())
+                    chats.finish_session(conn, session_id, transcript, self._clock())
                 if event.wants_answer:
-                    answer = await self._crm_answer(conn, chat, session_id)
+                    answer = self._crm_answer(conn, chat, session_id)
         else:
             log.info("relay.unlinked_lifecycle", livechat=livechat_id, kind=event.name)
-        queued = await self._record(conn, livechat_id, event.name, event.raw, session_id)
+        queued = self._record(conn, livechat_id, event.name, event.raw, session_id)
         return Applied(queued, answer)
 
-    async def _link(
-        self, conn: aiosqlite.Connection, livechat_id: str, event: Lifecycle
+    def _link(
+        self, conn: sqlite3.Connection, livechat_id: str, event: Lifecycle
     ) -> tuple[chats.ChatRow | None, int | None]:
         """The chat and session an event speaks of, tried in the contract's order: our client
         key as user_token, the visitor's email or phone, a live-chat chat id linked before."""
         ref = event.chat
         chat = None
         if ref.client_key is not None:
-            chat = await chats.find_chat(conn, livechat_id, ChatRef(client_key=ref.client_key))
+            chat = chats.find_chat(conn, livechat_id, ChatRef(client_key=ref.client_key))
         if chat is None:
-            chat = await chats.find_chat_by_contact(conn, livechat_id, ref.email, ref.phone)
+            chat = chats.find_chat_by_contact(conn, livechat_id, ref.email, ref.phone)
         session_id = None
         if ref.conversation_id is not None:
-            found = await chats.find_session_by_remote(conn, livechat_id, ref.conversation_id)
+            found = chats.find_session_by_remote(conn, livechat_id, ref.conversation_id)
             if found is not None and (chat is None or found[1] == chat.id):
                 session_id = found[0]
-                chat = chat or await chats.get_chat(conn, found[1])
+                chat = chat or chats.get_chat(conn, found[1])
         if chat is not None and session_id is None:
-            session_id = await chats.open_session_id(conn, chat.id)
+            session_id = chats.open_session_id(conn, chat.id)
             if session_id is None and event.closes:
-                session_id = await chats.last_session_id(conn, chat.id)
+                session_id = chats.last_session_id(conn, chat.id)
         return chat, session_id
 
-    async def _crm_answer(
-        self, conn: aiosqlite.Connection, chat: chats.ChatRow, session_id: int
+    def _crm_answer(
+        self, conn: sqlite3.Connection, chat: chats.ChatRow, session_id: int
     ) -> CrmAnswer:
-        found = await chats.get_user(conn, chat.channel_id, chat.user_id)
+        found = chats.get_user(conn, chat.channel_id, chat.user_id)
         profile = found[0] if found else UserProfile(chat.user_id)
         messenger = self._settings.messengers.get(chat.channel_id)
         channel_name = messenger.name if messenger else chat.channel_id
-        opened = datetime.fromtimestamp(await chats.session_opened_at(conn, session_id), UTC)
+        opened = datetime.fromtimestamp(chats.session_opened_at(conn, session_id), UTC)
         return CrmAnswer(
             contact=Contact(
                 name=profile.username or chat.name or profile.user_id,
@@ -383,11 +375,11 @@ class Relay:
     async def user_read(self, channel_id: str, uid: str) -> None:
         """The messenger reports that its user read an operator's message."""
 
-        async def work(conn: aiosqlite.Connection) -> bool:
-            return await messages.mark_read_by_uid(conn, channel_id, uid)
+        def work(conn: sqlite3.Connection) -> bool:
+            return messages.mark_read_by_uid(conn, channel_id, uid)
 
         await self._db.write(work)
 
     async def known_profile(self, channel_id: str, user_id: str) -> UserProfile | None:
-        found = await chats.get_user(self._db.reader, channel_id, user_id)
+        found = await chats.read_user(self._db, channel_id, user_id)
         return found[0] if found else None

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
-
-import aiosqlite
 
 from storage.database import Database
 
@@ -18,21 +17,21 @@ class ChannelRow:
     enabled: bool
 
 
-def _row(row: aiosqlite.Row) -> ChannelRow:
+def _row(row: sqlite3.Row) -> ChannelRow:
     return ChannelRow(
         row["id"], row["state"], row["since"], row["last_error"], bool(row["enabled"])
     )
 
 
-async def sync_from_config(
-    conn: aiosqlite.Connection, channel_id: str, config_enabled: bool, now: float
+def sync_from_config(
+    conn: sqlite3.Connection, channel_id: str, config_enabled: bool, now: float
 ) -> ChannelRow:
     """Create the row, or apply the config's `enabled` if it changed since we last read it.
 
     The admin API changes `enabled` at run time and that survives a restart, but an admin who
     edits `enabled` in the config file means it: a changed config value wins.
     """
-    await conn.execute(
+    conn.execute(
         """INSERT INTO channels (id, state, since, enabled, config_enabled)
            VALUES (?, CASE WHEN ? THEN 'connecting' ELSE 'disconnected' END, ?, ?, ?)
            ON CONFLICT (id) DO UPDATE SET
@@ -41,14 +40,13 @@ async def sync_from_config(
                config_enabled = excluded.config_enabled""",
         (channel_id, config_enabled, now, config_enabled, config_enabled),
     )
-    async with conn.execute("SELECT * FROM channels WHERE id = ?", (channel_id,)) as cur:
-        row = await cur.fetchone()
+    row = conn.execute("SELECT * FROM channels WHERE id = ?", (channel_id,)).fetchone()
     assert row is not None
     return _row(row)
 
 
-async def set_state(
-    conn: aiosqlite.Connection,
+def set_state(
+    conn: sqlite3.Connection,
     channel_id: str,
     state: str,
     now: float,
@@ -56,7 +54,7 @@ async def set_state(
     last_error: str | None = None,
     enabled: bool | None = None,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         """UPDATE channels SET
                since = CASE WHEN state != ? THEN ? ELSE since END,
                state = ?, last_error = ?, enabled = coalesce(?, enabled)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from bridge.model import ChatRef, UserProfile
 from storage.database import Database
@@ -25,7 +24,7 @@ class ChatRow:
     customer_tag: str | None
 
 
-def _chat(row: aiosqlite.Row) -> ChatRow:
+def _chat(row: sqlite3.Row) -> ChatRow:
     return ChatRow(
         row["id"],
         row["channel_id"],
@@ -45,8 +44,8 @@ def client_key(channel_id: str, external_chat_id: str) -> str:
     return f"{channel_id}:{external_chat_id}"
 
 
-async def upsert_chat(
-    conn: aiosqlite.Connection,
+def upsert_chat(
+    conn: sqlite3.Connection,
     *,
     channel_id: str,
     external_chat_id: str,
@@ -55,7 +54,7 @@ async def upsert_chat(
     livechat_id: str,
     now: float,
 ) -> int:
-    async with conn.execute(
+    row = conn.execute(
         """INSERT INTO chats (channel_id, external_chat_id, name, user_id, client_key,
                               livechat_id, created_at)
            VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -73,40 +72,36 @@ async def upsert_chat(
             livechat_id,
             now,
         ),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-async def get_chat(conn: aiosqlite.Connection, chat_id: int) -> ChatRow | None:
-    async with conn.execute("SELECT * FROM chats WHERE id = ?", (chat_id,)) as cur:
-        row = await cur.fetchone()
+def get_chat(conn: sqlite3.Connection, chat_id: int) -> ChatRow | None:
+    row = conn.execute("SELECT * FROM chats WHERE id = ?", (chat_id,)).fetchone()
     return _chat(row) if row else None
 
 
-async def find_chat(conn: aiosqlite.Connection, livechat_id: str, ref: ChatRef) -> ChatRow | None:
+def find_chat(conn: sqlite3.Connection, livechat_id: str, ref: ChatRef) -> ChatRow | None:
     """The chat a live chat means: by our client key first, else by its customer id."""
     row = None
     if ref.client_key is not None:
-        async with conn.execute(
+        row = conn.execute(
             "SELECT * FROM chats WHERE client_key = ? AND livechat_id = ?",
             (ref.client_key, livechat_id),
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
     if row is None and ref.customer_id is not None:
-        async with conn.execute(
+        row = conn.execute(
             "SELECT * FROM chats WHERE livechat_id = ? AND customer_id = ? ORDER BY id LIMIT 1",
             (livechat_id, ref.customer_id),
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
     return _chat(row) if row else None
 
 
-async def set_customer(
-    conn: aiosqlite.Connection, chat_id: int, customer_id: str | None, tag: str | None
+def set_customer(
+    conn: sqlite3.Connection, chat_id: int, customer_id: str | None, tag: str | None
 ) -> None:
-    await conn.execute(
+    conn.execute(
         """UPDATE chats SET customer_id = coalesce(?, customer_id),
                             customer_tag = coalesce(?, customer_tag) WHERE id = ?""",
         (customer_id, tag, chat_id),
@@ -116,31 +111,34 @@ async def set_customer(
 # --- users --------------------------------------------------------------------------------
 
 
-async def ensure_user(conn: aiosqlite.Connection, channel_id: str, user_id: str) -> None:
-    await conn.execute(
+def ensure_user(conn: sqlite3.Connection, channel_id: str, user_id: str) -> None:
+    conn.execute(
         "INSERT INTO users (channel_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (channel_id, user_id),
     )
 
 
-async def get_user(
-    conn: aiosqlite.Connection, channel_id: str, user_id: str
+def get_user(
+    conn: sqlite3.Connection, channel_id: str, user_id: str
 ) -> tuple[UserProfile, float | None] | None:
     """The cached profile and when it was fetched (None: never)."""
-    async with conn.execute(
+    row = conn.execute(
         "SELECT * FROM users WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
-    ) as cur:
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    profile = UserProfile(row["user_id"], row["username"], row["phone"], row["avatar"])
-    return profile, row["fetched_at"]
+    ).fetchone()
+    return _user(row) if row else None
 
 
-async def save_profile(
-    conn: aiosqlite.Connection, channel_id: str, profile: UserProfile, now: float
+def _user(row: sqlite3.Row) -> tuple[UserProfile, float | None]:
+    """The cached profile and when it was fetched (None: never)."""
+    return UserProfile(row["user_id"], row["username"], row["phone"], row["avatar"]), row[
+        "fetched_at"
+    ]
+
+
+def save_profile(
+    conn: sqlite3.Connection, channel_id: str, profile: UserProfile, now: float
 ) -> None:
-    await conn.execute(
+    conn.execute(
         """INSERT INTO users (channel_id, user_id, username, phone, avatar, fetched_at)
            VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT (channel_id, user_id) DO UPDATE SET
@@ -150,12 +148,10 @@ async def save_profile(
     )
 
 
-async def mark_profile_tried(
-    conn: aiosqlite.Connection, channel_id: str, user_id: str, now: float
-) -> None:
+def mark_profile_tried(conn: sqlite3.Connection, channel_id: str, user_id: str, now: float) -> None:
     """A failed lookup counts as a fetch, so a messenger that cannot answer is not asked for
     every message; the profile is asked for again when the cache ages out."""
-    await conn.execute(
+    conn.execute(
         "UPDATE users SET fetched_at = ? WHERE channel_id = ? AND user_id = ?",
         (now, channel_id, user_id),
     )
@@ -164,60 +160,68 @@ async def mark_profile_tried(
 # --- sessions -----------------------------------------------------------------------------
 
 
-async def open_session_id(conn: aiosqlite.Connection, chat_id: int) -> int | None:
-    async with conn.execute(
+def open_session_id(conn: sqlite3.Connection, chat_id: int) -> int | None:
+    row = conn.execute(
         "SELECT id FROM sessions WHERE chat_id = ? AND status = 'open'", (chat_id,)
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return int(row[0]) if row else None
 
 
-async def open_session(
-    conn: aiosqlite.Connection, chat_id: int, livechat_id: str, opened_by: str, now: float
+def open_session(
+    conn: sqlite3.Connection, chat_id: int, livechat_id: str, opened_by: str, now: float
 ) -> tuple[int, bool]:
     """The chat's open session, creating one if there is none; (id, created)."""
-    existing = await open_session_id(conn, chat_id)
+    existing = open_session_id(conn, chat_id)
     if existing is not None:
         return existing, False
-    async with conn.execute(
+    row = conn.execute(
         """INSERT INTO sessions (chat_id, livechat_id, status, opened_by, opened_at)
            VALUES (?, ?, 'open', ?, ?) RETURNING id""",
         (chat_id, livechat_id, opened_by, now),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     return int(row[0]), True
 
 
-async def reopen_last_session(conn: aiosqlite.Connection, chat_id: int) -> int | None:
+def reopen_last_session(conn: sqlite3.Connection, chat_id: int) -> int | None:
     """Reopen the chat's latest session if none is open; return the open session's id."""
-    existing = await open_session_id(conn, chat_id)
+    existing = open_session_id(conn, chat_id)
     if existing is not None:
         return existing
-    async with conn.execute(
+    row = conn.execute(
         """UPDATE sessions SET status = 'open', closed_at = NULL
            WHERE id = (SELECT max(id) FROM sessions WHERE chat_id = ?) RETURNING id""",
         (chat_id,),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return int(row[0]) if row else None
 
 
-async def close_session(conn: aiosqlite.Connection, chat_id: int, now: float) -> int | None:
-    async with conn.execute(
+def close_session(conn: sqlite3.Connection, chat_id: int, now: float) -> int | None:
+    row = conn.execute(
         """UPDATE sessions SET status = 'closed', closed_at = ?
            WHERE chat_id = ? AND status = 'open' RETURNING id""",
         (now, chat_id),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return int(row[0]) if row else None
 
 
-async def set_session_url(conn: aiosqlite.Connection, session_id: int, url: str | None) -> None:
+def set_session_url(conn: sqlite3.Connection, session_id: int, url: str | None) -> None:
     if url:
-        await conn.execute(
-            "UPDATE sessions SET conversation_url = ? WHERE id = ?", (url, session_id)
-        )
+        conn.execute("UPDATE sessions SET conversation_url = ? WHERE id = ?", (url, session_id))
+
+
+async def read_chat(db: Database, chat_id: int) -> ChatRow | None:
+    row = await db.fetch_one("SELECT * FROM chats WHERE id = ?", (chat_id,))
+    return _chat(row) if row else None
+
+
+async def read_user(
+    db: Database, channel_id: str, user_id: str
+) -> tuple[UserProfile, float | None] | None:
+    row = await db.fetch_one(
+        "SELECT * FROM users WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
+    )
+    return _user(row) if row else None
 
 
 async def list_sessions(
@@ -239,13 +243,13 @@ async def list_sessions(
 # --- what a live chat's life-cycle events record ------------------------------------------
 
 
-async def find_chat_by_contact(
-    conn: aiosqlite.Connection, livechat_id: str, email: str | None, phone: str | None
+def find_chat_by_contact(
+    conn: sqlite3.Connection, livechat_id: str, email: str | None, phone: str | None
 ) -> ChatRow | None:
     """The latest chat whose user's profile or stored contact has this email or phone."""
     if not email and not phone:
         return None
-    async with conn.execute(
+    row = conn.execute(
         """SELECT c.* FROM chats c
            LEFT JOIN users u ON u.channel_id = c.channel_id AND u.user_id = c.user_id
            WHERE c.livechat_id = ?1 AND (
@@ -253,45 +257,41 @@ async def find_chat_by_contact(
                OR (?3 IS NOT NULL AND (u.phone = ?3 OR json_extract(c.contact, '$.phone') = ?3)))
            ORDER BY c.id DESC LIMIT 1""",
         (livechat_id, email or None, phone or None),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return _chat(row) if row else None
 
 
-async def find_session_by_remote(
-    conn: aiosqlite.Connection, livechat_id: str, remote_chat_id: str
+def find_session_by_remote(
+    conn: sqlite3.Connection, livechat_id: str, remote_chat_id: str
 ) -> tuple[int, int] | None:
     """(session id, chat id) of the session a live chat's own chat id was linked to."""
-    async with conn.execute(
+    row = conn.execute(
         """SELECT id, chat_id FROM sessions WHERE livechat_id = ? AND remote_chat_id = ?
            ORDER BY id DESC LIMIT 1""",
         (livechat_id, remote_chat_id),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return (int(row[0]), int(row[1])) if row else None
 
 
-async def last_session_id(conn: aiosqlite.Connection, chat_id: int) -> int | None:
-    async with conn.execute("SELECT max(id) FROM sessions WHERE chat_id = ?", (chat_id,)) as cur:
-        row = await cur.fetchone()
+def last_session_id(conn: sqlite3.Connection, chat_id: int) -> int | None:
+    row = conn.execute("SELECT max(id) FROM sessions WHERE chat_id = ?", (chat_id,)).fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
 
-async def session_opened_at(conn: aiosqlite.Connection, session_id: int) -> float:
-    async with conn.execute("SELECT opened_at FROM sessions WHERE id = ?", (session_id,)) as cur:
-        row = await cur.fetchone()
+def session_opened_at(conn: sqlite3.Connection, session_id: int) -> float:
+    row = conn.execute("SELECT opened_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
     assert row is not None
     return float(row[0])
 
 
-async def link_session(
-    conn: aiosqlite.Connection,
+def link_session(
+    conn: sqlite3.Connection,
     session_id: int,
     remote_chat_id: str | None,
     agent_id: str | None,
     agent_name: str | None,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         """UPDATE sessions SET remote_chat_id = coalesce(?, remote_chat_id),
                                agent_id = coalesce(?, agent_id),
                                agent_name = coalesce(?, agent_name)
@@ -300,14 +300,14 @@ async def link_session(
     )
 
 
-async def set_crm_link(conn: aiosqlite.Connection, session_id: int, link: str) -> None:
-    await conn.execute("UPDATE sessions SET crm_link = ? WHERE id = ?", (link, session_id))
+def set_crm_link(conn: sqlite3.Connection, session_id: int, link: str) -> None:
+    conn.execute("UPDATE sessions SET crm_link = ? WHERE id = ?", (link, session_id))
 
 
-async def finish_session(
-    conn: aiosqlite.Connection, session_id: int, transcript: list[dict[str, Any]] | None, now: float
+def finish_session(
+    conn: sqlite3.Connection, session_id: int, transcript: list[dict[str, Any]] | None, now: float
 ) -> None:
-    await conn.execute(
+    conn.execute(
         """UPDATE sessions SET status = 'closed', closed_at = coalesce(closed_at, ?),
                                transcript = coalesce(?, transcript)
            WHERE id = ?""",
@@ -319,8 +319,8 @@ async def finish_session(
     )
 
 
-async def set_contact(conn: aiosqlite.Connection, chat_id: int, contact: dict[str, Any]) -> None:
-    await conn.execute(
+def set_contact(conn: sqlite3.Connection, chat_id: int, contact: dict[str, Any]) -> None:
+    conn.execute(
         "UPDATE chats SET contact = ? WHERE id = ?",
         (json.dumps(contact, ensure_ascii=False), chat_id),
     )

@@ -1,9 +1,10 @@
-"""The SQLite database: one writer connection with group commit, one read-only connection.
+"""The SQLite database: one writer thread with group commit, one async read-only connection.
 
-Every change goes through `Database.write(work)`. Works queued while a transaction is running
-are run together in the next one and committed with a single fsync (group commit), so many
-concurrent requests share the cost of a commit. `write` returns only after the commit, which
-is what lets an HTTP 200 mean "on disk".
+Every change goes through `Database.write(work)`, where `work` is a plain function of a
+`sqlite3.Connection`. Works queued while a transaction is running are run together in the next
+one, in one hop to the writer thread, and committed with a single fsync (group commit): many
+concurrent requests share the cost of both. `write` returns only after the commit, which is
+what lets an HTTP 200 mean "on disk". Reads go through aiosqlite on a second connection.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +25,8 @@ import structlog
 from storage.migrations import migrate
 
 T = TypeVar("T")
-Work = Callable[[aiosqlite.Connection], Awaitable[T]]
+Work = Callable[[sqlite3.Connection], T]
+Outcome = tuple[bool, Any]  # (succeeded, result or exception)
 
 log = structlog.get_logger("storage")
 
@@ -43,7 +46,8 @@ class Database:
         self.path = path
         self._busy_ms = int(busy_timeout * 1000)
         self.synchronous = synchronous.upper()
-        self._writer: aiosqlite.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._queue: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._pending = asyncio.Event()
@@ -51,35 +55,44 @@ class Database:
         self._lock_fd: int | None = None
         self.schema_version = 0
 
+    def _pragmas(self) -> list[str]:
+        return [
+            "journal_mode=WAL",
+            f"synchronous={self.synchronous}",
+            "foreign_keys=ON",
+            f"busy_timeout={self._busy_ms}",
+        ]
+
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._take_process_lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         try:
-            self._writer = await self._connect()
-            self.schema_version = await migrate(self._writer)
-            self._reader = await self._connect()
-            async with self._reader.execute("PRAGMA query_only=ON"):
-                pass
+            self._writer = await self._in_writer(self._connect_writer)
+            self.schema_version = await self._in_writer(migrate, self._writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = aiosqlite.Row
+            for pragma in [*self._pragmas(), "query_only=ON"]:
+                # Closed at once: an open statement would pin a snapshot or hold a lock.
+                async with self._reader.execute(f"PRAGMA {pragma}"):
+                    pass
         except BaseException:
             await self.close()  # a refused or broken file must not stay open and locked
             raise
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
 
-    async def _connect(self) -> aiosqlite.Connection:
+    def _connect_writer(self) -> sqlite3.Connection:
         # isolation_level=None: the module opens no transactions of its own; we BEGIN explicitly.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        for pragma in (
-            "journal_mode=WAL",
-            f"synchronous={self.synchronous}",
-            "foreign_keys=ON",
-            f"busy_timeout={self._busy_ms}",
-        ):
-            # Closed at once: an open statement would pin a snapshot or hold a lock.
-            async with conn.execute(f"PRAGMA {pragma}"):
-                pass
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        for pragma in self._pragmas():
+            conn.execute(f"PRAGMA {pragma}").close()
         return conn
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _take_process_lock(self) -> None:
         # The delivery worker keeps in-flight state in memory: two processes on one file would
@@ -101,10 +114,15 @@ class Database:
         for fut in (f for _, f in self._queue if not f.done()):
             fut.set_exception(StorageUnavailable("database closed"))
         self._queue.clear()
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            await self._in_writer(self._writer.close)
+            self._writer = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -137,50 +155,52 @@ class Database:
             self._pending.clear()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                await self._run_batch(batch)
+                assert self._writer is not None
+                outcomes = await self._in_writer(_run_batch, self._writer, [w for w, _ in batch])
+                for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(_unavailable(value))
 
-    async def _run_batch(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
-        conn = self._writer
-        assert conn is not None
+
+def _transaction(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[Any]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        results = [work(conn) for work in works]
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _run_batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[Outcome]:
+    """In the writer thread: the whole batch in one transaction; if one work fails, each
+    alone, so that only it fails."""
+    try:
+        return [(True, r) for r in _transaction(conn, works)]
+    except Exception as exc:
+        if len(works) == 1:
+            return [(False, exc)]
+    outcomes: list[Outcome] = []
+    for work in works:
         try:
-            results = await self._transaction(conn, [work for work, _ in batch])
+            (result,) = _transaction(conn, [work])
         except Exception as exc:
-            if len(batch) == 1:
-                _fail(batch[0][1], exc)
-                return
-            # One work failed and took the batch with it: run each alone so only it fails.
-            for work, fut in batch:
-                try:
-                    (result,) = await self._transaction(conn, [work])
-                except Exception as single_exc:
-                    _fail(fut, single_exc)
-                else:
-                    if not fut.done():
-                        fut.set_result(result)
-            return
-        for (_, fut), result in zip(batch, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
-
-    @staticmethod
-    async def _transaction(conn: aiosqlite.Connection, works: list[Work[Any]]) -> list[Any]:
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            results = [await work(conn) for work in works]
-            await conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
-            raise
-        return results
+            outcomes.append((False, exc))
+        else:
+            outcomes.append((True, result))
+    return outcomes
 
 
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if fut.done():
-        return
+def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
         exc, sqlite3.IntegrityError
     ):
         log.error("storage.write_failed", error=str(exc))
-        exc = StorageUnavailable(str(exc))
-    fut.set_exception(exc)
+        return StorageUnavailable(str(exc))
+    return exc

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from storage.database import Database
 
 
-async def record(
-    conn: aiosqlite.Connection,
+def record(
+    conn: sqlite3.Connection,
     *,
     livechat_id: str,
     name: str,
@@ -21,7 +20,7 @@ async def record(
     now: float,
     session_id: int | None = None,
 ) -> int:
-    async with conn.execute(
+    row = conn.execute(
         """INSERT INTO events (uid, livechat_id, name, session_id, payload, received_at)
            VALUES (?, ?, ?, ?, ?, ?) RETURNING id""",
         (
@@ -32,8 +31,7 @@ async def record(
             json.dumps(payload, ensure_ascii=False),
             now,
         ),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -63,7 +61,7 @@ class EventRow:
     external_chat_id: str | None
 
 
-async def get(db: Database, event_id: int) -> EventRow | None:
+async def read(db: Database, event_id: int) -> EventRow | None:
     row = await db.fetch_one(
         """SELECT e.*, c.channel_id, c.external_chat_id FROM events e
            LEFT JOIN sessions s ON s.id = e.session_id LEFT JOIN chats c ON c.id = s.chat_id

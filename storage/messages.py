@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from dataclasses import dataclass
 
-import aiosqlite
-
 from bridge.model import FileRef
+from storage.database import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def _files(text: str) -> tuple[FileRef, ...]:
     return tuple(FileRef(f["name"], f["url"], f.get("size")) for f in json.loads(text))
 
 
-def _row(row: aiosqlite.Row) -> MessageRow:
+def _row(row: sqlite3.Row) -> MessageRow:
     return MessageRow(
         id=row["id"],
         uid=row["uid"],
@@ -60,13 +60,15 @@ def _row(row: aiosqlite.Row) -> MessageRow:
     )
 
 
-async def seen(conn: aiosqlite.Connection, dedupe_key: str) -> bool:
-    async with conn.execute("SELECT 1 FROM messages WHERE dedupe_key = ?", (dedupe_key,)) as cur:
-        return await cur.fetchone() is not None
+def seen(conn: sqlite3.Connection, dedupe_key: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM messages WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
+        is not None
+    )
 
 
-async def insert(
-    conn: aiosqlite.Connection,
+def insert(
+    conn: sqlite3.Connection,
     *,
     uid: str,
     dedupe_key: str | None,
@@ -82,7 +84,7 @@ async def insert(
     operator_id: str | None = None,
     operator_name: str | None = None,
 ) -> int:
-    async with conn.execute(
+    row = conn.execute(
         """INSERT INTO messages (uid, dedupe_key, session_id, chat_id, direction, external_id,
                                  remote_id, user_id, operator_id, operator_name, text, files,
                                  status, created_at)
@@ -102,43 +104,43 @@ async def insert(
             files_json(files),
             now,
         ),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-async def get(conn: aiosqlite.Connection, message_id: int) -> MessageRow | None:
-    async with conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)) as cur:
-        row = await cur.fetchone()
+async def read(db: Database, message_id: int) -> MessageRow | None:
+    row = await db.fetch_one("SELECT * FROM messages WHERE id = ?", (message_id,))
     return _row(row) if row else None
 
 
-async def find_inbound(
-    conn: aiosqlite.Connection, chat_id: int, live_chat_id: str
-) -> MessageRow | None:
+def get(conn: sqlite3.Connection, message_id: int) -> MessageRow | None:
+    row = conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return _row(row) if row else None
+
+
+def find_inbound(conn: sqlite3.Connection, chat_id: int, live_chat_id: str) -> MessageRow | None:
     """A user's message named by the live chat: by the id it gave it, or by our uid."""
-    async with conn.execute(
+    row = conn.execute(
         """SELECT * FROM messages WHERE direction = 'in'
                AND ((chat_id = ? AND remote_id = ?) OR uid = ?)
            ORDER BY id LIMIT 1""",
         (chat_id, live_chat_id, live_chat_id),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return _row(row) if row else None
 
 
-async def set_status(
-    conn: aiosqlite.Connection, message_id: int, status: str, remote_id: str | None = None
+def set_status(
+    conn: sqlite3.Connection, message_id: int, status: str, remote_id: str | None = None
 ) -> None:
-    await conn.execute(
+    conn.execute(
         "UPDATE messages SET status = ?, remote_id = coalesce(?, remote_id) WHERE id = ?",
         (status, remote_id, message_id),
     )
 
 
-async def mark_read_by_uid(conn: aiosqlite.Connection, channel_id: str, uid: str) -> bool:
-    cur = await conn.execute(
+def mark_read_by_uid(conn: sqlite3.Connection, channel_id: str, uid: str) -> bool:
+    cur = conn.execute(
         """UPDATE messages SET status = 'read'
            WHERE uid = ? AND direction = 'out'
              AND chat_id IN (SELECT id FROM chats WHERE channel_id = ?)""",

@@ -6,7 +6,7 @@ version is newer than the code knows is refused rather than misread.
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 V1 = [
     # One row per configured messenger channel: its life-cycle state and the admin's intent.
@@ -132,16 +132,15 @@ class SchemaTooNew(Exception):
     pass
 
 
-async def current_version(conn: aiosqlite.Connection) -> int:
-    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with conn.execute("SELECT max(version) FROM schema_version") as cur:
-        row = await cur.fetchone()
+def current_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
-async def migrate(conn: aiosqlite.Connection) -> int:
+def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to `LATEST`; return the version it is at."""
-    version = await current_version(conn)
+    version = current_version(conn)
     if version > LATEST:
         raise SchemaTooNew(
             f"the database is at schema version {version}, newer than this code knows"
@@ -150,14 +149,14 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     for step, _description, statements in MIGRATIONS:
         if step <= version:
             continue
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in statements:
-                await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (step,))
-            await conn.execute("COMMIT")
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (step,))
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
         version = step
     return version

@@ -9,11 +9,10 @@ to the admin.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from storage.database import Database
 
@@ -30,7 +29,7 @@ class OutboxItem:
     created_at: float
 
 
-def _item(row: aiosqlite.Row) -> OutboxItem:
+def _item(row: sqlite3.Row) -> OutboxItem:
     return OutboxItem(
         id=row["id"],
         kind=row["kind"],
@@ -43,8 +42,8 @@ def _item(row: aiosqlite.Row) -> OutboxItem:
     )
 
 
-async def enqueue(
-    conn: aiosqlite.Connection,
+def enqueue(
+    conn: sqlite3.Connection,
     *,
     kind: str,
     lane: str,
@@ -53,26 +52,25 @@ async def enqueue(
     channel_id: str | None = None,
     payload: dict[str, Any] | None = None,
 ) -> int:
-    async with conn.execute(
+    row = conn.execute(
         """INSERT INTO outbox (kind, lane, channel_id, ref_id, payload, next_attempt_at,
                                created_at, updated_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
         (kind, lane, channel_id, ref_id, json.dumps(payload or {}), now, now, now),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-async def claim_ready(
-    conn: aiosqlite.Connection, now: float, limit: int, busy: Container[int], n_busy: int
+def claim_ready(
+    conn: sqlite3.Connection, now: float, limit: int, busy: Container[int], n_busy: int
 ) -> list[OutboxItem]:
     """Heads of lanes that are due and not held, oldest first, skipping those in flight.
 
     Run on the writer, in turn with the settles: a reader's snapshot could still show an item
     that a settle has just completed, and it would be sent twice.
     """
-    async with conn.execute(
+    rows = conn.execute(
         """SELECT o.* FROM outbox o
            LEFT JOIN channels c ON c.id = o.channel_id
            WHERE o.status = 'pending' AND o.next_attempt_at <= ?
@@ -81,8 +79,7 @@ async def claim_ready(
                          WHERE p.lane = o.lane AND p.status = 'pending')
            ORDER BY o.id LIMIT ?""",
         (now, limit + n_busy),
-    ) as cur:
-        rows = await cur.fetchall()
+    ).fetchall()
     return [item for item in map(_item, rows) if item.id not in busy][:limit]
 
 
@@ -98,15 +95,15 @@ async def next_due(db: Database) -> float | None:
 # nothing is ever settled twice.
 
 
-async def complete(conn: aiosqlite.Connection, item_id: int) -> bool:
-    cur = await conn.execute("DELETE FROM outbox WHERE id = ? AND status = 'pending'", (item_id,))
+def complete(conn: sqlite3.Connection, item_id: int) -> bool:
+    cur = conn.execute("DELETE FROM outbox WHERE id = ? AND status = 'pending'", (item_id,))
     return cur.rowcount > 0
 
 
-async def reschedule(
-    conn: aiosqlite.Connection, item_id: int, *, attempts: int, at: float, error: str, now: float
+def reschedule(
+    conn: sqlite3.Connection, item_id: int, *, attempts: int, at: float, error: str, now: float
 ) -> bool:
-    cur = await conn.execute(
+    cur = conn.execute(
         """UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?
            WHERE id = ? AND status = 'pending'""",
         (attempts, at, error, now, item_id),
@@ -114,10 +111,8 @@ async def reschedule(
     return cur.rowcount > 0
 
 
-async def bury(
-    conn: aiosqlite.Connection, item_id: int, *, attempts: int, error: str, now: float
-) -> bool:
-    cur = await conn.execute(
+def bury(conn: sqlite3.Connection, item_id: int, *, attempts: int, error: str, now: float) -> bool:
+    cur = conn.execute(
         """UPDATE outbox SET status = 'dead', attempts = ?, last_error = ?, updated_at = ?
            WHERE id = ? AND status = 'pending'""",
         (attempts, error, now, item_id),
@@ -125,9 +120,9 @@ async def bury(
     return cur.rowcount > 0
 
 
-async def release_channel(conn: aiosqlite.Connection, channel_id: str, now: float) -> int:
+def release_channel(conn: sqlite3.Connection, channel_id: str, now: float) -> int:
     """A channel became active: its held items are due now, with a fresh count of attempts."""
-    cur = await conn.execute(
+    cur = conn.execute(
         """UPDATE outbox SET next_attempt_at = ?, attempts = 0
            WHERE channel_id = ? AND status = 'pending'""",
         (now, channel_id),

@@ -28,6 +28,11 @@ async def test_metrics_follow_the_message_path(running: World) -> None:
     await eventually(lambda: m.outcomes.get("x1-1") is True, what="delivered")
     async with http.post(m.bridge_webhook or "", data=b"{oops") as r:
         assert r.status == 400
+
+    async def settled() -> bool:  # the outcome's own settle follows its arrival by a moment
+        return await running.bridge.query("SELECT count(*) FROM outbox") == [(0,)]
+
+    await eventually(settled, what="the outbox drained")
     text = await scrape(running)
     route = 'route="/messengers/{channel_id}/webhook"'
     assert f'bridge_http_requests_total{{method="POST",{route},status="200"}} 1.0' in text

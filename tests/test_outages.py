@@ -147,21 +147,25 @@ async def test_restart_with_work_pending(running: World) -> None:
     assert await bridge.query("SELECT count(*) FROM sessions") == [(1,)]
 
 
-async def test_storage_refusing_writes_answers_503_then_recovers(running: World) -> None:
-    from bridge.keys import DATABASE
+async def test_storage_locked_answers_503_then_recovers(world: World) -> None:
+    import sqlite3
 
-    m, http, bridge = running.messenger, running.http, running.bridge
-    assert bridge is not None and bridge.app is not None
-    writer = bridge.app[DATABASE]._writer  # the test stands in for a full or read-only disk
-    assert writer is not None
-    await writer.execute("PRAGMA query_only=ON")
-    status, body = await m.send_message(http, "db", "not stored", message_id="db-1")
-    assert status == 503 and body["errcode"] == "storage_unavailable"
+    bridge = await world.start_bridge(
+        storage={"path": str(world.tmp_path / "bridge.sqlite3"), "busy_timeout": 0.1}
+    )
+    m, http = world.messenger, world.http
+    other = sqlite3.connect(str(world.tmp_path / "bridge.sqlite3"), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    try:
+        status, body = await m.send_message(http, "db", "not stored", message_id="db-1")
+        assert status == 503 and body["errcode"] == "storage_unavailable"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
     assert await bridge.query("SELECT count(*) FROM messages") == [(0,)]
-    await writer.execute("PRAGMA query_only=OFF")
     assert (await m.send_message(http, "db", "stored", message_id="db-1"))[0] == 200
     await eventually(
-        lambda: running.chatvisor.all_texts() == ["stored"], what="delivered once cleared"
+        lambda: world.chatvisor.all_texts() == ["stored"], what="delivered once cleared"
     )
 
 

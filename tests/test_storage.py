@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from storage.database import Database, DatabaseInUse, StorageUnavailable
@@ -67,8 +67,8 @@ async def test_concurrent_writes_are_grouped_and_isolated(tmp_path: Path) -> Non
     await db.open()
     await db.write(lambda conn: conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)"))
 
-    async def insert(conn: aiosqlite.Connection, key: str) -> str:
-        await conn.execute("INSERT INTO t VALUES (?)", (key,))
+    def insert(conn: sqlite3.Connection, key: str) -> str:
+        conn.execute("INSERT INTO t VALUES (?)", (key,))
         return key
 
     keys = [f"k{i}" for i in range(200)] + ["k1"]  # one conflicting work in the crowd
@@ -76,7 +76,7 @@ async def test_concurrent_writes_are_grouped_and_isolated(tmp_path: Path) -> Non
         *(db.write(lambda conn, k=k: insert(conn, k)) for k in keys), return_exceptions=True
     )
     failures = [r for r in results if isinstance(r, BaseException)]
-    assert len(failures) == 1 and isinstance(failures[0], aiosqlite.IntegrityError)
+    assert len(failures) == 1 and isinstance(failures[0], sqlite3.IntegrityError)
     count = await db.fetch_one("SELECT count(*) FROM t")
     assert count is not None and count[0] == 200
     await db.close()
