@@ -137,7 +137,9 @@ class DeliveryWorker:
         if isinstance(result, Delivered):
             self._metrics.deliveries.labels(target, "delivered").inc()
             follow_up = attempt.on_delivered
-            bound.info("delivery.done", attempts=item.attempts + 1)
+            bound.debug(
+                "delivery.done", attempts=item.attempts + 1
+            )  # the hot path: failures log louder
 
             def work(conn: sqlite3.Connection) -> bool:
                 return outbox.complete(conn, item.id)

@@ -80,15 +80,15 @@ class Dispatcher:
 
     async def _to_livechat(self, item: OutboxItem) -> Attempt:
         assert item.ref_id is not None
-        msg = await messages.read(self._db, item.ref_id)
-        chat = await chats.read_chat(self._db, msg.chat_id) if msg else None
-        if msg is None or chat is None:
+        loaded = await messages.read_with_chat(self._db, item.ref_id)
+        if loaded is None:
             return Attempt(Failed("the message is no longer stored"))
+        msg, chat, cached = loaded
         _bind(chat.channel_id, msg)
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
             return Attempt(Retry(f"live chat {chat.livechat_id!r} is not configured"))
-        profile = await self._profile(chat.channel_id, msg.user_id or chat.user_id)
+        profile = await self._profile(chat.channel_id, msg.user_id or chat.user_id, cached)
         customer = Customer(
             channel_id=chat.channel_id,
             client_key=chat.client_key,
@@ -122,9 +122,10 @@ class Dispatcher:
 
         return Attempt(result, on_delivered=outcome(True), on_dead=outcome(False))
 
-    async def _profile(self, channel_id: str, user_id: str) -> UserProfile:
+    async def _profile(
+        self, channel_id: str, user_id: str, cached: tuple[UserProfile, float | None] | None
+    ) -> UserProfile:
         """The cached profile, refreshed through `userInfo` when stale; never blocks a message."""
-        cached = await chats.read_user(self._db, channel_id, user_id)
         profile, fetched_at = cached if cached else (UserProfile(user_id), None)
         ttl = self._settings.delivery.profile_ttl
         fresh = fetched_at is not None and self._clock() - fetched_at < ttl

@@ -7,7 +7,8 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 
-from bridge.model import FileRef
+from bridge.model import FileRef, UserProfile
+from storage.chats import ChatRow
 from storage.database import Database
 
 
@@ -147,3 +148,38 @@ def mark_read_by_uid(conn: sqlite3.Connection, channel_id: str, uid: str) -> boo
         (uid, channel_id),
     )
     return cur.rowcount > 0
+
+
+async def read_with_chat(
+    db: Database, message_id: int
+) -> tuple[MessageRow, ChatRow, tuple[UserProfile, float | None] | None] | None:
+    """A message, its chat and its sender's cached profile, in one read (the delivery path)."""
+    row = await db.fetch_one(
+        """SELECT m.*, c.channel_id, c.external_chat_id, c.name AS chat_name,
+                  c.user_id AS chat_user_id, c.client_key, c.livechat_id, c.customer_id,
+                  c.customer_tag, u.user_id AS u_user_id, u.username, u.phone, u.avatar,
+                  u.fetched_at
+           FROM messages m JOIN chats c ON c.id = m.chat_id
+           LEFT JOIN users u ON u.channel_id = c.channel_id
+                            AND u.user_id = coalesce(m.user_id, c.user_id)
+           WHERE m.id = ?""",
+        (message_id,),
+    )
+    if row is None:
+        return None
+    chat = ChatRow(
+        row["chat_id"],
+        row["channel_id"],
+        row["external_chat_id"],
+        row["chat_name"],
+        row["chat_user_id"],
+        row["client_key"],
+        row["livechat_id"],
+        row["customer_id"],
+        row["customer_tag"],
+    )
+    user = None
+    if row["u_user_id"] is not None:
+        profile = UserProfile(row["u_user_id"], row["username"], row["phone"], row["avatar"])
+        user = (profile, row["fetched_at"])
+    return _row(row), chat, user

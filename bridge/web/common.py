@@ -79,7 +79,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     metrics = request.app[METRICS]
     metrics.requests.labels(route, request.method, str(response.status)).inc()
     metrics.request_seconds.labels(route).observe(elapsed)
-    level = "info" if response.status < 500 else "error"
+    # Successes are counted in /metrics; logging each at info would cost more than the request.
+    level = "debug" if response.status < 400 else "info" if response.status < 500 else "error"
     getattr(log, level)(
         "http.request",
         method=request.method,
