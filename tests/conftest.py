@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import socket
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 
 from bridge.app import create_app
@@ -26,6 +30,51 @@ ADMIN_TOKEN = "admin-secret-token-1234"
 API_TOKEN = "chatvisor-api-token-5678"
 HOOK_TOKEN = "chatvisor-hook-token-9012"
 CODE = "messenger-confirmation-code-3456"
+
+
+# Every secret any test configures. The whole suite's bridge logs are checked for them.
+SUBSCRIPTION_SECRETS = [
+    "whsec_" + base64.b64encode(b"a" * 32).decode(),
+    "whsec_" + base64.b64encode(b"b" * 24).decode(),
+]
+JIVO_URL_SECRET = "x7Kq2mPz9"  # the random part of the simulated Chat API URL
+
+
+@pytest.fixture(scope="session")
+def _suite_log() -> Iterator[TextIO]:
+    """All bridge log lines of the run, rendered without the redactor: the code itself must not
+    log a secret, whatever the safety net would have caught."""
+    with tempfile.TemporaryFile("w+") as sink:
+        yield sink
+        sink.seek(0)
+        text = sink.read()
+    secrets = [
+        ADMIN_TOKEN,
+        API_TOKEN,
+        HOOK_TOKEN,
+        CODE,
+        "jivo-hook-token-7777",
+        JIVO_URL_SECRET,
+        *SUBSCRIPTION_SECRETS,
+    ]
+    leaked = [secret for secret in secrets if secret in text]
+    assert not leaked, f"secrets found in the suite's logs: {len(leaked)} of {len(secrets)}"
+
+
+@pytest.fixture(autouse=True)
+def _log_to_suite_sink(_suite_log: TextIO) -> None:
+    # Re-applied before each test: a test that configures logging of its own resets it after.
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.WriteLoggerFactory(file=_suite_log),
+        cache_logger_on_first_use=False,
+    )
 
 
 def free_port() -> int:

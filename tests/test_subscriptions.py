@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +11,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from bridge.settings import ConfigError, settings_from_dict
 from connectors.sim.server import SimServer
 from connectors.sim.subscriber import SubscriberSim
-from tests.conftest import Jivo, World, eventually, seed
+from tests.conftest import SUBSCRIPTION_SECRETS, Jivo, World, eventually, seed
 
-SECRET_ALL = "whsec_" + base64.b64encode(b"a" * 32).decode()
-SECRET_FINISHED = "whsec_" + base64.b64encode(b"b" * 24).decode()
+SECRET_ALL, SECRET_FINISHED = SUBSCRIPTION_SECRETS
 
 
 class Subscribers:
