@@ -187,9 +187,10 @@ async def until_delivered(
         await asyncio.sleep(0.05)
 
 
-def bridge_toml(port: int, sink: str, db: str, synchronous: str, log_level: str) -> str:
+def bridge_toml(port: int, sink: str, db: str, synchronous: str, log_level: str, loop: str) -> str:
     return f"""
 [server]
+event_loop = "{loop}"
 host = "127.0.0.1"
 port = {port}
 public_url = "http://127.0.0.1:{port}"
@@ -276,11 +277,17 @@ class Subject:
 
 
 async def start_bridge(
-    tmp: Path, sink: str, db: str, synchronous: str, log_level: str, http: aiohttp.ClientSession
+    tmp: Path,
+    sink: str,
+    db: str,
+    synchronous: str,
+    log_level: str,
+    http: aiohttp.ClientSession,
+    loop: str = "auto",
 ) -> Subject:
     port = free_port()
     config = tmp / f"bridge-{synchronous}-{port}.toml"
-    config.write_text(bridge_toml(port, sink, db, synchronous, log_level))
+    config.write_text(bridge_toml(port, sink, db, synchronous, log_level, loop))
     proc = Proc(["-m", "bridge", "--config", str(config), "serve"], tmp / f"bridge-{port}.log")
     base = f"http://127.0.0.1:{port}"
     await wait_http(http, f"{base}/readyz")
@@ -300,7 +307,7 @@ async def measure_bridge(
     args: argparse.Namespace, tmp: Path, sink: str, synchronous: str, http: aiohttp.ClientSession
 ) -> dict[str, Any]:
     db = str(tmp / f"bridge-{synchronous}.sqlite3")
-    bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http)
+    bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
     out: dict[str, Any] = {}
     try:
         await http.post(f"{sink}/clear")
@@ -333,7 +340,7 @@ async def measure_bridge(
     if args.scale_sessions:
         prefill_s = prefill(db, args.scale_sessions, args.scale_messages)
         out["prefill_seconds"] = prefill_s
-        bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http)
+        bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
         try:
             await http.post(f"{sink}/clear")
             scale = await closed_loop(
@@ -405,7 +412,8 @@ def report(
     lines = [
         f"messages per run: {args.n}, clients: {args.concurrency}, chats: {args.chats}; "
         f"fixed load: {args.rate:.0f} msg/s for {args.seconds:.0f} s; "
-        f"scale: {args.scale_sessions:,} sessions, {args.scale_messages:,} messages; log level {args.log_level}",
+        f"scale: {args.scale_sessions:,} sessions, {args.scale_messages:,} messages; "
+        f"log level {args.log_level}; event loop {args.event_loop}",
         "",
         f"baseline: bare aiohttp forwarding with one POST: {base['forward']:8.0f} msg/s",
     ]
@@ -472,6 +480,7 @@ async def main() -> None:
     parser.add_argument("--scale-messages", type=int, default=5_000_000)
     parser.add_argument("--synchronous", nargs="+", default=["normal", "full"])
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
     args = parser.parse_args()
     if args.quick:
         args.n, args.seconds = min(args.n, 5000), min(args.seconds, 10.0)

@@ -66,9 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     configure_logging(settings.logging, settings.secrets())
     log = structlog.get_logger("bridge")
+    loop = new_event_loop(settings.server.event_loop)
+    log.info("bridge.starting", event_loop=type(loop).__module__.split(".")[0])
     try:
         web.run_app(
             create_app(settings),
+            loop=loop,
             host=settings.server.host,
             port=settings.server.port,
             access_log=None,
@@ -80,6 +83,19 @@ def serve(settings: Settings) -> int:
         log.error("bridge.cannot_start", error=str(exc))
         return 1
     return 0
+
+
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """uvloop when asked for, or when installed and the choice is "auto"."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _admin_base(settings: Settings) -> str:

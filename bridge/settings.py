@@ -61,6 +61,8 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: HttpUrl = "http://127.0.0.1:8080"
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
+    # "auto": uvloop (a faster event loop, installed with the bridge) if it imports, else asyncio.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
 class StorageSettings(_Section):

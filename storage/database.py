@@ -52,6 +52,8 @@ class Database:
         self._queue: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self.schema_version = 0
 
@@ -61,6 +63,9 @@ class Database:
             f"synchronous={self.synchronous}",
             "foreign_keys=ON",
             f"busy_timeout={self._busy_ms}",
+            # Checkpoints run on their own connection (see _checkpoint_loop), not inside a
+            # commit that many requests are waiting for.
+            "wal_autocheckpoint=0",
         ]
 
     async def open(self) -> None:
@@ -77,10 +82,27 @@ class Database:
                 # Closed at once: an open statement would pin a snapshot or hold a lock.
                 async with self._reader.execute(f"PRAGMA {pragma}"):
                     pass
+            self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in self._pragmas():
+                async with self._checkpointer.execute(f"PRAGMA {pragma}"):
+                    pass
         except BaseException:
             await self.close()  # a refused or broken file must not stay open and locked
             raise
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
+        self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="db-checkpoint")
+
+    async def _checkpoint_loop(self, every: float = 1.0) -> None:
+        """Copy the WAL into the database file in the background. PASSIVE never waits for, nor
+        blocks, the writer; what it cannot copy now it copies next time."""
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                    pass
+            except sqlite3.Error as exc:
+                log.warning("storage.checkpoint_failed", error=str(exc))
 
     def _connect_writer(self) -> sqlite3.Connection:
         # isolation_level=None: the module opens no transactions of its own; we BEGIN explicitly.
@@ -106,6 +128,11 @@ class Database:
         self._lock_fd = fd
 
     async def close(self) -> None:
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+            self._checkpoint_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -114,9 +141,10 @@ class Database:
         for fut in (f for _, f in self._queue if not f.done()):
             fut.set_exception(StorageUnavailable("database closed"))
         self._queue.clear()
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        for conn in (self._reader, self._checkpointer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._checkpointer = None
         if self._writer is not None:
             await self._in_writer(self._writer.close)
             self._writer = None

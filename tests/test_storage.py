@@ -82,3 +82,23 @@ async def test_concurrent_writes_are_grouped_and_isolated(tmp_path: Path) -> Non
     await db.close()
     with pytest.raises(StorageUnavailable):
         await db.write(lambda conn: conn.execute("SELECT 1"))
+
+
+async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    db = Database(str(path))
+    await db.open()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (v TEXT)"))
+    before = path.stat().st_size
+    for _ in range(20):
+        await db.write(
+            lambda conn: conn.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 50)
+        )
+
+    async def copied() -> bool:
+        return path.stat().st_size > before + 400_000  # the rows reached the database file
+
+    from tests.conftest import eventually
+
+    await eventually(copied, timeout=5, what="a checkpoint")
+    await db.close()
