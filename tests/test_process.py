@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
@@ -16,25 +15,10 @@ import structlog
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN, World, eventually
+from tests.procs import toml
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = (ADMIN_TOKEN, API_TOKEN, HOOK_TOKEN, CODE)
-
-
-def toml(config: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def table(prefix: str, values: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
-        if scalars:
-            lines.append(f"[{prefix}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in scalars.items())
-        for k, v in values.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", config)
-    return "\n".join(lines) + "\n"
 
 
 async def cli(config: Path, *args: str) -> tuple[int, str, str]:
