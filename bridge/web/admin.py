@@ -31,11 +31,25 @@ def _iso(ts: float | None) -> str | None:
     )
 
 
+SQLITE_MAX_INTEGER = 2**63 - 1
+
+
+def _whole_number(raw: str) -> int | None:
+    """`raw` as a whole number written in ASCII digits, or None. str.isdigit() alone also takes
+    digits int() refuses ("²") and lengths it refuses (over 4300 digits)."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
 def _limit(request: web.Request, default: int = 100) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    value = _whole_number(request.query.get("limit", str(default)))
+    if value is None or not 1 <= value <= 1000:
         raise BadRequest("invalid_query", "limit: must be a whole number from 1 to 1000")
-    return int(raw)
+    return value
 
 
 async def _channel_view(request: web.Request, channel_id: str, held: int) -> dict[str, Any]:
@@ -95,12 +109,13 @@ async def list_sessions(request: web.Request) -> web.Response:
     return web.json_response({"sessions": rows})
 
 
-@routes.get(r"/admin/sessions/{session_id:\d+}")
+@routes.get(r"/admin/sessions/{session_id:[0-9]+}")
 async def session_detail(request: web.Request) -> web.Response:
     _require_admin(request)
-    detail = await chats.session_detail(
-        request.app[DATABASE], int(request.match_info["session_id"])
-    )
+    session_id = _whole_number(request.match_info["session_id"])
+    if session_id is None or session_id > SQLITE_MAX_INTEGER:  # SQLite cannot even bind it
+        raise NotFound("unknown_session", "no session with this id")
+    detail = await chats.session_detail(request.app[DATABASE], session_id)
     if detail is None:
         raise NotFound("unknown_session", "no session with this id")
     for key in ("opened_at", "closed_at"):
