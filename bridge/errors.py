@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ApiError(Exception):
     status = 400
@@ -39,3 +42,36 @@ class TooLarge(ApiError):
 
 class Unavailable(ApiError):
     status = 503
+
+
+def error_path(data: Any, loc: Sequence[int | str]) -> list[str]:
+    """A validation error's location as the sender wrote it.
+
+    Pydantic puts the name of a union's member into the location (`literal['*']`,
+    `dict[str,any]`, a model's tag); the sender's document has no such level, so a part that
+    is not a key or index of the data at that point is left out, unless it is the last part
+    and its parent an object: then it names a missing key.
+    """
+    path: list[str] = []
+    node = data
+    for index, part in enumerate(loc):
+        found, child = _child(node, part)
+        missing_key = (
+            isinstance(node, dict)
+            and index == len(loc) - 1
+            and isinstance(part, str)
+            and part.isidentifier()
+        )
+        if not found and not missing_key:
+            continue
+        node = child
+        path.append(str(part))
+    return path
+
+
+def _child(node: Any, part: int | str) -> tuple[bool, Any]:
+    if isinstance(node, dict) and part in node:
+        return True, node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return True, node[part]
+    return False, None

@@ -15,11 +15,21 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from yarl import URL
 
-CHANNEL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+from bridge.errors import error_path
+
+CHANNEL_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -31,6 +41,8 @@ class ConfigError(Exception):
 
 
 def _http_url(value: str) -> str:
+    if any(ch.isspace() for ch in value):
+        raise ValueError("must be an absolute http:// or https:// URL (it contains white space)")
     try:
         url = URL(value)
     except (ValueError, TypeError) as exc:
@@ -53,7 +65,7 @@ RequiredSecret = Annotated[SecretStr, AfterValidator(_not_blank)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ServerSettings(_Section):
@@ -121,7 +133,7 @@ def _webhook_secret(value: SecretStr) -> SecretStr:
         key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
     except ValueError:
         key = b""
-    if not raw.startswith("whsec_") or len(key) < 16:
+    if not raw.startswith("whsec_") or not 16 <= len(key) <= 64:
         raise ValueError(
             "must be a Standard Webhooks secret: 'whsec_' and the base64 of 16 to 64 random"
             " bytes (e.g. python -c \"import os,base64;print('whsec_'+base64.b64encode("
@@ -130,10 +142,17 @@ def _webhook_secret(value: SecretStr) -> SecretStr:
     return value
 
 
+def _event_names(value: Any) -> Any:
+    names_ok = isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)
+    if value != "*" and not names_ok:
+        raise ValueError('must be "*" or a non-empty list of event names')
+    return value
+
+
 class SubscriptionSettings(_Section):
     url: HttpUrl
     secret: Annotated[SecretStr, AfterValidator(_webhook_secret)]
-    events: Literal["*"] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    events: Annotated[Literal["*"] | list[str], BeforeValidator(_event_names)]
     livechat: str | None = None
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
@@ -230,7 +249,7 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
         try:
             settings = Settings(**raw)
         except ValidationError as exc:
-            problems = [_format_error(err) for err in exc.errors()]
+            problems = _merge([_format_error(raw, err) for err in exc.errors()])
         else:
             problems = _cross_check(settings)
     if problems:
@@ -239,8 +258,13 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
 
 
 def _precheck(raw: dict[str, Any]) -> list[str]:
-    """Problems pydantic would report obscurely: an unknown live-chat kind."""
-    problems = []
+    """Problems pydantic would report obscurely, or not at all: an unknown live-chat kind, and
+    top-level keys that pydantic-settings would take as options of its own (`_env_prefix`...)."""
+    problems = [
+        f"{key or repr(key)}: unknown key" for key in raw if key not in Settings.model_fields
+    ]
+    if problems:
+        return problems
     livechats = raw.get("livechats", {})
     if isinstance(livechats, dict):
         for lc_id, lc in livechats.items():
@@ -254,11 +278,18 @@ def _precheck(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _format_error(err: Any) -> str:
-    loc = list(err["loc"])
-    if len(loc) > 2 and loc[0] == "livechats" and loc[2] in LIVECHAT_KINDS:
-        del loc[2]  # pydantic names the union member; the admin's file has no such level
-    path = ".".join(str(part) for part in loc) or "(top level)"
+def _merge(problems: list[str]) -> list[str]:
+    """One line per key: a union's members each explain themselves, joined with "or"."""
+    merged: dict[str, list[str]] = {}
+    for problem in problems:
+        path, _, message = problem.partition(": ")
+        if message not in merged.setdefault(path, []):
+            merged[path].append(message)
+    return [f"{path}: {' or '.join(messages)}" for path, messages in merged.items()]
+
+
+def _format_error(raw: dict[str, Any], err: Any) -> str:
+    path = ".".join(error_path(raw, err["loc"])) or "(top level)"
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
         message = "required key is missing"
@@ -271,7 +302,7 @@ def _cross_check(settings: Settings) -> list[str]:
     problems = []
     for section, ids in (("livechats", settings.livechats), ("messengers", settings.messengers)):
         for key in ids:
-            if not CHANNEL_ID.match(key):
+            if not CHANNEL_ID.fullmatch(key):
                 problems.append(
                     f"{section}.{key}: id must be 1-64 of a-z, 0-9, '_' or '-', starting with a"
                     " letter or digit (it is part of a URL)"

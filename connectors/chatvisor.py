@@ -30,7 +30,7 @@ from bridge.model import (
 )
 from bridge.settings import ChatvisorSettings
 from connectors import http as outside
-from connectors.wire import WireModel, id_str, json_object, validate
+from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
 
 OPEN_STATUSES = {"UNREAD", "UNRESOLVED"}
 
@@ -38,7 +38,7 @@ OPEN_STATUSES = {"UNREAD", "UNRESOLVED"}
 class _File(WireModel):
     name: str = ""
     url: str = Field(min_length=1)
-    size: int | None = None
+    size: int | None = Field(default=None, ge=0)
 
 
 class _Sender(WireModel):
@@ -54,6 +54,9 @@ class _Message(WireModel):
     text: str = ""
     files: list[_File] = []
     sender: _Sender
+
+    _text = field_validator("text", mode="before")(null_as_blank)
+    _files = field_validator("files", mode="before")(null_as_empty)
 
     _ids = field_validator("id", mode="before")(id_str)
 

@@ -33,7 +33,14 @@ from bridge.model import (
 )
 from bridge.settings import JivochatSettings
 from connectors import http as outside
-from connectors.wire import WireModel, id_str, json_object, validate
+from connectors.wire import (
+    WireModel,
+    empty_list_as_null,
+    id_str,
+    json_object,
+    null_as_empty,
+    validate,
+)
 
 # Event names as documented, with the quirks real payloads have mapped to one name each.
 EVENT_ALIASES = {"offline_messages": "offline_message"}
@@ -53,6 +60,7 @@ class Visitor(WireModel):
     chats_count: int | str | None = None
 
     _ids = field_validator("number", "phone", mode="before")(id_str)
+    _objects = field_validator("social", mode="before")(empty_list_as_null)
 
 
 class Agent(WireModel):
@@ -96,6 +104,8 @@ class ChatLog(WireModel):
     rate: str | None = None
     blacklisted: bool | None = None
 
+    _lists = field_validator("messages", mode="before")(null_as_empty)
+
 
 class Event(WireModel):
     """The fields every Webhooks-API event may carry."""
@@ -111,6 +121,9 @@ class Event(WireModel):
     analytics: dict[str, Any] | list[Any] | None = None
 
     _ids = field_validator("chat_id", "widget_id", "user_token", mode="before")(id_str)
+    _objects = field_validator(
+        "visitor", "department", "session", "page", "analytics", mode="before"
+    )(empty_list_as_null)
 
 
 class AgentEvent(Event):
@@ -128,6 +141,9 @@ class ChatFinished(Event):
     chat: ChatLog | None = None
     plain_messages: str | None = None
     html_messages: str | None = None
+
+    _lists = field_validator("agents", mode="before")(null_as_empty)
+    _chat = field_validator("chat", mode="before")(empty_list_as_null)
 
 
 class CallEvent(AgentEvent):
@@ -170,6 +186,8 @@ class ApiRecipient(WireModel):
 
 class ApiMessage(WireModel):
     type: str = "text"
+
+    _type = field_validator("type", mode="before")(lambda v: "text" if v is None else v)
     id: str | None = None
     text: str | None = None
     file: str | None = None

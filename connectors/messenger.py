@@ -28,7 +28,7 @@ from bridge.model import (
     UserRead,
 )
 from connectors import http as outside
-from connectors.wire import WireModel, id_str, json_object, validate
+from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
 
 INBOUND_TYPES = {
     "message": "message",
@@ -85,6 +85,8 @@ class _MessageData(WireModel):
     text: str = ""
     files: list[_File] = []
 
+    _text = field_validator("text", mode="before")(null_as_blank)
+    _files = field_validator("files", mode="before")(null_as_empty)
     _ids = field_validator("externalMessageId", "externalChatId", "externalUserId", mode="before")(
         id_str
     )

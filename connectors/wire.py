@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, error_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -22,6 +22,8 @@ def json_object(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("invalid_json", "the body is not valid JSON") from None
+    except RecursionError:  # nesting deep enough to exhaust the parser's stack
+        raise BadRequest("invalid_json", "the body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest("invalid_json", "the body must be a JSON object")
     return doc
@@ -39,7 +41,21 @@ def validate(model: type[M], data: dict[str, Any], prefix: str = "") -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join([*([prefix] if prefix else []), *(str(p) for p in err["loc"])])
+        where = ".".join([*([prefix] if prefix else []), *error_path(data, err["loc"])])
         if err["type"] == "missing":
             raise BadRequest("missing_field", f"{where}: required") from None
         raise BadRequest("invalid_field", f"{where}: {err['msg']}") from None
+
+
+def null_as_empty(value: Any) -> Any:
+    """An optional list or text sent as null means "none"."""
+    return value if value is not None else []
+
+
+def null_as_blank(value: Any) -> Any:
+    return value if value is not None else ""
+
+
+def empty_list_as_null(value: Any) -> Any:
+    """PHP-style encoders write an empty object as `[]`."""
+    return None if value == [] else value

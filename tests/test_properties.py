@@ -16,7 +16,7 @@ Properties, for each of them:
   parser takes it: the fields that refuse it are pinned among the known defects below);
 - equivalence: an id given as the integer n parses the same as the string str(n).
 
-Defects found while writing these are pinned by the `xfail(strict=True)` tests at the end: each
+Defects found while writing these have regression tests at the end: each
 one fails today and will turn red (XPASS) once fixed, so it can become an ordinary test.
 """
 
@@ -1633,19 +1633,12 @@ def test_webhooks_event_body_verifies_and_carries_the_payload(
 
 
 # ==============================================================================================
-# Known defects: each fails today (strict xfail) and becomes an ordinary test once fixed.
+# Defects found by these properties, fixed since; each test keeps its case.
 # ==============================================================================================
 
 DEEP = 100_000  # well under the default 1 MiB body limit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="connectors/wire.py json_object catches ValueError and UnicodeDecodeError, not the"
-    " RecursionError json.loads raises for deeply nested JSON: an unauthenticated request gets"
-    " a 500 and a logged traceback instead of a 400",
-)
 @pytest.mark.parametrize(
     "parse",
     [messenger.parse_envelope, chatvisor.parse_hook, jivochat.parse_hook],
@@ -1657,14 +1650,6 @@ def test_deeply_nested_json_is_bad_request(parse: Callable[[bytes], Any], opener
     assert exc.errcode == "invalid_json"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/settings.py passes the TOML's top-level keys as Settings(**raw): a key that is"
-    " one of pydantic-settings' init options (_env_file, _env_prefix, _cli_parse_args,"
-    " __pydantic_self__...) is taken as that option: a traceback, argparse's SystemExit on the"
-    " process's own argv, or silently accepted (an _env_prefix changes which variables"
-    " override the file) instead of 'KEY: unknown key'",
-)
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -1688,12 +1673,6 @@ def test_settings_underscore_options_are_unknown_keys(
     assert problems == [f"{key}: unknown key"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/settings.py _format_error strips pydantic's union-member level only under"
-    " livechats: a wrong `events` gives two problems whose paths are pydantic's, e.g."
-    " \"subscriptions.0.events.literal['*']: Input should be '*'\"",
-)
 @pytest.mark.parametrize("events", [5, [], {"a": 1}, "chat_finished", [""]])
 def test_settings_events_problem_names_the_key_only(events: Any) -> None:
     config = {
@@ -1707,11 +1686,6 @@ def test_settings_events_problem_names_the_key_only(events: Any) -> None:
     assert [p.split(": ")[0] for p in problems] == ["subscriptions.0.events"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/settings.py CHANNEL_ID ends in `$`, which also matches before a trailing"
-    " newline, so an id like 'acme\\n' passes the check meant for URL-safe ids",
-)
 @pytest.mark.parametrize("section", ["livechats", "messengers"])
 def test_settings_channel_id_with_trailing_newline_is_refused(section: str) -> None:
     lc_id, m_id = ("support\n", "acme") if section == "livechats" else ("support", "acme\n")
@@ -1737,11 +1711,6 @@ def test_settings_channel_id_with_trailing_newline_is_refused(section: str) -> N
     assert any(p.startswith(f"{section}.") and "id must be" in p for p in problems_of(config))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/settings.py _http_url trusts yarl, which accepts a host with a space or a"
-    " newline in it: such a webhook can never be reached",
-)
 @pytest.mark.parametrize("url", ["http://exa mple.com/hook", "http://a\nb/hook", "http://a\tb/"])
 def test_settings_url_with_whitespace_in_host_is_refused(url: str) -> None:
     config = {
@@ -1753,12 +1722,6 @@ def test_settings_url_with_whitespace_in_host_is_refused(url: str) -> None:
     assert any(p.startswith("livechats.support.api_url: ") for p in problems_of(config))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connectors/jivochat.py: the module promises 'optional fields may be null or absent',"
-    " but list fields with a default (agents, chat.messages) and message.type refuse null with"
-    " a 400 (a chat_finished with agents: null would not close the session)",
-)
 @pytest.mark.parametrize(
     "doc",
     [
@@ -1772,12 +1735,6 @@ def test_jivochat_null_optional_fields_are_tolerated(doc: dict[str, Any]) -> Non
     assert run_jivochat(json.dumps(doc).encode()) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connectors/wire.py validate() joins pydantic's loc as is: for a union field the path"
-    " names pydantic's union member, e.g. 'analytics.dict[str,any]: ...' or"
-    " 'visitor.chats_count.int: ...', a level the payload does not have",
-)
 @pytest.mark.parametrize(
     ("doc", "path"),
     [

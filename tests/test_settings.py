@@ -71,7 +71,10 @@ def test_bad_urls() -> None:
     config["server"] = {"public_url": "127.0.0.1:8080"}
     found = problems(config)
     assert "messengers.acme.webhook: must be an absolute http:// or https:// URL" in found
-    assert "livechats.support.api_url: must be an absolute http:// or https:// URL" in found
+    assert (
+        "livechats.support.api_url: must be an absolute http:// or https:// URL (it contains white space)"
+        in found
+    )
     assert "server.public_url: must be an absolute http:// or https:// URL" in found
 
 
