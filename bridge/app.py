@@ -59,10 +59,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             lc_id: build_livechat(lc_id, lc, http) for lc_id, lc in settings.livechats.items()
         }
         channels = ChannelManager(db, settings, http, wake, clock)
-        dispatcher = Dispatcher(db, settings, livechats, channels, http, clock)
+        relay = app[RELAY] = Relay(db, settings, wake, clock)
+        dispatcher = Dispatcher(db, settings, livechats, channels, http, relay, clock)
         worker = DeliveryWorker(db, settings.delivery, dispatcher, channels, app[METRICS], clock)
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
-        app[RELAY] = Relay(db, settings, wake, clock)
         await channels.start()
         worker.start()
         yield

@@ -22,7 +22,7 @@ from bridge.metrics import Metrics, target_of
 from bridge.model import Delivered, Failed, Retry, Unauthorized
 from bridge.settings import DeliverySettings
 from storage import outbox
-from storage.database import Database
+from storage.database import Database, StorageUnavailable
 from storage.outbox import OutboxItem
 
 log = structlog.get_logger("delivery")
@@ -75,7 +75,10 @@ class DeliveryWorker:
                 await self._round()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # storage trouble: keep the worker alive, look again shortly
+            except StorageUnavailable as exc:  # expected while the database is locked or full
+                log.error("delivery.storage_unavailable", error=str(exc))
+                await asyncio.sleep(MAX_IDLE)
+            except Exception:  # anything else: keep the worker alive, look again shortly
                 log.exception("delivery.round_failed")
                 await asyncio.sleep(MAX_IDLE)
 
@@ -116,10 +119,13 @@ class DeliveryWorker:
             await self._settle(item, attempt, bound)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # Left pending as it was. Staying in flight a while keeps it from being claimed
             # again at once while storage is failing.
-            bound.exception("delivery.settle_failed")
+            if isinstance(exc, StorageUnavailable):
+                bound.error("delivery.settle_failed", error=str(exc))
+            else:
+                bound.exception("delivery.settle_failed")
             await asyncio.sleep(MAX_IDLE)
         finally:
             self._inflight.pop(item.id, None)

@@ -58,9 +58,11 @@ class Dispatcher:
         livechats: dict[str, LiveChatConnector],
         channels: ChannelManager,
         http: aiohttp.ClientSession,
+        relay: relay.Relay,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
+        self._relay = relay
         self._db = db
         self._settings = settings
         self._livechats = livechats
@@ -106,6 +108,8 @@ class Dispatcher:
                 if isinstance(result, Delivered):
                     messages.set_status(conn, msg.id, "delivered", result.remote_id)
                     chats.set_customer(conn, chat.id, result.customer_id, result.customer_tag)
+                    if result.customer_id and result.customer_id != chat.customer_id:
+                        self._relay.adopt_orphans(conn, chat.id)
                 else:
                     messages.set_status(conn, msg.id, "failed")
                 outbox.enqueue(

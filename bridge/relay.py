@@ -24,6 +24,7 @@ from bridge.model import (
     CrmAnswer,
     Lifecycle,
     LiveChatEvent,
+    Operator,
     OtherEvent,
     UserMessage,
     UserProfile,
@@ -159,6 +160,8 @@ class Relay:
         chat = chats.find_chat(conn, livechat_id, event.chat)
         if chat is None:
             log.warning("relay.unlinked_event", livechat=livechat_id, kind=type(event).__name__)
+            if isinstance(event, AgentMessage) and event.chat.customer_id is not None:
+                self._keep_orphan(conn, livechat_id, event.chat.customer_id, event)
             payload = {
                 "kind": type(event).__name__,
                 "customer_id": event.chat.customer_id,
@@ -201,6 +204,43 @@ class Relay:
                     now=now,
                 )
                 queued = True
+        return queued
+
+    def _keep_orphan(
+        self, conn: sqlite3.Connection, livechat_id: str, customer_id: str, event: AgentMessage
+    ) -> None:
+        operator = event.operator
+        messages.keep_orphan(
+            conn,
+            livechat_id=livechat_id,
+            customer_id=customer_id,
+            message_id=event.message_id,
+            text=event.text,
+            files=event.files,
+            operator_id=operator.id if operator else None,
+            operator_name=operator.name if operator else None,
+            now=self._clock(),
+        )
+
+    def adopt_orphans(self, conn: sqlite3.Connection, chat_id: int) -> bool:
+        """The chat's customer id was just stored: deliver what its operator already wrote."""
+        chat = chats.get_chat(conn, chat_id)
+        if chat is None or chat.customer_id is None:
+            return False
+        queued = False
+        for message_id, text, files, operator_id, operator_name in messages.take_orphans(
+            conn, chat.livechat_id, chat.customer_id
+        ):
+            event = AgentMessage(
+                chat=ChatRef(customer_id=chat.customer_id),
+                message_id=message_id,
+                text=text,
+                files=files,
+                operator=Operator(operator_id, operator_name)
+                if operator_id or operator_name
+                else None,
+            )
+            queued |= self._on_agent_message(conn, chat.livechat_id, chat, event).queued
         return queued
 
     def _operator_sessions(self, chat: chats.ChatRow) -> bool:

@@ -160,13 +160,17 @@ class Database:
         assert self._reader is not None, "database not open"
         return self._reader
 
+    # Each read runs to its end in one hop to the reader's thread. Were execute and fetch two
+    # hops, reads from concurrent tasks would interleave on the one connection, some statement
+    # would nearly always be open, and the connection would keep reading an old snapshot:
+    # a row committed a moment ago would look absent.
+
     async def fetch_all(self, sql: str, params: Any = ()) -> list[aiosqlite.Row]:
-        async with self.reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self.reader.execute_fetchall(sql, params))
 
     async def fetch_one(self, sql: str, params: Any = ()) -> aiosqlite.Row | None:
-        async with self.reader.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self.reader.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` in a write transaction; return its result once committed."""
@@ -206,20 +210,40 @@ def _transaction(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[Any]:
     return results
 
 
+class _WorkFailed(Exception):
+    """One work of a batch raised: the others may be fine on their own."""
+
+
 def _run_batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[Outcome]:
-    """In the writer thread: the whole batch in one transaction; if one work fails, each
-    alone, so that only it fails."""
+    """In the writer thread: the whole batch in one transaction. If one work fails, each is
+    run alone so that only it fails; if the database refuses the transaction itself (locked,
+    read-only, full), every work fails at once rather than each waiting out busy_timeout."""
+
+    def guarded(work: Work[Any]) -> Work[Any]:
+        def run(c: sqlite3.Connection) -> Any:
+            try:
+                return work(c)
+            except Exception as exc:
+                raise _WorkFailed() from exc
+
+        return run
+
     try:
-        return [(True, r) for r in _transaction(conn, works)]
-    except Exception as exc:
+        return [(True, r) for r in _transaction(conn, [guarded(w) for w in works])]
+    except _WorkFailed as failed:
         if len(works) == 1:
-            return [(False, exc)]
+            return [(False, failed.__cause__)]
+    except Exception as exc:
+        return [(False, exc)] * len(works)
     outcomes: list[Outcome] = []
-    for work in works:
+    for index, work in enumerate(works):
         try:
-            (result,) = _transaction(conn, [work])
+            (result,) = _transaction(conn, [guarded(work)])
+        except _WorkFailed as failed:
+            outcomes.append((False, failed.__cause__))
         except Exception as exc:
-            outcomes.append((False, exc))
+            outcomes += [(False, exc)] * (len(works) - index)
+            break
         else:
             outcomes.append((True, result))
     return outcomes

@@ -183,3 +183,49 @@ async def read_with_chat(
         profile = UserProfile(row["u_user_id"], row["username"], row["phone"], row["avatar"])
         user = (profile, row["fetched_at"])
     return _row(row), chat, user
+
+
+def keep_orphan(
+    conn: sqlite3.Connection,
+    *,
+    livechat_id: str,
+    customer_id: str,
+    message_id: str | None,
+    text: str,
+    files: tuple[FileRef, ...],
+    operator_id: str | None,
+    operator_name: str | None,
+    now: float,
+) -> None:
+    conn.execute(
+        """INSERT INTO orphans (livechat_id, customer_id, message_id, text, files, operator_id,
+                                operator_name, received_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+        (
+            livechat_id,
+            customer_id,
+            message_id,
+            text,
+            files_json(files),
+            operator_id,
+            operator_name,
+            now,
+        ),
+    )
+
+
+def take_orphans(
+    conn: sqlite3.Connection, livechat_id: str, customer_id: str
+) -> list[tuple[str | None, str, tuple[FileRef, ...], str | None, str | None]]:
+    """The orphans of a customer in arrival order, removed: (message id, text, files,
+    operator id, operator name)."""
+    rows = conn.execute(
+        """DELETE FROM orphans WHERE livechat_id = ? AND customer_id = ?
+           RETURNING id, message_id, text, files, operator_id, operator_name""",
+        (livechat_id, customer_id),
+    ).fetchall()
+    rows.sort(key=lambda r: r["id"])  # RETURNING promises no order
+    return [
+        (r["message_id"], r["text"], _files(r["files"]), r["operator_id"], r["operator_name"])
+        for r in rows
+    ]

@@ -121,9 +121,29 @@ V2 = [
     "ALTER TABLE events ADD COLUMN uid TEXT",
 ]
 
+V3 = [
+    # An operator's message that names a customer the bridge has not linked yet (the live chat
+    # can answer before the bridge has stored the customer id it was given): kept, and
+    # delivered as soon as the link is stored.
+    """CREATE TABLE orphans (
+        id INTEGER PRIMARY KEY,
+        livechat_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        message_id TEXT,
+        text TEXT NOT NULL,
+        files TEXT NOT NULL,
+        operator_id TEXT,
+        operator_name TEXT,
+        received_at REAL NOT NULL
+    )""",
+    "CREATE INDEX orphans_by_customer ON orphans (livechat_id, customer_id, id)",
+    "CREATE UNIQUE INDEX orphans_once ON orphans (livechat_id, message_id)",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
     (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),
+    (3, "operator messages kept until their customer is linked", V3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -102,3 +102,27 @@ async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None
 
     await eventually(copied, timeout=5, what="a checkpoint")
     await db.close()
+
+
+async def test_a_read_after_a_commit_sees_it_while_other_reads_run(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "b.sqlite3"))
+    await db.open()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+    await db.write(
+        lambda conn: conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
+    )
+    stop = asyncio.Event()
+
+    async def busy_reader() -> None:  # other requests reading at the same time
+        while not stop.is_set():
+            await db.fetch_all("SELECT k FROM t")
+
+    readers = [asyncio.create_task(busy_reader()) for _ in range(8)]
+    try:
+        for key in range(1000, 1300):
+            await db.write(lambda conn, k=key: conn.execute("INSERT INTO t VALUES (?)", (k,)))
+            assert await db.fetch_one("SELECT k FROM t WHERE k = ?", (key,)) is not None, key
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
+        await db.close()
