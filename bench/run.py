@@ -340,7 +340,9 @@ async def measure_bridge(
     if args.scale_sessions:
         prefill_s = prefill(db, args.scale_sessions, args.scale_messages)
         out["prefill_seconds"] = prefill_s
-        bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
+        bridge = await start_bridge(
+            tmp, sink, db, synchronous, args.log_level, http, args.event_loop
+        )
         try:
             await http.post(f"{sink}/clear")
             scale = await closed_loop(
