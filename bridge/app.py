@@ -15,7 +15,7 @@ from bridge.keys import CHANNELS, DATABASE, HTTP, LIVECHATS, METRICS, RELAY, SET
 from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.settings import Settings
-from bridge.web import admin, health, livechat, messenger, metrics
+from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
 from connectors.base import build_livechat
 from storage.database import Database
@@ -70,6 +70,6 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         await channels.stop()
 
     app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])
-    for module in (messenger, livechat, admin, health, metrics):
+    for module in (messenger, livechat, admin, health, metrics, openapi):
         app.add_routes(module.routes)
     return app
