@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,9 +19,29 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+# An escaped UTF-16 surrogate (\ud800-\udfff): legal JSON, but alone it is no character and
+# cannot be stored or sent on; only bodies that contain one pay for the full check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def json_object(body: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE.search(body):
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("invalid_json", "the body holds an unpaired UTF-16 surrogate") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("invalid_json", "the body is not valid JSON") from None
     except RecursionError:  # nesting deep enough to exhaust the parser's stack

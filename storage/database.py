@@ -177,6 +177,8 @@ class Database:
         if self._task is None or self._task.done():
             raise StorageUnavailable("database not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # The waiter may be gone (its request cancelled): mark the outcome as seen regardless.
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append((work, fut))
         self._pending.set()
         return await asyncio.shield(fut)

@@ -149,3 +149,16 @@ async def test_empty_confirmation_code_accepts_any_token(world: World) -> None:
         messengers={"acme": {**world.config()["messengers"]["acme"], "confirmation_code": ""}}
     )
     assert (await post(world, message(token="anything")))[0] == 200
+
+
+async def test_json_that_cannot_be_stored_or_sent_on_is_400(running: World) -> None:
+    bodies = [
+        rb'{"type": "message", "token": "t", "data": {"text": "\ud800"}}',  # a lone surrogate
+        b'{"type": "message", "token": "t", "data": {"n": NaN}}',
+        b'{"type": "message", "token": "t", "data": {"n": 1e999}}',
+        b"[" * 50_000,  # under the test config's 64 KiB limit, deep enough for RecursionError
+    ]
+    for raw in bodies:
+        for target in (url(running), running.bridge.hook_url()):
+            async with running.http.post(target, data=raw) as r:
+                assert (r.status, (await r.json())["errcode"]) == (400, "invalid_json"), raw[:40]
