@@ -298,6 +298,11 @@ def _format_error(raw: dict[str, Any], err: Any) -> str:
     return f"{path}: {message}"
 
 
+def _unknown_livechat(path: str, name: str, settings: Settings) -> str:
+    known = ", ".join(sorted(settings.livechats)) or "none configured"
+    return f"{path}.livechat: unknown live chat {name!r} (known: {known})"
+
+
 def _cross_check(settings: Settings) -> list[str]:
     problems = []
     for section, ids in (("livechats", settings.livechats), ("messengers", settings.messengers)):
@@ -310,10 +315,7 @@ def _cross_check(settings: Settings) -> list[str]:
     seen_webhooks: dict[str, str] = {}
     for m_id, messenger in settings.messengers.items():
         if messenger.livechat not in settings.livechats:
-            known = ", ".join(sorted(settings.livechats)) or "none configured"
-            problems.append(
-                f"messengers.{m_id}.livechat: unknown live chat {messenger.livechat!r} (known: {known})"
-            )
+            problems.append(_unknown_livechat(f"messengers.{m_id}", messenger.livechat, settings))
         # One messenger account belongs to one live chat: the same webhook twice is one account.
         if (other := seen_webhooks.get(messenger.webhook)) is not None:
             problems.append(
@@ -325,10 +327,7 @@ def _cross_check(settings: Settings) -> list[str]:
     seen_keys: dict[str, int] = {}
     for index, sub in enumerate(settings.subscriptions):
         if sub.livechat is not None and sub.livechat not in settings.livechats:
-            known = ", ".join(sorted(settings.livechats)) or "none configured"
-            problems.append(
-                f"subscriptions.{index}.livechat: unknown live chat {sub.livechat!r} (known: {known})"
-            )
+            problems.append(_unknown_livechat(f"subscriptions.{index}", sub.livechat, settings))
         if (other_index := seen_keys.get(sub.key)) is not None:
             problems.append(
                 f"subscriptions.{index}: same id as subscriptions.{other_index}"

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from connectors.sim.server import post_json
+
 
 class ChatvisorSim:
     def __init__(self, api_token: str) -> None:
@@ -94,9 +96,7 @@ class ChatvisorSim:
     # --- the operator's side -----------------------------------------------------------
 
     async def hook(self, http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, Any]:
-        assert self.hook_url, "hook_url is not set"
-        async with http.post(self.hook_url, json=body) as resp:
-            return resp.status, await resp.json(content_type=None)
+        return await post_json(http, self.hook_url, body)
 
     async def agent_reply(
         self,

@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from connectors.sim.server import post_json
+
 
 class JivochatSim:
     def __init__(self, path: str = "/x7Kq2mPz9/sales-channel") -> None:
@@ -57,9 +59,7 @@ class JivochatSim:
         return web.Response(text="1" if self.agents_online else "0")
 
     async def post(self, http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, Any]:
-        assert self.hook_url, "hook_url is not set"
-        async with http.post(self.hook_url, json=body) as resp:
-            return resp.status, await resp.json(content_type=None)
+        return await post_json(http, self.hook_url, body)
 
     async def agent_message(
         self,

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from connectors.sim.server import post_json
+
 
 class MessengerSim:
     def __init__(self, code: str) -> None:
@@ -77,12 +79,10 @@ class MessengerSim:
         **extra: Any,
     ) -> tuple[int, Any]:
         """POST one request to the bridge; returns (status, JSON body)."""
-        assert self.bridge_webhook, "the bridge has not sent connect yet"
         body: dict[str, Any] = {"type": kind, "token": self.code, **extra}
         if data is not None:
             body["data"] = data
-        async with http.post(self.bridge_webhook, json=body) as resp:
-            return resp.status, await resp.json(content_type=None)
+        return await post_json(http, self.bridge_webhook, body)
 
     async def send_message(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import aiohttp
 from aiohttp import web
 
 
@@ -32,3 +35,10 @@ class SimServer:
     @property
     def running(self) -> bool:
         return self._runner is not None
+
+
+async def post_json(http: aiohttp.ClientSession, url: str | None, body: Any) -> tuple[int, Any]:
+    """POST as the simulated party does; (status, JSON answer)."""
+    assert url, "the bridge's URL is not known yet"
+    async with http.post(url, json=body) as resp:
+        return resp.status, await resp.json(content_type=None)
