@@ -29,6 +29,7 @@ log = structlog.get_logger("delivery")
 
 MAX_IDLE = 1.0  # seconds between looks at the outbox when nothing wakes the worker
 MIN_IDLE = 0.01
+BUSY_IDLE = 0.1  # between looks while deliveries are in flight
 
 
 class DeliveryWorker:
@@ -97,8 +98,13 @@ class DeliveryWorker:
                 self._inflight[item.id] = asyncio.create_task(self._deliver(item))
             if items and len(items) == free:
                 return  # there may be more ready: look again at once
-        due = await outbox.next_due(self._db)
-        idle = MAX_IDLE if due is None else min(MAX_IDLE, max(MIN_IDLE, due - self._clock()))
+        if self._inflight:
+            # Each completion wakes the worker: under load, no need to ask when the next
+            # retry is due (a read per round); a short look-again still catches due retries.
+            idle = BUSY_IDLE
+        else:
+            due = await outbox.next_due(self._db)
+            idle = MAX_IDLE if due is None else min(MAX_IDLE, max(MIN_IDLE, due - self._clock()))
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just
         # as the event fires, and stop() would then wait forever.
         with contextlib.suppress(TimeoutError):
