@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/messenger-bridge serve --config $(CONFIG)
+	$(BIN)/messenger-bridge --config $(CONFIG) serve
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m connectors.sim.demo

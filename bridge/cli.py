@@ -27,15 +27,18 @@ EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="messenger-bridge", description=__doc__)
-    parser.add_argument(
-        "--config",
-        help="TOML file (default: $BRIDGE_CONFIG, else ./config.toml, else config.example.toml)",
+    config_help = (
+        "TOML file (default: $BRIDGE_CONFIG, else ./config.toml, else config.example.toml)"
     )
+    parser = argparse.ArgumentParser(prog="messenger-bridge", description=__doc__)
+    parser.add_argument("--config", help=config_help)
+    # `--config` is also taken after the command (`messenger-bridge serve --config x.toml`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help=config_help, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the service")
-    sub.add_parser("check-config", help="validate the configuration and exit")
-    admin_args = argparse.ArgumentParser(add_help=False)
+    sub.add_parser("serve", parents=[common], help="run the service")
+    sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    admin_args = argparse.ArgumentParser(add_help=False, parents=[common])
     admin_args.add_argument("--url", help="admin API base URL (default: from [server])")
     sub.add_parser("channels", parents=[admin_args], help="list messenger channels and states")
     for action in ("connect", "disconnect", "reconnect"):

@@ -176,6 +176,17 @@ def test_cli_reports_problems_with_exit_code_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "file not found" in result.stderr
 
 
+def test_config_is_taken_before_or_after_the_command(tmp_path: Path) -> None:
+    custom = tmp_path / "c.toml"
+    custom.write_text((ROOT / "config.example.toml").read_text())
+    for args in (
+        ("--config", str(custom), "check-config"),
+        ("check-config", "--config", str(custom)),
+    ):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.startswith(f"{custom}: OK"), args
+
+
 def test_cli_config_resolution(tmp_path: Path) -> None:
     result = run_cli("check-config", cwd=ROOT)
     assert result.returncode == 0 and "config.example.toml: OK" in result.stdout
