@@ -152,10 +152,10 @@ class Dispatcher:
 
     async def _to_messenger(self, item: OutboxItem) -> Attempt:
         assert item.ref_id is not None and item.channel_id is not None
-        msg = await messages.read(self._db, item.ref_id)
-        chat = await chats.read_chat(self._db, msg.chat_id) if msg else None
-        if msg is None or chat is None:
+        loaded = await messages.read_with_chat(self._db, item.ref_id)
+        if loaded is None:
             return Attempt(Failed("the message is no longer stored"))
+        msg, chat, _ = loaded
         _bind(chat.channel_id, msg)
         client = self._channels.clients.get(item.channel_id)
         if client is None:

@@ -210,11 +210,6 @@ def set_session_url(conn: sqlite3.Connection, session_id: int, url: str | None) 
         conn.execute("UPDATE sessions SET conversation_url = ? WHERE id = ?", (url, session_id))
 
 
-async def read_chat(db: Database, chat_id: int) -> ChatRow | None:
-    row = await db.fetch_one("SELECT * FROM chats WHERE id = ?", (chat_id,))
-    return _chat(row) if row else None
-
-
 async def read_user(
     db: Database, channel_id: str, user_id: str
 ) -> tuple[UserProfile, float | None] | None:

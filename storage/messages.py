@@ -110,16 +110,6 @@ def insert(
     return int(row[0])
 
 
-async def read(db: Database, message_id: int) -> MessageRow | None:
-    row = await db.fetch_one("SELECT * FROM messages WHERE id = ?", (message_id,))
-    return _row(row) if row else None
-
-
-def get(conn: sqlite3.Connection, message_id: int) -> MessageRow | None:
-    row = conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return _row(row) if row else None
-
-
 def find_inbound(conn: sqlite3.Connection, chat_id: int, live_chat_id: str) -> MessageRow | None:
     """A user's message named by the live chat: by the id it gave it, or by our uid."""
     row = conn.execute(
