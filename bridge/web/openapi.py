@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from connectors import jivochat
+
 routes = web.RouteTableDef()
 
 Schema = dict[str, Any]
@@ -193,18 +195,9 @@ MESSENGER_SCHEMAS: dict[str, Schema] = {
 
 # --- what a live chat sends (shared/protocols/chatvisor.md, jivochat.md) ---------------------
 
-FILE_TYPES = ("photo", "video", "document", "audio", "file", "image")
-JIVOCHAT_EVENTS = (
-    "chat_accepted",
-    "chat_updated",
-    "client_updated",
-    "client_attribute_updated",
-    "chat_assigned",
-    "chat_finished",
-    "call_event",
-    "offline_message",
-    "offline_messages",
-)
+# The connector's own lists, so the description cannot drift from what is parsed.
+FILE_TYPES = tuple(sorted(jivochat.FILE_TYPES))
+JIVOCHAT_EVENTS = (*jivochat.EVENT_MODELS, *jivochat.EVENT_ALIASES)
 
 LIVECHAT_SCHEMAS: dict[str, Schema] = {
     "ChatvisorFile": _obj(
