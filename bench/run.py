@@ -2,12 +2,22 @@
 
 Every subject is its own process (as in production); the sinks are another; the load
 generator is this process. Figures printed: ingest and end-to-end throughput with their ratios
-to the baselines, ack and delivery latency at a fixed offered load, the ingest figure on a
-database already holding many sessions and messages, peak RSS, and loss and duplicates counted
-at the sinks by message id.
+to the baselines, ack and delivery latency at a fixed offered load, CPU time per message, the
+ingest figure on a database already holding many sessions and messages, peak RSS, and loss and
+duplicates counted at the sinks by message id.
+
+The development machine is a VM whose speed changes by up to 2x from minute to minute, so the
+measurements are repeated in rounds (`--repeat`): each round measures the baselines, then each
+bridge in a fresh process on a fresh database. A ratio is computed within one round, from
+measurements minutes apart at most, and the report gives the median of the per-round ratios
+with their range; other figures are medians over the rounds. CPU milliseconds per message (the
+subject and every process it started) is the figure the noise moves least. The filled-database
+run is slow, so it is done once per synchronous mode, after the rounds, and followed at once by
+one more empty-database run; its ratio is to the median of all empty-database ingest figures.
 
     python -m bench.run                  # the full run (scale: 1,000,000 sessions, 5,000,000 messages)
     python -m bench.run --quick          # smaller numbers, for a first look
+    python -m bench.run --repeat 5       # more rounds, for steadier medians
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,43 @@ import aiohttp
 
 CODE = "bench-confirmation-code"
 ROOT = Path(__file__).resolve().parent.parent
+DASH = "\u2013"  # an en dash, for ranges: 0.31\u20130.40
+
+
+def _all_proc_stats() -> dict[int, list[str]]:
+    """/proc/<pid>/stat of every process, split into the fields after the command name."""
+    stats = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:  # it exited between the listing and the read
+            continue
+        # The name, in brackets, may hold spaces and brackets: split after the last one.
+        stats[int(entry.name)] = text.rpartition(")")[2].split()
+    return stats
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system, all threads) of `root` and all its descendants.
+
+    Descendants are found by scanning every process's parent id, because
+    /proc/<pid>/task/*/children is missing on kernels built without CONFIG_PROC_CHILDREN (as on
+    the development VM). The children's CPU times that each process has reaped are included, so
+    a descendant that exits between two samples is still counted, through its parent.
+    """
+    stats = _all_proc_stats()
+    children: defaultdict[int, list[int]] = defaultdict(list)
+    for pid, fields in stats.items():
+        children[int(fields[1])].append(pid)  # fields[1] is the ppid (field 4 of stat)
+    ticks, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            ticks += sum(int(t) for t in stats[pid][11:15])  # utime, stime, cutime, cstime
+            todo.extend(children[pid])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -54,6 +102,10 @@ class Proc:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this process and of every process it started, as far as now."""
+        return tree_cpu_seconds(self.popen.pid)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -303,101 +355,167 @@ async def start_bridge(
     return Subject(f"bridge ({synchronous})", f"{base}/messengers/load/webhook", proc)
 
 
+def round_db(tmp: Path, synchronous: str, rnd: int) -> str:
+    return str(tmp / f"bridge-{synchronous}-r{rnd}.sqlite3")
+
+
+@dataclass
+class Ingest:
+    """A closed-loop ingest run, followed until every messageOutcome arrived at the sinks."""
+
+    load: LoadResult
+    e2e: float  # messages per second, from the start of the load to the last messageOutcome
+    cpu_ms: float  # per message, of the bridge and every process it started
+    lost: int
+    duplicated: int
+
+
+async def ingest_run(
+    args: argparse.Namespace, http: aiohttp.ClientSession, sink: str, bridge: Subject, run: str
+) -> Ingest:
+    await http.post(f"{sink}/clear")
+    cpu_before = bridge.proc.cpu_seconds()
+    started = time.time()
+    load = await closed_loop(http, bridge.url, run, args.n, args.concurrency, args.chats)
+    last_outcome = await until_delivered(http, sink, "outcomes", load.ok)
+    # Sampled while the bridge still runs: a delivery process it started is still there to count.
+    cpu = bridge.proc.cpu_seconds() - cpu_before
+    stats = await sink_stats(http, sink)
+    return Ingest(
+        load=load,
+        e2e=load.ok / (last_outcome - started),
+        cpu_ms=cpu * 1000 / load.ok if load.ok else float("nan"),
+        lost=(load.ok - stats["livechat"]["unique"]) + (load.ok - stats["outcomes"]["unique"]),
+        duplicated=stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"],
+    )
+
+
+async def latency_run(
+    args: argparse.Namespace, http: aiohttp.ClientSession, sink: str, bridge: Subject, run: str
+) -> dict[str, Any]:
+    await http.post(f"{sink}/clear")
+    fixed = await open_loop(http, bridge.url, run, args.rate, args.seconds, args.chats)
+    await until_delivered(http, sink, "livechat", fixed.ok)
+    livechat = (await sink_stats(http, sink, arrival=True))["livechat"]
+    arrivals = livechat["arrival"]
+    delivery_ms = [(arrivals[k] - t) * 1000 for k, t in fixed.sent_at.items() if k in arrivals]
+    return {
+        "ack_p50": pct(fixed.ack_ms, 50),
+        "ack_p99": pct(fixed.ack_ms, 99),
+        "delivery_p50": pct(delivery_ms, 50),
+        "delivery_p99": pct(delivery_ms, 99),
+        "fixed_ok": fixed.ok,
+        "fixed_sent": fixed.sent,
+        "fixed_duplicated": livechat["duplicates"],
+    }
+
+
 async def measure_bridge(
+    args: argparse.Namespace,
+    tmp: Path,
+    sink: str,
+    synchronous: str,
+    http: aiohttp.ClientSession,
+    rnd: int,
+) -> dict[str, Any]:
+    """One round's bridge figures: a fresh process on a fresh database, run ids of its own."""
+    db = round_db(tmp, synchronous, rnd)
+    bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
+    try:
+        ingest = await ingest_run(args, http, sink, bridge, f"ing{synchronous[0]}r{rnd}")
+        latency = await latency_run(args, http, sink, bridge, f"lat{synchronous[0]}r{rnd}")
+        peak_rss_mb = bridge.proc.peak_rss_mb()
+    finally:
+        bridge.proc.stop()
+    return {
+        "ingest": ingest.load.rate,
+        "ingest_errors": ingest.load.errors,
+        "e2e": ingest.e2e,
+        "cpu_ms_per_message": ingest.cpu_ms,
+        "lost": ingest.lost,
+        "duplicated": ingest.duplicated + latency.pop("fixed_duplicated"),
+        **latency,
+        "peak_rss_mb": peak_rss_mb,
+    }
+
+
+async def measure_scale(
     args: argparse.Namespace, tmp: Path, sink: str, synchronous: str, http: aiohttp.ClientSession
 ) -> dict[str, Any]:
-    db = str(tmp / f"bridge-{synchronous}.sqlite3")
+    """Ingest on a database filled with history, then at once on an empty one again, so that
+    the filled-database figure has an empty-database figure taken close in time."""
+    db = round_db(tmp, synchronous, args.repeat - 1)  # it holds the bridge's schema already
+    prefill_seconds = prefill(db, args.scale_sessions, args.scale_messages)
     bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
-    out: dict[str, Any] = {}
     try:
-        await http.post(f"{sink}/clear")
-        run = f"ing{synchronous[0]}"
-        started = time.time()
-        ingest = await closed_loop(http, bridge.url, run, args.n, args.concurrency, args.chats)
-        last_outcome = await until_delivered(http, sink, "outcomes", ingest.ok)
-        stats = await sink_stats(http, sink)
-        out["ingest"] = ingest.rate
-        out["ingest_errors"] = ingest.errors
-        out["e2e"] = ingest.ok / (last_outcome - started)
-        out["loss"] = ingest.ok - stats["livechat"]["unique"]
-        out["duplicates"] = stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"]
-        out["outcome_loss"] = ingest.ok - stats["outcomes"]["unique"]
-
-        await http.post(f"{sink}/clear")
-        run = f"lat{synchronous[0]}"
-        fixed = await open_loop(http, bridge.url, run, args.rate, args.seconds, args.chats)
-        await until_delivered(http, sink, "livechat", fixed.ok)
-        arrivals = (await sink_stats(http, sink, arrival=True))["livechat"]["arrival"]
-        delivery_ms = [(arrivals[k] - t) * 1000 for k, t in fixed.sent_at.items() if k in arrivals]
-        out["ack_p50"], out["ack_p99"] = pct(fixed.ack_ms, 50), pct(fixed.ack_ms, 99)
-        out["delivery_p50"], out["delivery_p99"] = pct(delivery_ms, 50), pct(delivery_ms, 99)
-        out["fixed_ok"] = fixed.ok
-        out["fixed_sent"] = fixed.sent
-        out["peak_rss_mb"] = bridge.proc.peak_rss_mb()
+        scale = await ingest_run(args, http, sink, bridge, f"scl{synchronous[0]}")
+        scale_rss_mb = bridge.proc.peak_rss_mb()
     finally:
         bridge.proc.stop()
 
-    if args.scale_sessions:
-        prefill_s = prefill(db, args.scale_sessions, args.scale_messages)
-        out["prefill_seconds"] = prefill_s
-        bridge = await start_bridge(
-            tmp, sink, db, synchronous, args.log_level, http, args.event_loop
-        )
-        try:
-            await http.post(f"{sink}/clear")
-            scale = await closed_loop(
-                http, bridge.url, f"scl{synchronous[0]}", args.n, args.concurrency, args.chats
-            )
-            await until_delivered(http, sink, "outcomes", scale.ok)
-            stats = await sink_stats(http, sink)
-            out["scale_ingest"] = scale.rate
-            out["scale_loss"] = scale.ok - stats["livechat"]["unique"]
-            out["scale_duplicates"] = (
-                stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"]
-            )
-            out["scale_peak_rss_mb"] = bridge.proc.peak_rss_mb()
-        finally:
-            bridge.proc.stop()
-        out["db_mb"] = os.path.getsize(db) / 1e6
-    return out
+    empty_db = str(tmp / f"bridge-{synchronous}-after-scale.sqlite3")
+    bridge = await start_bridge(
+        tmp, sink, empty_db, synchronous, args.log_level, http, args.event_loop
+    )
+    try:
+        after = await ingest_run(args, http, sink, bridge, f"aft{synchronous[0]}")
+        after_rss_mb = bridge.proc.peak_rss_mb()
+    finally:
+        bridge.proc.stop()
+    return {
+        "prefill_seconds": prefill_seconds,
+        "scale_ingest": scale.load.rate,
+        "scale_cpu_ms_per_message": scale.cpu_ms,
+        "empty_ingest_after": after.load.rate,
+        "lost": scale.lost + after.lost,
+        "duplicated": scale.duplicated + after.duplicated,
+        "peak_rss_mb": max(scale_rss_mb, after_rss_mb),
+        "db_mb": os.path.getsize(db) / 1e6,
+    }
 
 
 async def measure_baselines(
-    args: argparse.Namespace, tmp: Path, sink: str, http: aiohttp.ClientSession
+    args: argparse.Namespace, tmp: Path, sink: str, http: aiohttp.ClientSession, rnd: int
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     port = free_port()
     proc = Proc(
-        ["-m", "bench.baselines", "forward", str(port), f"{sink}/forward"], tmp / "forward.log"
+        ["-m", "bench.baselines", "forward", str(port), f"{sink}/forward"],
+        tmp / f"forward-r{rnd}.log",
     )
     try:
         await wait_http(http, f"http://127.0.0.1:{port}/")
         await http.post(f"{sink}/clear")
+        cpu_before = proc.cpu_seconds()
         result = await closed_loop(
             http,
             f"http://127.0.0.1:{port}/messengers/load/webhook",
-            "fwd",
+            f"fwdr{rnd}",
             args.n,
             args.concurrency,
             args.chats,
         )
+        # Each request is forwarded before it is answered: nothing is left to do at this point.
+        cpu = proc.cpu_seconds() - cpu_before
         stats = await sink_stats(http, sink)
         out["forward"] = result.rate
+        out["forward_cpu_ms_per_message"] = cpu * 1000 / result.ok if result.ok else float("nan")
         out["forward_loss"] = result.ok - stats["forwarded"]["unique"]
     finally:
         proc.stop()
     for synchronous in args.synchronous:
         port = free_port()
-        db = str(tmp / f"baseline-{synchronous}.sqlite3")
+        db = str(tmp / f"baseline-{synchronous}-r{rnd}.sqlite3")  # empty, as the bridge's is
         proc = Proc(
-            ["-m", "bench.baselines", "sqlite", str(port), db, synchronous], tmp / "sqlite.log"
+            ["-m", "bench.baselines", "sqlite", str(port), db, synchronous],
+            tmp / f"sqlite-{synchronous}-r{rnd}.log",
         )
         try:
             await wait_http(http, f"http://127.0.0.1:{port}/")
             result = await closed_loop(
                 http,
                 f"http://127.0.0.1:{port}/messengers/load/webhook",
-                f"sql{synchronous[0]}",
+                f"sql{synchronous[0]}r{rnd}",
                 args.n,
                 args.concurrency,
                 args.chats,
@@ -408,64 +526,131 @@ async def measure_baselines(
     return out
 
 
-def report(
-    base: dict[str, Any], bridges: dict[str, dict[str, Any]], args: argparse.Namespace
-) -> str:
+LATENCIES = ("ack_p50", "ack_p99", "delivery_p50", "delivery_p99")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(
+    base_rounds: list[dict[str, Any]],
+    bridge_rounds: dict[str, list[dict[str, Any]]],
+    scale: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Medians over the rounds; each ratio from the bridge and baseline of the same round."""
+    baselines = {
+        key: spread([b[key] for b in base_rounds])
+        for key in base_rounds[0]
+        if key != "forward_loss"
+    }
+    bridges: dict[str, Any] = {}
+    for synchronous, rounds in bridge_rounds.items():
+        pairs = list(zip(base_rounds, rounds, strict=True))
+        b: dict[str, Any] = {
+            key: spread([r[key] for r in rounds])
+            for key in ("ingest", "e2e", "cpu_ms_per_message", *LATENCIES)
+        }
+        b["ingest_ratio"] = spread(
+            [r["ingest"] / base[f"sqlite_{synchronous}"] for base, r in pairs]
+        )
+        b["e2e_ratio"] = spread([r["e2e"] / base["forward"] for base, r in pairs])
+        b["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+        b["lost"] = sum(r["lost"] for r in rounds)
+        b["duplicated"] = sum(r["duplicated"] for r in rounds)
+        if synchronous in scale:
+            s = scale[synchronous]
+            empty = [r["ingest"] for r in rounds] + [s["empty_ingest_after"]]
+            b["scale_ingest"] = s["scale_ingest"]
+            b["scale_ratio"] = s["scale_ingest"] / statistics.median(empty)
+            b["scale_ratio_after"] = s["scale_ingest"] / s["empty_ingest_after"]
+            b["peak_rss_mb"] = max(b["peak_rss_mb"], s["peak_rss_mb"])
+            b["lost"] += s["lost"]
+            b["duplicated"] += s["duplicated"]
+        bridges[synchronous] = b
+    return {"baselines": baselines, "bridge": bridges}
+
+
+def with_range(s: dict[str, float], digits: int = 2, unit: str = "") -> str:
+    """`0.36x (0.31-0.40)`, with an en dash: the median, then the lowest and highest round."""
+    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}{DASH}{s['max']:.{digits}f})"
+
+
+def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    base, bridges = summary["baselines"], summary["bridge"]
     lines = [
         f"messages per run: {args.n}, clients: {args.concurrency}, chats: {args.chats}; "
         f"fixed load: {args.rate:.0f} msg/s for {args.seconds:.0f} s; "
         f"scale: {args.scale_sessions:,} sessions, {args.scale_messages:,} messages; "
         f"log level {args.log_level}; event loop {args.event_loop}",
+        f"{args.repeat} rounds (baselines, then bridges); figures: the median over the rounds; "
+        f"ratios: computed per round, then the median of the per-round ratios "
+        f"(lowest{DASH}highest round)",
         "",
-        f"baseline: bare aiohttp forwarding with one POST: {base['forward']:8.0f} msg/s",
+        f"baseline: bare aiohttp forwarding with one POST: {base['forward']['median']:8.0f} msg/s,"
+        f" {base['forward_cpu_ms_per_message']['median']:.2f} CPU ms per message",
     ]
     for synchronous in args.synchronous:
         lines.append(
             f"baseline: bare aiohttp + SQLite insert and commit per request ({synchronous}):"
-            f" {base[f'sqlite_{synchronous}']:8.0f} msg/s"
+            f" {base[f'sqlite_{synchronous}']['median']:8.0f} msg/s"
         )
     lines.append("")
-    header = f"{'':38}" + "".join(f"{name:>22}" for name in bridges)
-    lines.append(header)
+
+    rows: list[tuple[str, list[str]]] = []
 
     def row(label: str, fn: Any) -> None:
-        lines.append(f"{label:38}" + "".join(f"{fn(sync, b):>22}" for sync, b in bridges.items()))
+        rows.append((label, [fn(b) for b in bridges.values()]))
 
-    row("ingest msg/s (200 = committed)", lambda s, b: f"{b['ingest']:.0f}")
+    row("ingest msg/s (200 = committed)", lambda b: f"{b['ingest']['median']:.0f}")
+    row("  ratio to SQLite-per-request (>=0.8)", lambda b: with_range(b["ingest_ratio"], unit="x"))
+    row("end to end msg/s (outcome sent)", lambda b: f"{b['e2e']['median']:.0f}")
+    row("  ratio to forwarding (>=0.35)", lambda b: with_range(b["e2e_ratio"], unit="x"))
     row(
-        "  ratio to SQLite-per-request (>=0.8)",
-        lambda s, b: f"{b['ingest'] / base['sqlite_' + s]:.2f}x",
+        "bridge CPU ms per message (all processes of the subject)",
+        lambda b: with_range(b["cpu_ms_per_message"]),
     )
-    row("end to end msg/s (outcome sent)", lambda s, b: f"{b['e2e']:.0f}")
-    row("  ratio to forwarding (>=0.35)", lambda s, b: f"{b['e2e'] / base['forward']:.2f}x")
     row(
         f"ack p50 / p99 ms @{args.rate:.0f}/s (p99<=15)",
-        lambda s, b: f"{b['ack_p50']:.1f} / {b['ack_p99']:.1f}",
+        lambda b: f"{b['ack_p50']['median']:.1f} / {b['ack_p99']['median']:.1f}",
     )
     row(
         "delivery p50 / p99 ms (p99<=50)",
-        lambda s, b: f"{b['delivery_p50']:.1f} / {b['delivery_p99']:.1f}",
+        lambda b: f"{b['delivery_p50']['median']:.1f} / {b['delivery_p99']['median']:.1f}",
     )
     if args.scale_sessions:
-        row("ingest msg/s on the filled database", lambda s, b: f"{b['scale_ingest']:.0f}")
-        row(
-            "  ratio to the empty database (>=0.8)",
-            lambda s, b: f"{b['scale_ingest'] / b['ingest']:.2f}x",
-        )
-        row(
-            "peak RSS MB (<=150)",
-            lambda s, b: f"{max(b['peak_rss_mb'], b['scale_peak_rss_mb']):.0f}",
-        )
-    else:
-        row("peak RSS MB (<=150)", lambda s, b: f"{b['peak_rss_mb']:.0f}")
-    row(
-        "lost / duplicated at the sinks",
-        lambda s, b: (
-            f"{b['loss'] + b['outcome_loss'] + b.get('scale_loss', 0)}"
-            f" / {b['duplicates'] + b.get('scale_duplicates', 0)}"
-        ),
-    )
+        row("ingest msg/s on the filled database", lambda b: f"{b['scale_ingest']:.0f}")
+        row("  ratio to the empty database (>=0.8)", lambda b: f"{b['scale_ratio']:.2f}x")
+        row("  to the empty-database run just after", lambda b: f"{b['scale_ratio_after']:.2f}x")
+    row("peak RSS MB (<=150)", lambda b: f"{b['peak_rss_mb']:.0f}")
+    row("lost / duplicated at the sinks", lambda b: f"{b['lost']} / {b['duplicated']}")
+
+    width = max(len(label) for label, _ in rows) + 2
+    lines.append(f"{'':{width}}" + "".join(f"{name:>22}" for name in bridges))
+    lines += [f"{label:{width}}" + "".join(f"{v:>22}" for v in values) for label, values in rows]
     return "\n".join(lines)
+
+
+async def measure_all(
+    args: argparse.Namespace, tmp: Path, sink: str, http: aiohttp.ClientSession
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Rounds of baselines then bridges, interleaved so that each round's ratios compare
+    measurements taken close in time on a machine whose speed drifts; then the slow scale runs."""
+    base_rounds: list[dict[str, Any]] = []
+    bridge_rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in args.synchronous}
+    for rnd in range(args.repeat):
+        print(f"bench: round {rnd + 1} of {args.repeat}", file=sys.stderr, flush=True)
+        base_rounds.append(await measure_baselines(args, tmp, sink, http, rnd))
+        for synchronous in args.synchronous:
+            bridge_rounds[synchronous].append(
+                await measure_bridge(args, tmp, sink, synchronous, http, rnd)
+            )
+    scale: dict[str, dict[str, Any]] = {}
+    if args.scale_sessions:
+        for synchronous in args.synchronous:
+            print(f"bench: filled database ({synchronous})", file=sys.stderr, flush=True)
+            scale[synchronous] = await measure_scale(args, tmp, sink, synchronous, http)
+    return base_rounds, bridge_rounds, scale
 
 
 async def main() -> None:
@@ -483,7 +668,12 @@ async def main() -> None:
     parser.add_argument("--synchronous", nargs="+", default=["normal", "full"])
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of baselines and bridges (default 3)"
+    )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.quick:
         args.n, args.seconds = min(args.n, 5000), min(args.seconds, 10.0)
         args.scale_sessions = min(args.scale_sessions, 100_000)
@@ -500,21 +690,21 @@ async def main() -> None:
         ) as http:
             try:
                 await wait_http(http, f"{sink}/stats")
-                base = await measure_baselines(args, tmp, sink, http)
-                bridges = {}
-                for synchronous in args.synchronous:
-                    bridges[synchronous] = await measure_bridge(args, tmp, sink, synchronous, http)
+                base_rounds, bridge_rounds, scale = await measure_all(args, tmp, sink, http)
             finally:
                 sinks.stop()
-        text = report(base, bridges, args)
+        summary = summarise(base_rounds, bridge_rounds, scale)
+        text = report(summary, args)
         print(text)
         results = ROOT / "bench" / "results"
         results.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        raw = {"baselines": base_rounds, "bridge": bridge_rounds, "scale": scale}
         (results / f"{stamp}.json").write_text(
-            json.dumps({"args": vars(args), "baselines": base, "bridge": bridges}, indent=2)
+            json.dumps({"args": vars(args), "rounds": raw, "summary": summary}, indent=2),
+            encoding="utf-8",
         )
-        (results / f"{stamp}.txt").write_text(text + "\n")
+        (results / f"{stamp}.txt").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
