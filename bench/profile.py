@@ -50,6 +50,9 @@ async def main() -> None:
     parser.add_argument("--synchronous", default="normal")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--cpu", action="store_true", help="leave out idle samples: where the CPU time goes"
+    )
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(
         Path(__file__).resolve().parent.parent / ".venv/bin/py-spy"
@@ -79,7 +82,7 @@ async def main() -> None:
                     "--rate",
                     "200",
                     "--threads",
-                    "--idle",
+                    *([] if args.cpu else ["--idle"]),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

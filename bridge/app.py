@@ -10,10 +10,12 @@ from aiohttp import web
 
 from bridge.channels import ChannelManager
 from bridge.delivery import DeliveryWorker
-from bridge.dispatch import Dispatcher
+from bridge.dispatch import Performer
+from bridge.followups import FollowUps
 from bridge.keys import CHANNELS, DATABASE, HTTP, LIVECHATS, METRICS, RELAY, SETTINGS, WORKER
 from bridge.metrics import Metrics
 from bridge.relay import Relay
+from bridge.remote import DeliveryProcess
 from bridge.settings import Settings
 from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
@@ -21,6 +23,16 @@ from connectors.base import build_livechat
 from storage.database import Database
 
 USER_AGENT = "messenger-bridge/0.1"
+
+
+def outside_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one HTTP client for every outside call: timeouts and pool size from the settings."""
+    cfg = settings.delivery
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),
+        connector=aiohttp.TCPConnector(limit=cfg.concurrency * 2),
+        headers={"User-Agent": USER_AGENT},
+    )
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -40,12 +52,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         await db.close()
 
     async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-        cfg = settings.delivery
-        timeout = aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout)
-        connector = aiohttp.TCPConnector(limit=cfg.concurrency * 2)
-        async with aiohttp.ClientSession(
-            timeout=timeout, connector=connector, headers={"User-Agent": USER_AGENT}
-        ) as http:
+        async with outside_session(settings) as http:
             app[HTTP] = http
             yield
 
@@ -60,13 +67,23 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         }
         channels = ChannelManager(db, settings, http, wake, clock)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
-        dispatcher = Dispatcher(db, settings, livechats, channels, http, relay, clock)
-        worker = DeliveryWorker(db, settings.delivery, dispatcher, channels, app[METRICS], clock)
+        performer: Performer | DeliveryProcess
+        if settings.delivery.worker == "process" and settings.storage.path != ":memory:":
+            performer = DeliveryProcess(settings)
+            await performer.start()
+        else:
+            performer = Performer(db, settings, http, clock)
+        followups = FollowUps(relay, clock)
+        worker = DeliveryWorker(
+            db, settings.delivery, performer, followups, channels, app[METRICS], clock
+        )
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
         await channels.start()
         worker.start()
         yield
         await worker.stop()
+        if isinstance(performer, DeliveryProcess):
+            await performer.stop()
         await channels.stop()
 
     app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])

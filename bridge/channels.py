@@ -21,7 +21,7 @@ import structlog
 from bridge.backoff import backoff
 from bridge.model import Delivered, DeliveryResult, Unauthorized
 from bridge.settings import Settings
-from connectors.messenger import MessengerClient
+from connectors.messenger import build_clients
 from storage import channels as repo
 from storage import outbox
 from storage.channels import ChannelRow
@@ -46,10 +46,7 @@ class ChannelManager:
         self._settings = settings
         self._wake = wake
         self._clock = clock
-        self.clients = {
-            cid: MessengerClient(http, cid, m.webhook, m.confirmation_code.get_secret_value())
-            for cid, m in settings.messengers.items()
-        }
+        self.clients = build_clients(settings.messengers, http)
         self._rows: dict[str, ChannelRow] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
@@ -61,6 +58,9 @@ class ChannelManager:
 
     def channel_ids(self) -> list[str]:
         return sorted(self._rows)
+
+    def active_ids(self) -> frozenset[str]:
+        return frozenset(cid for cid, row in self._rows.items() if row.state == ACTIVE)
 
     def state(self, channel_id: str) -> str:
         row = self._rows.get(channel_id)

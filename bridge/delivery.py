@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Protocol
 
 import structlog
 
 from bridge.backoff import backoff
 from bridge.channels import ChannelManager
-from bridge.dispatch import Attempt, Dispatcher
+from bridge.dispatch import Performed
+from bridge.followups import Attempt, FollowUps
 from bridge.metrics import Metrics, target_of
 from bridge.model import Delivered, Failed, Retry, Unauthorized
 from bridge.settings import DeliverySettings
@@ -32,12 +34,19 @@ MIN_IDLE = 0.01
 BUSY_IDLE = 0.1  # between looks while deliveries are in flight
 
 
+class Performs(Protocol):
+    """Makes an item's outside call: `dispatch.Performer` here, or the delivery process."""
+
+    async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed: ...
+
+
 class DeliveryWorker:
     def __init__(
         self,
         db: Database,
         settings: DeliverySettings,
-        dispatcher: Dispatcher,
+        performer: Performs,
+        followups: FollowUps,
         channels: ChannelManager,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
@@ -45,7 +54,8 @@ class DeliveryWorker:
         self._metrics = metrics
         self._db = db
         self._settings = settings
-        self._dispatcher = dispatcher
+        self._performer = performer
+        self._followups = followups
         self._channels = channels
         self._clock = clock
         self._wakeup = asyncio.Event()
@@ -117,10 +127,15 @@ class DeliveryWorker:
             target = target_of(item.kind)
             started = time.perf_counter()
             try:
-                attempt = await self._dispatcher.attempt(item)
+                done = await self._performer.perform(item, self._channels.active_ids())
             except Exception as exc:
                 bound.exception("delivery.attempt_crashed")
-                attempt = Attempt(Retry(f"internal error: {type(exc).__name__}"))
+                done = Performed(Retry(f"internal error: {type(exc).__name__}"))
+            if done.message is not None:  # the ids the attempt found, for the lines below
+                bound = bound.bind(**done.message.log_ids())
+            elif item.channel_id is not None:
+                bound = bound.bind(channel=item.channel_id)
+            attempt = self._followups.plan(item, done)
             self._metrics.delivery_seconds.labels(target).observe(time.perf_counter() - started)
             await self._settle(item, attempt, bound)
         except asyncio.CancelledError:
@@ -199,7 +214,11 @@ class DeliveryWorker:
                         now=now,
                     )
 
+        always = attempt.always
+
         def settle(conn: sqlite3.Connection) -> None:
+            if always is not None:
+                always(conn)
             if work(conn) and follow_up is not None:
                 follow_up(conn)
 

@@ -1,20 +1,22 @@
-"""What each kind of outbox item means: which outside call it makes and what follows from it."""
+"""What each kind of outbox item means outside: which call it makes, and what it found out.
+
+`Performer.perform` only reads the database and calls out; everything it learnt comes back as
+`Performed`, plain data, so that it can run in the delivery process (see `bridge.deliverer`)
+while every write stays with the serving process (see `bridge.followups`).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 
 from bridge import relay
-from bridge.channels import ACTIVE, ChannelManager
 from bridge.model import (
     Customer,
-    Delivered,
     DeliveryResult,
     Failed,
     Operator,
@@ -25,76 +27,111 @@ from bridge.model import (
 )
 from bridge.settings import Settings
 from connectors import webhooks
-from connectors.base import LiveChatConnector
-from storage import chats, events, messages, outbox
+from connectors.base import LiveChatConnector, build_livechat
+from connectors.messenger import build_clients
+from storage import events, messages
 from storage.database import Database
 from storage.outbox import OutboxItem
 
 log = structlog.get_logger("dispatch")
 
-Work = Callable[[sqlite3.Connection], object]
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """The stored message an item was about, as its follow-ups need it."""
+
+    id: int
+    uid: str
+    session_id: int | None
+    external_id: str | None
+    chat_id: int
+    channel_id: str
+    customer_id: str | None  # the chat's customer id when the attempt began
+
+    def log_ids(self) -> dict[str, object]:
+        return {"channel": self.channel_id, "session": self.session_id, "message": self.uid}
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class ProfileFetch:
+    """A `userInfo` lookup made on the way: `profile` is None when it failed."""
+
+    channel_id: str
+    user_id: str
+    profile: UserProfile | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Performed:
     result: DeliveryResult
-    on_delivered: Work | None = None  # committed with the item's completion
-    on_dead: Work | None = None  # committed when the item is given up
     channel_id: str | None = None  # the messenger channel whose health this result speaks of
+    message: MessageFacts | None = None
+    profile: ProfileFetch | None = None
 
 
-def _bind(channel_id: str, msg: messages.MessageRow) -> None:
+def _bind(facts: MessageFacts) -> None:
     # Each delivery runs in its own task, so these ids tag only that delivery's log lines.
-    structlog.contextvars.bind_contextvars(
-        channel=channel_id, session=msg.session_id, message=msg.uid
-    )
+    structlog.contextvars.bind_contextvars(**facts.log_ids())
 
 
-class Dispatcher:
+class Performer:
     def __init__(
         self,
         db: Database,
         settings: Settings,
-        livechats: dict[str, LiveChatConnector],
-        channels: ChannelManager,
         http: aiohttp.ClientSession,
-        relay: relay.Relay,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
-        self._relay = relay
         self._db = db
         self._settings = settings
-        self._livechats = livechats
-        self._channels = channels
+        self._livechats: dict[str, LiveChatConnector] = {
+            lc_id: build_livechat(lc_id, lc, http) for lc_id, lc in settings.livechats.items()
+        }
+        self._clients = build_clients(settings.messengers, http)
         self._clock = clock
 
-    async def attempt(self, item: OutboxItem) -> Attempt:
+    async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
+        """Make the item's outside call. `active`: the messenger channels now active."""
         if item.kind == relay.TO_LIVECHAT:
-            return await self._to_livechat(item)
+            return await self._to_livechat(item, active)
         if item.kind == relay.TO_MESSENGER:
             return await self._to_messenger(item)
         if item.kind in (relay.OUTCOME, relay.READ):
             return await self._notice(item)
         if item.kind == relay.TO_SUBSCRIBER:
             return await self._to_subscriber(item)
-        return Attempt(Failed(f"unknown outbox kind {item.kind!r}"))
+        return Performed(Failed(f"unknown outbox kind {item.kind!r}"))
 
-    async def _to_livechat(self, item: OutboxItem) -> Attempt:
+    async def _to_livechat(self, item: OutboxItem, active: Collection[str]) -> Performed:
         assert item.ref_id is not None
         loaded = await messages.read_with_chat(self._db, item.ref_id)
         if loaded is None:
-            return Attempt(Failed("the message is no longer stored"))
+            return Performed(Failed("the message is no longer stored"))
         msg, chat, cached = loaded
-        _bind(chat.channel_id, msg)
+        facts = MessageFacts(
+            msg.id,
+            msg.uid,
+            msg.session_id,
+            msg.external_id,
+            chat.id,
+            chat.channel_id,
+            chat.customer_id,
+        )
+        _bind(facts)
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
-            return Attempt(Retry(f"live chat {chat.livechat_id!r} is not configured"))
-        profile = await self._profile(chat.channel_id, msg.user_id or chat.user_id, cached)
+            return Performed(
+                Retry(f"live chat {chat.livechat_id!r} is not configured"), message=facts
+            )
+        user_id = msg.user_id or chat.user_id
+        fetch = await self._profile(chat.channel_id, user_id, cached, active)
+        profile = (fetch.profile if fetch else None) or (cached[0] if cached else None)
         customer = Customer(
             channel_id=chat.channel_id,
             client_key=chat.client_key,
-            profile=profile,
+            profile=profile or UserProfile(user_id),
             chat_name=chat.name,
             customer_id=chat.customer_id,
             customer_tag=chat.customer_tag,
@@ -102,64 +139,48 @@ class Dispatcher:
         result = await connector.deliver(
             customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at)
         )
-
-        def outcome(success: bool) -> Work:
-            def work(conn: sqlite3.Connection) -> None:
-                if isinstance(result, Delivered):
-                    messages.set_status(conn, msg.id, "delivered", result.remote_id)
-                    chats.set_customer(conn, chat.id, result.customer_id, result.customer_tag)
-                    if result.customer_id and result.customer_id != chat.customer_id:
-                        self._relay.adopt_orphans(conn, chat.id)
-                else:
-                    messages.set_status(conn, msg.id, "failed")
-                outbox.enqueue(
-                    conn,
-                    kind=relay.OUTCOME,
-                    lane=relay.messenger_lane(chat.id),
-                    channel_id=chat.channel_id,
-                    ref_id=msg.id,
-                    payload={"external_id": msg.external_id, "success": success},
-                    now=self._clock(),
-                )
-
-            return work
-
-        return Attempt(result, on_delivered=outcome(True), on_dead=outcome(False))
+        return Performed(result, message=facts, profile=fetch)
 
     async def _profile(
-        self, channel_id: str, user_id: str, cached: tuple[UserProfile, float | None] | None
-    ) -> UserProfile:
-        """The cached profile, refreshed through `userInfo` when stale; never blocks a message."""
-        profile, fetched_at = cached if cached else (UserProfile(user_id), None)
-        ttl = self._settings.delivery.profile_ttl
-        fresh = fetched_at is not None and self._clock() - fetched_at < ttl
-        client = self._channels.clients.get(channel_id)
-        if fresh or client is None or self._channels.state(channel_id) != ACTIVE:
-            return profile
+        self,
+        channel_id: str,
+        user_id: str,
+        cached: tuple[UserProfile, float | None] | None,
+        active: Collection[str],
+    ) -> ProfileFetch | None:
+        """A `userInfo` lookup when the cached profile is stale; never blocks a message."""
+        fetched_at = cached[1] if cached else None
+        fresh = (
+            fetched_at is not None
+            and self._clock() - fetched_at < self._settings.delivery.profile_ttl
+        )
+        client = self._clients.get(channel_id)
+        if fresh or client is None or channel_id not in active:
+            return None
         fetched = await client.user_info(user_id)
-        now = self._clock()
-
-        def save(conn: sqlite3.Connection) -> None:
-            if fetched is not None:
-                chats.save_profile(conn, channel_id, fetched, now)
-            else:
-                chats.mark_profile_tried(conn, channel_id, user_id, now)
-
-        await self._db.write(save)
         if fetched is None:
             log.info("dispatch.profile_unavailable", channel=channel_id, user=user_id)
-        return fetched or profile
+        return ProfileFetch(channel_id, user_id, fetched, self._clock())
 
-    async def _to_messenger(self, item: OutboxItem) -> Attempt:
+    async def _to_messenger(self, item: OutboxItem) -> Performed:
         assert item.ref_id is not None and item.channel_id is not None
         loaded = await messages.read_with_chat(self._db, item.ref_id)
         if loaded is None:
-            return Attempt(Failed("the message is no longer stored"))
+            return Performed(Failed("the message is no longer stored"))
         msg, chat, _ = loaded
-        _bind(chat.channel_id, msg)
-        client = self._channels.clients.get(item.channel_id)
+        facts = MessageFacts(
+            msg.id,
+            msg.uid,
+            msg.session_id,
+            msg.external_id,
+            chat.id,
+            chat.channel_id,
+            chat.customer_id,
+        )
+        _bind(facts)
+        client = self._clients.get(item.channel_id)
         if client is None:
-            return Attempt(Retry(f"messenger {item.channel_id!r} is not configured"))
+            return Performed(Retry(f"messenger {item.channel_id!r} is not configured"))
         operator = (
             Operator(msg.operator_id, msg.operator_name)
             if msg.operator_id or msg.operator_name
@@ -168,37 +189,30 @@ class Dispatcher:
         result = await client.send_message(
             OperatorReply(msg.uid, chat.external_chat_id, msg.text, msg.files, operator)
         )
+        return Performed(result, channel_id=item.channel_id, message=facts)
 
-        def status(value: str) -> Work:
-            def work(conn: sqlite3.Connection) -> None:
-                messages.set_status(conn, msg.id, value)
-
-            return work
-
-        return Attempt(result, status("delivered"), status("failed"), channel_id=item.channel_id)
-
-    async def _notice(self, item: OutboxItem) -> Attempt:
+    async def _notice(self, item: OutboxItem) -> Performed:
         assert item.channel_id is not None
         structlog.contextvars.bind_contextvars(channel=item.channel_id)
-        client = self._channels.clients.get(item.channel_id)
+        client = self._clients.get(item.channel_id)
         if client is None:
-            return Attempt(Retry(f"messenger {item.channel_id!r} is not configured"))
+            return Performed(Retry(f"messenger {item.channel_id!r} is not configured"))
         external_id = str(item.payload["external_id"])
         if item.kind == relay.OUTCOME:
             result = await client.send_outcome(external_id, bool(item.payload["success"]))
         else:
             result = await client.mark_as_read(external_id)
-        return Attempt(result, channel_id=item.channel_id)
+        return Performed(result, channel_id=item.channel_id)
 
-    async def _to_subscriber(self, item: OutboxItem) -> Attempt:
+    async def _to_subscriber(self, item: OutboxItem) -> Performed:
         key = item.payload["subscription"]
         sub = next((s for s in self._settings.subscriptions if s.key == key), None)
         if sub is None:
-            return Attempt(Failed(f"subscription {key!r} is no longer configured"))
+            return Performed(Failed(f"subscription {key!r} is no longer configured"))
         assert item.ref_id is not None
         event = await events.read(self._db, item.ref_id)
         if event is None:
-            return Attempt(Failed("the event is no longer stored"))
+            return Performed(Failed("the event is no longer stored"))
         connector = self._livechats.get(event.livechat_id)
         notice = webhooks.EventNotice(
             uid=event.uid,
@@ -219,4 +233,4 @@ class Dispatcher:
             f"msg_{event.uid}_{key}",  # the same on every retry: receivers drop repeats
             webhooks.body(notice),
         )
-        return Attempt(result)
+        return Performed(result)

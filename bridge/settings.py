@@ -99,6 +99,10 @@ class DeliverySettings(_Section):
     concurrency: int = Field(default=64, ge=1, le=1024)
     failures_before_interrupted: int = Field(default=3, ge=1)
     profile_ttl: float = Field(default=24 * 3600.0, ge=0)
+    # Where the outside calls of deliveries run. "process": a child process, on another core,
+    # so that acks never wait behind deliveries. "inline": in the serving process (also what a
+    # ":memory:" database gets, which another process cannot open).
+    worker: Literal["process", "inline"] = "process"
 
 
 class LoggingSettings(_Section):

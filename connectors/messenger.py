@@ -27,6 +27,7 @@ from bridge.model import (
     UserProfile,
     UserRead,
 )
+from bridge.settings import MessengerSettings
 from connectors import http as outside
 from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
 
@@ -235,3 +236,12 @@ def _read_answer(outcome: outside.Response | outside.NoResponse) -> DeliveryResu
     if outcome.status == 401:
         return Unauthorized("the messenger refused the confirmation code (HTTP 401)")
     return Retry(f"HTTP {outcome.status}", after=outcome.retry_after)
+
+
+def build_clients(
+    messengers: dict[str, MessengerSettings], http: aiohttp.ClientSession
+) -> dict[str, MessengerClient]:
+    return {
+        cid: MessengerClient(http, cid, m.webhook, m.confirmation_code.get_secret_value())
+        for cid, m in messengers.items()
+    }

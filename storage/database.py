@@ -92,6 +92,15 @@ class Database:
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
         self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="db-checkpoint")
 
+    async def open_reader(self) -> None:
+        """Reads only, for a helper process: no lock, no migrations, no writer, no checkpoints.
+        The process that owns the database opened it fully first."""
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = aiosqlite.Row
+        for pragma in [f"busy_timeout={self._busy_ms}", "query_only=ON"]:
+            async with self._reader.execute(f"PRAGMA {pragma}"):
+                pass
+
     async def _checkpoint_loop(self, every: float = 1.0) -> None:
         """Copy the WAL into the database file in the background. PASSIVE never waits for, nor
         blocks, the writer; what it cannot copy now it copies next time."""

@@ -1,0 +1,94 @@
+"""What an attempt's outcome changes in our database, committed with the item's settle.
+
+Built in the serving process from `Performed` (plain data): the database has one writer, and
+the delivery process (when there is one) only reads and calls out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge import relay
+from bridge.dispatch import MessageFacts, Performed
+from bridge.model import Delivered, DeliveryResult
+from storage import chats, messages, outbox
+from storage.outbox import OutboxItem
+
+Work = Callable[[sqlite3.Connection], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    result: DeliveryResult
+    on_delivered: Work | None = None  # committed with the item's completion
+    on_dead: Work | None = None  # committed when the item is given up
+    always: Work | None = None  # committed with the settle, whatever it is
+    channel_id: str | None = None  # the messenger channel whose health this result speaks of
+
+
+class FollowUps:
+    def __init__(self, relay_: relay.Relay, clock: Callable[[], float]) -> None:
+        self._relay = relay_
+        self._clock = clock
+
+    def plan(self, item: OutboxItem, done: Performed) -> Attempt:
+        on_delivered = on_dead = None
+        if done.message is not None and item.kind == relay.TO_LIVECHAT:
+            on_delivered = self._outcome(done.message, done.result, success=True)
+            on_dead = self._outcome(done.message, done.result, success=False)
+        elif done.message is not None and item.kind == relay.TO_MESSENGER:
+            on_delivered = _status(done.message.id, "delivered")
+            on_dead = _status(done.message.id, "failed")
+        return Attempt(
+            done.result,
+            on_delivered=on_delivered,
+            on_dead=on_dead,
+            always=_save_profile(done),
+            channel_id=done.channel_id,
+        )
+
+    def _outcome(self, msg: MessageFacts, result: DeliveryResult, *, success: bool) -> Work:
+        """The message reached the live chat (or never will): tell the messenger."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            if isinstance(result, Delivered):
+                messages.set_status(conn, msg.id, "delivered", result.remote_id)
+                chats.set_customer(conn, msg.chat_id, result.customer_id, result.customer_tag)
+                if result.customer_id and result.customer_id != msg.customer_id:
+                    self._relay.adopt_orphans(conn, msg.chat_id)
+            else:
+                messages.set_status(conn, msg.id, "failed")
+            outbox.enqueue(
+                conn,
+                kind=relay.OUTCOME,
+                lane=relay.messenger_lane(msg.chat_id),
+                channel_id=msg.channel_id,
+                ref_id=msg.id,
+                payload={"external_id": msg.external_id, "success": success},
+                now=self._clock(),
+            )
+
+        return work
+
+
+def _status(message_id: int, value: str) -> Work:
+    def work(conn: sqlite3.Connection) -> None:
+        messages.set_status(conn, message_id, value)
+
+    return work
+
+
+def _save_profile(done: Performed) -> Work | None:
+    fetch = done.profile
+    if fetch is None:
+        return None
+
+    def work(conn: sqlite3.Connection) -> None:
+        if fetch.profile is not None:
+            chats.save_profile(conn, fetch.channel_id, fetch.profile, fetch.at)
+        else:
+            chats.mark_profile_tried(conn, fetch.channel_id, fetch.user_id, fetch.at)
+
+    return work
