@@ -136,6 +136,9 @@ class DeliveryWorker:
             elif item.channel_id is not None:
                 bound = bound.bind(channel=item.channel_id)
             attempt = self._followups.plan(item, done)
+            if done.notified and done.message is not None:
+                self._metrics.deliveries.labels("messenger", "delivered").inc()
+                await self._channels.record_delivery(done.message.channel_id, Delivered())
             self._metrics.delivery_seconds.labels(target).observe(time.perf_counter() - started)
             await self._settle(item, attempt, bound)
         except asyncio.CancelledError:
@@ -164,9 +167,8 @@ class DeliveryWorker:
         if isinstance(result, Delivered):
             self._metrics.deliveries.labels(target, "delivered").inc()
             follow_up = attempt.on_delivered
-            bound.debug(
-                "delivery.done", attempts=item.attempts + 1
-            )  # the hot path: failures log louder
+            # The hot path logs at debug; failures log louder.
+            bound.debug("delivery.done", attempts=item.attempts + 1, notified=attempt.notified)
 
             def work(conn: sqlite3.Connection) -> bool:
                 return outbox.complete(conn, item.id)

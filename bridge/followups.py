@@ -26,6 +26,7 @@ class Attempt:
     on_dead: Work | None = None  # committed when the item is given up
     always: Work | None = None  # committed with the settle, whatever it is
     channel_id: str | None = None  # the messenger channel whose health this result speaks of
+    notified: bool = False  # the messenger already has this message's outcome
 
 
 class FollowUps:
@@ -36,7 +37,9 @@ class FollowUps:
     def plan(self, item: OutboxItem, done: Performed) -> Attempt:
         on_delivered = on_dead = None
         if done.message is not None and item.kind == relay.TO_LIVECHAT:
-            on_delivered = self._outcome(done.message, done.result, success=True)
+            on_delivered = self._outcome(
+                done.message, done.result, success=True, queue=not done.notified
+            )
             on_dead = self._outcome(done.message, done.result, success=False)
         elif done.message is not None and item.kind == relay.TO_MESSENGER:
             on_delivered = _status(done.message.id, "delivered")
@@ -47,10 +50,14 @@ class FollowUps:
             on_dead=on_dead,
             always=_save_profile(done),
             channel_id=done.channel_id,
+            notified=done.notified,
         )
 
-    def _outcome(self, msg: MessageFacts, result: DeliveryResult, *, success: bool) -> Work:
-        """The message reached the live chat (or never will): tell the messenger."""
+    def _outcome(
+        self, msg: MessageFacts, result: DeliveryResult, *, success: bool, queue: bool = True
+    ) -> Work:
+        """The message reached the live chat (or never will): tell the messenger, unless that
+        was done already (`queue` false)."""
 
         def work(conn: sqlite3.Connection) -> None:
             if isinstance(result, Delivered):
@@ -60,6 +67,8 @@ class FollowUps:
                     self._relay.adopt_orphans(conn, msg.chat_id)
             else:
                 messages.set_status(conn, msg.id, "failed")
+            if not queue:
+                return
             outbox.enqueue(
                 conn,
                 kind=relay.OUTCOME,

@@ -91,6 +91,14 @@ async def next_due(db: Database) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
+async def lane_idle(db: Database, lane: str) -> bool:
+    """Nothing pending in the lane (in flight, waiting for a retry or held)."""
+    row = await db.fetch_one(
+        "SELECT 1 FROM outbox WHERE lane = ? AND status = 'pending' LIMIT 1", (lane,)
+    )
+    return row is None
+
+
 # Each settle returns whether it found the item still pending: follow-ups run only then, so
 # nothing is ever settled twice.
 

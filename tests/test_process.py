@@ -141,7 +141,9 @@ async def test_message_path_log_lines_carry_ids_and_empty_code_is_warned(world: 
     accepted = next(line for line in lines if line["event"] == "messenger.message_accepted")
     assert {"channel", "session", "message"} <= accepted.keys()
     done = [line for line in lines if line["event"] == "delivery.done"]
-    assert len(done) >= 3  # to the live chat, the outcome, the reply
+    # To the live chat (whose outcome went out with it, or as an item of its own), the reply.
+    assert len(done) >= 2
+    assert done[0]["notified"] or any(line["kind"] == "messenger.outcome" for line in done)
     for line in done:
         assert line["channel"] == "acme"
     for line in done:
