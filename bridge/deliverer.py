@@ -49,18 +49,19 @@ async def serve(sock: socket.socket) -> None:
                 if not writer.is_closing():  # else the serving process is gone: the item
                     write_frame(writer, (seq, done))  # stays in its outbox, to be sent again
 
-            while True:
-                try:
+            try:
+                while True:
                     seq, item, active = await read_frame(reader)
-                except EOFError:
-                    return
-                task = asyncio.create_task(one(seq, item, active))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                    task = asyncio.create_task(one(seq, item, active))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except EOFError:
+                pass
+            finally:  # before the session closes under them
+                for task in list(tasks):
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await db.close()
 
 

@@ -49,6 +49,7 @@ class Database:
         self._executor: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._inline_reader: sqlite3.Connection | None = None
         self._queue: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -93,13 +94,15 @@ class Database:
         self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="db-checkpoint")
 
     async def open_reader(self) -> None:
-        """Reads only, for a helper process: no lock, no migrations, no writer, no checkpoints.
-        The process that owns the database opened it fully first."""
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        self._reader.row_factory = aiosqlite.Row
+        """Reads only, for the delivery process: no lock, no migrations, no writer, no
+        checkpoints (the serving process opened the file fully first). Its reads are point
+        lookups of a few microseconds, so they run on the event loop itself: cheaper than a
+        hop to a thread and back, and a slow one delays only deliveries, never an ack."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
         for pragma in [f"busy_timeout={self._busy_ms}", "query_only=ON"]:
-            async with self._reader.execute(f"PRAGMA {pragma}"):
-                pass
+            conn.execute(f"PRAGMA {pragma}").close()
+        self._inline_reader = conn
 
     async def _checkpoint_loop(self, every: float = 1.0) -> None:
         """Copy the WAL into the database file in the background. PASSIVE never waits for, nor
@@ -154,6 +157,9 @@ class Database:
             if conn is not None:
                 await conn.close()
         self._reader = self._checkpointer = None
+        if self._inline_reader is not None:
+            self._inline_reader.close()
+            self._inline_reader = None
         if self._writer is not None:
             await self._in_writer(self._writer.close)
             self._writer = None
@@ -174,12 +180,13 @@ class Database:
     # would nearly always be open, and the connection would keep reading an old snapshot:
     # a row committed a moment ago would look absent.
 
-    async def fetch_all(self, sql: str, params: Any = ()) -> list[aiosqlite.Row]:
+    async def fetch_all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        if self._inline_reader is not None:  # fetchall ends the statement: no stale snapshot
+            return self._inline_reader.execute(sql, params).fetchall()
         return list(await self.reader.execute_fetchall(sql, params))
 
-    async def fetch_one(self, sql: str, params: Any = ()) -> aiosqlite.Row | None:
-        rows = await self.reader.execute_fetchall(sql, params)
-        return next(iter(rows), None)
+    async def fetch_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        return next(iter(await self.fetch_all(sql, params)), None)
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` in a write transaction; return its result once committed."""
