@@ -12,7 +12,17 @@ from bridge.channels import ChannelManager
 from bridge.delivery import DeliveryWorker
 from bridge.dispatch import Performer
 from bridge.followups import FollowUps
-from bridge.keys import CHANNELS, DATABASE, HTTP, LIVECHATS, METRICS, RELAY, SETTINGS, WORKER
+from bridge.keys import (
+    CHANNELS,
+    DATABASE,
+    DELIVERY_PROCESS,
+    HTTP,
+    LIVECHATS,
+    METRICS,
+    RELAY,
+    SETTINGS,
+    WORKER,
+)
 from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.remote import DeliveryProcess
@@ -69,7 +79,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         relay = app[RELAY] = Relay(db, settings, wake, clock)
         performer: Performer | DeliveryProcess
         if settings.delivery.worker == "process" and settings.storage.path != ":memory:":
-            performer = DeliveryProcess(settings)
+            performer = app[DELIVERY_PROCESS] = DeliveryProcess(settings, app[METRICS])
             await performer.start()
         else:
             performer = Performer(db, settings, http, clock)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from bridge.channels import ChannelManager
     from bridge.delivery import DeliveryWorker
     from bridge.relay import Relay
+    from bridge.remote import DeliveryProcess
     from connectors.base import LiveChatConnector
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,3 +26,5 @@ RELAY: web.AppKey[Relay] = web.AppKey("relay")
 CHANNELS: web.AppKey[ChannelManager] = web.AppKey("channels")
 WORKER: web.AppKey[DeliveryWorker] = web.AppKey("worker")
 LIVECHATS: web.AppKey[dict[str, LiveChatConnector]] = web.AppKey("livechats")
+# Present only with delivery.worker = "process".
+DELIVERY_PROCESS: web.AppKey[DeliveryProcess] = web.AppKey("delivery_process")

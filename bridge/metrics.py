@@ -47,6 +47,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.delivery_process_starts = Counter(
+            "bridge_delivery_process_starts",
+            "Starts of the delivery process (more than one: it died and was restarted)",
+            registry=r,
+        )
         self.outbox_pending = Gauge("bridge_outbox_pending", "Outbox items waiting", registry=r)
         self.outbox_dead = Gauge("bridge_outbox_dead", "Outbox items given up", registry=r)
         self.outbox_oldest_age = Gauge(

@@ -26,6 +26,7 @@ import structlog
 
 from bridge.backoff import backoff
 from bridge.dispatch import Performed
+from bridge.metrics import Metrics
 from bridge.model import Retry
 from bridge.settings import Settings
 from storage.outbox import OutboxItem
@@ -51,8 +52,9 @@ def write_frame(writer: asyncio.StreamWriter, obj: Any) -> None:
 
 
 class DeliveryProcess:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Performed]] = {}
         self._seq = itertools.count()
@@ -118,6 +120,7 @@ class DeliveryProcess:
         finally:
             theirs.close()
         self.pid, self.starts = proc.pid, self.starts + 1
+        self._metrics.delivery_process_starts.inc()
         reader, writer = await asyncio.open_connection(sock=ours)
         try:
             write_frame(writer, self._settings)

@@ -8,6 +8,7 @@ bridge's hook exactly as the live chat would.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 from collections import defaultdict
@@ -32,6 +33,7 @@ class ChatvisorSim:
         self.fail_with: int | None = None
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
+        self.delay = 0.0  # seconds each message call takes
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post("/rest/v1/customer", self._customer)
@@ -76,6 +78,7 @@ class ChatvisorSim:
         if (refused := self._refuse(request)) is not None:
             return refused
         customer_id = request.match_info["customer_id"]
+        await asyncio.sleep(self.delay)
         if customer_id not in self.customers:
             return web.json_response({"error": "unknown customer"}, status=404)
         body = await request.json()

@@ -1,0 +1,43 @@
+"""The delivery process (`delivery.worker = "process"`): killed, it is started again, and what
+it had in flight is delivered by the next one; nothing lost, nothing out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from bridge.keys import DELIVERY_PROCESS
+from tests.conftest import World, eventually
+from tests.test_metrics import scrape, value
+
+
+async def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(running: World) -> None:
+    m, cv, http = running.messenger, running.chatvisor, running.http
+    process = running.bridge.app[DELIVERY_PROCESS]
+    assert process.starts == 1 and process.pid is not None
+    chats = ["k1", "k2", "k3"]
+    cv.delay = 0.5  # so that the kill finds calls in flight
+    for i in range(5):
+        for chat in chats:
+            status, _ = await m.send_message(http, chat, f"{chat}-{i}")
+            assert status == 200
+    await asyncio.sleep(0.2)
+    first = process.pid
+    os.kill(first, signal.SIGKILL)
+    cv.delay = 0.0
+    await eventually(lambda: process.starts == 2 and process.pid != first, what="a new process")
+    for chat in chats:
+        customer = await running.customer_id(chat)
+        expected = [f"{chat}-{i}" for i in range(5)]
+        await eventually(lambda c=customer, e=expected: cv.texts(c) == e, what=f"{chat} in order")
+    await eventually(lambda: len(m.outcomes) == 15 and all(m.outcomes.values()), what="outcomes")
+    assert value(await scrape(running), "bridge_delivery_process_starts_total") == 2
+
+
+async def test_inline_delivery_needs_no_process(world: World) -> None:
+    await world.start_bridge(delivery={"worker": "inline"})
+    assert DELIVERY_PROCESS not in world.bridge.app
+    await world.messenger.send_message(world.http, "i1", "inline", message_id="i1-1")
+    await eventually(lambda: world.chatvisor.all_texts() == ["inline"], what="delivered")
+    await eventually(lambda: world.messenger.outcomes == {"i1-1": True}, what="outcome")
