@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import ADMIN_TOKEN, CODE
+from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,12 +174,16 @@ class BridgeProcess:
         return [line for line in self.log_lines() if line.get("event") == name]
 
     def assert_clean_logs(self, allow: Callable[[dict[str, Any]], bool] | None = None) -> None:
-        """No traceback, and every line is a JSON log line, in every run (killed ones too:
-        a kill -9 cuts a run's log short, it never adds a traceback to it). `allow` exempts
+        """No traceback, no secret, and every line is a JSON log line, in every run (killed
+        ones too: a kill -9 cuts a run's log short, it never adds a traceback to it); the
+        delivery process's lines included, as it writes to the same output. `allow` exempts
         the lines it accepts from the traceback rule: for a known bug, named where it is used.
         """
         for index, run in enumerate(self.runs, 1):
-            raw_lines = run.text().splitlines()
+            text = run.text()
+            for secret in (ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN):
+                assert secret not in text, f"run {index}: a secret in the log"
+            raw_lines = text.splitlines()
             for number, raw in enumerate(raw_lines, 1):
                 if not raw.strip():
                     continue
