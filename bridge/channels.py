@@ -48,6 +48,7 @@ class ChannelManager:
         self._clock = clock
         self.clients = build_clients(settings.messengers, http)
         self._rows: dict[str, ChannelRow] = {}
+        self._active: frozenset[str] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
 
@@ -60,7 +61,10 @@ class ChannelManager:
         return sorted(self._rows)
 
     def active_ids(self) -> frozenset[str]:
-        return frozenset(cid for cid, row in self._rows.items() if row.state == ACTIVE)
+        """Asked for every delivery: rebuilt only when a state changes."""
+        if self._active is None:
+            self._active = frozenset(cid for cid, row in self._rows.items() if row.state == ACTIVE)
+        return self._active
 
     def state(self, channel_id: str) -> str:
         row = self._rows.get(channel_id)
@@ -96,6 +100,7 @@ class ChannelManager:
                 repo.sync_from_config, channel_id=cid, config_enabled=messenger.enabled, now=now
             )
             row = self._rows[cid] = await self._db.write(sync)
+            self._active = None
             if not row.enabled:
                 if row.state != DISCONNECTED:
                     await self._set(cid, DISCONNECTED, "disabled in the configuration")
@@ -184,6 +189,7 @@ class ChannelManager:
             error,
             old.enabled if enabled is None else enabled,
         )
+        self._active = None
         if state != old.state:
             log.info(
                 "channel.state", channel=channel_id, state=state, previous=old.state, error=error

@@ -125,42 +125,47 @@ class DeliveryWorker:
                 await self._wakeup.wait()
 
     async def _deliver(self, item: OutboxItem) -> None:
-        bound = log.bind(item=item.id, kind=item.kind, lane=item.lane, ref=item.ref_id)
+        ids: dict[str, object] = {
+            "item": item.id,
+            "kind": item.kind,
+            "lane": item.lane,
+            "ref": item.ref_id,
+        }
         try:
             target = target_of(item.kind)
             started = time.perf_counter()
             try:
                 done = await self._performer.perform(item, self._channels.active_ids())
             except Exception as exc:
-                bound.exception("delivery.attempt_crashed")
+                log.exception("delivery.attempt_crashed", **ids)
                 done = Performed(Retry(f"internal error: {type(exc).__name__}"))
             if done.message is not None:  # the ids the attempt found, for the lines below
-                bound = bound.bind(**done.message.log_ids())
+                ids.update(done.message.log_ids())
             elif item.channel_id is not None:
-                bound = bound.bind(channel=item.channel_id)
+                ids["channel"] = item.channel_id
             attempt = self._followups.plan(item, done)
             if done.notified and done.message is not None:
                 self._metrics.deliveries.labels("messenger", "delivered").inc()
                 await self._channels.record_delivery(done.message.channel_id, Delivered())
             self._metrics.delivery_seconds.labels(target).observe(time.perf_counter() - started)
-            await self._settle(item, attempt, bound)
+            await self._settle(item, attempt, ids)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Left pending as it was. Staying in flight a while keeps it from being claimed
             # again at once while storage is failing.
             if isinstance(exc, StorageUnavailable):
-                bound.error("delivery.settle_failed", error=str(exc))
+                log.error("delivery.settle_failed", error=str(exc), **ids)
             else:
-                bound.exception("delivery.settle_failed")
+                log.exception("delivery.settle_failed", **ids)
             await asyncio.sleep(MAX_IDLE)
         finally:
             self._inflight.pop(item.id, None)
             self.wake()
 
-    async def _settle(
-        self, item: OutboxItem, attempt: Attempt, bound: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    async def _settle(self, item: OutboxItem, attempt: Attempt, ids: dict[str, object]) -> None:
+        # No bound logger kept: each would cost a logger's creation per delivery, for a line at
+        # debug that is usually not written.
         result, now, cfg = attempt.result, self._clock(), self._settings
         if attempt.channel_id is not None:
             await self._channels.record_delivery(attempt.channel_id, result)
@@ -171,14 +176,14 @@ class DeliveryWorker:
             self._metrics.deliveries.labels(target, "delivered").inc()
             follow_up = attempt.on_delivered
             # The hot path logs at debug; failures log louder.
-            bound.debug("delivery.done", attempts=item.attempts + 1, notified=attempt.notified)
+            log.debug("delivery.done", attempts=item.attempts + 1, notified=attempt.notified, **ids)
 
             def work(conn: sqlite3.Connection) -> bool:
                 return outbox.complete(conn, item.id)
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
             self._metrics.deliveries.labels(target, "unauthorized").inc()
-            bound.warning("delivery.unauthorized", error=result.error)
+            log.warning("delivery.unauthorized", error=result.error, **ids)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
             def work(conn: sqlite3.Connection) -> bool:
@@ -193,7 +198,7 @@ class DeliveryWorker:
             if give_up:
                 self._metrics.deliveries.labels(target, "dead").inc()
                 follow_up = attempt.on_dead
-                bound.error("delivery.dead", attempts=attempts, error=result.error)
+                log.error("delivery.dead", attempts=attempts, error=result.error, **ids)
 
                 def work(conn: sqlite3.Connection) -> bool:
                     return outbox.bury(
@@ -205,8 +210,12 @@ class DeliveryWorker:
                 delay = backoff(attempts, cfg.retry_base, cfg.retry_cap)
                 if isinstance(result, Retry) and result.after is not None:
                     delay = max(delay, min(result.after, cfg.retry_cap))
-                bound.warning(
-                    "delivery.retry", attempts=attempts, error=result.error, delay=round(delay, 3)
+                log.warning(
+                    "delivery.retry",
+                    attempts=attempts,
+                    error=result.error,
+                    delay=round(delay, 3),
+                    **ids,
                 )
 
                 def work(conn: sqlite3.Connection) -> bool:

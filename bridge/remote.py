@@ -80,7 +80,7 @@ class DeliveryProcess:
         fut: asyncio.Future[Performed] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         try:
-            write_frame(self._writer, (seq, item, frozenset(active)))
+            write_frame(self._writer, (seq, item, active))
             return await fut
         finally:
             self._pending.pop(seq, None)

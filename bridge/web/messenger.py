@@ -38,7 +38,9 @@ async def messenger_webhook(request: web.Request) -> web.Response:
                 "the channel is disconnected; keep the message and send it after reconnecting",
             )
         accepted = await relay.accept_user_message(channel_id, req)
-        log.info(
+        # The hot path logs at debug (every message is counted in /metrics); a duplicate, a
+        # sender's retry, is worth a line at info.
+        (log.info if accepted.duplicate else log.debug)(
             "messenger.message_accepted",
             session=accepted.session_id,
             message=accepted.uid,
