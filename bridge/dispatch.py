@@ -143,7 +143,14 @@ class Performer:
         result = await connector.deliver(
             customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at)
         )
-        notified = isinstance(result, Delivered) and await self._outcome_now(facts, active)
+        # Not for a chat's first delivery: the live chat may act on a new conversation at once,
+        # and the settle that stores its id should not wait behind one more call.
+        notified = (
+            isinstance(result, Delivered)
+            and chat.customer_id is not None
+            and result.customer_id == chat.customer_id
+            and await self._outcome_now(facts, active)
+        )
         return Performed(result, message=facts, profile=fetch, notified=notified)
 
     async def _outcome_now(self, msg: MessageFacts, active: Collection[str]) -> bool:

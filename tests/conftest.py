@@ -230,6 +230,15 @@ class World:
         result: str = await eventually(
             lambda: self.chatvisor.customer_by_key.get(key), what=f"customer {key}"
         )
+        if self.bridge is not None:
+            # ...and until the bridge stored it: a status hook sent before that finds no chat.
+            sql = "SELECT 1 FROM chats WHERE channel_id = ? AND external_chat_id = ? AND customer_id = ?"
+
+            async def linked() -> bool:
+                assert self.bridge is not None
+                return bool(await self.bridge.query(sql, (channel_id, chat_id, result)))
+
+            await eventually(linked, what=f"customer {key} stored by the bridge")
         return result
 
 
