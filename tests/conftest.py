@@ -77,6 +77,14 @@ def _log_to_suite_sink(_suite_log: TextIO) -> None:
     )
 
 
+def bound_socket(port: int = 0) -> socket.socket:
+    """A socket bound on 127.0.0.1 (not yet listening): the port is ours until it is closed."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,22 +110,29 @@ async def eventually(
 class Bridge:
     """The real service, started in this process on its own port (as `serve` would)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket | None = None) -> None:
         self.settings = settings
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
+        self._sock = sock
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.server.port}"
 
     async def start(self) -> None:
+        # The port is held from before start-up, whose outgoing calls (channel connects, the
+        # delivery process's) could otherwise be given it as their own local port.
+        sock = self._sock or bound_socket(self.settings.server.port)
+        self._sock = None
         self.app = create_app(self.settings)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(
-            self._runner, "127.0.0.1", self.settings.server.port, reuse_address=True
-        ).start()
+        try:
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            raise
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -192,7 +207,8 @@ class World:
         self.chatvisor = ChatvisorSim(API_TOKEN)
         self.messenger_server = SimServer(self.messenger.app)
         self.chatvisor_server = SimServer(self.chatvisor.app)
-        self.bridge_port = free_port()
+        self._port_sock: socket.socket | None = bound_socket()
+        self.bridge_port: int = self._port_sock.getsockname()[1]
         self.bridge: Bridge | None = None
 
     async def start_sims(self) -> None:
@@ -211,7 +227,12 @@ class World:
     async def start_bridge(
         self, *, wait_active: bool = True, config: dict[str, Any] | None = None, **over: Any
     ) -> Bridge:
-        bridge = Bridge(settings_from_dict(config or self.config(**over)))
+        settings = settings_from_dict(config or self.config(**over))
+        sock, self._port_sock = self._port_sock, None
+        if sock is not None and settings.server.port != self.bridge_port:
+            sock.close()
+            sock = None
+        bridge = Bridge(settings, sock)
         await bridge.start()
         self.bridge = bridge
         self.chatvisor.hook_url = bridge.hook_url()
@@ -220,6 +241,8 @@ class World:
         return bridge
 
     async def stop(self) -> None:
+        if self._port_sock is not None:
+            self._port_sock.close()
         if self.bridge is not None:
             await self.bridge.stop()
         await self.messenger_server.stop()
