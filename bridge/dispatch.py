@@ -30,7 +30,7 @@ from bridge.settings import Settings
 from connectors import webhooks
 from connectors.base import LiveChatConnector, build_livechat
 from connectors.messenger import build_clients
-from storage import events, messages, outbox
+from storage import chats, events, messages, outbox
 from storage.database import Database
 from storage.outbox import OutboxItem
 
@@ -74,9 +74,14 @@ class Performed:
     notified: bool = False
 
 
-def _bind(facts: MessageFacts) -> None:
-    # Each delivery runs in its own task, so these ids tag only that delivery's log lines.
+def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
+    """What follow-ups need of a loaded message; its ids also tag this delivery's log lines
+    (each delivery runs in its own task, so they tag only its own)."""
+    facts = MessageFacts(
+        msg.id, msg.uid, msg.session_id, msg.external_id, chat.id, chat.channel_id, chat.customer_id
+    )
     structlog.contextvars.bind_contextvars(**facts.log_ids())
+    return facts
 
 
 class Performer:
@@ -114,16 +119,7 @@ class Performer:
         if loaded is None:
             return Performed(Failed("the message is no longer stored"))
         msg, chat, cached = loaded
-        facts = MessageFacts(
-            msg.id,
-            msg.uid,
-            msg.session_id,
-            msg.external_id,
-            chat.id,
-            chat.channel_id,
-            chat.customer_id,
-        )
-        _bind(facts)
+        facts = _facts(msg, chat)
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
             return Performed(
@@ -194,16 +190,7 @@ class Performer:
         if loaded is None:
             return Performed(Failed("the message is no longer stored"))
         msg, chat, _ = loaded
-        facts = MessageFacts(
-            msg.id,
-            msg.uid,
-            msg.session_id,
-            msg.external_id,
-            chat.id,
-            chat.channel_id,
-            chat.customer_id,
-        )
-        _bind(facts)
+        facts = _facts(msg, chat)
         client = self._clients.get(item.channel_id)
         if client is None:
             return Performed(Retry(f"messenger {item.channel_id!r} is not configured"))

@@ -66,10 +66,9 @@ class DeliveryProcess:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="delivery-process")
         # The first start is awaited, so a child that cannot start at all shows at once.
-        await asyncio.wait(
-            [asyncio.ensure_future(self._ready.wait()), self._task],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
         if self._task.done():
             self._task.result()
 
