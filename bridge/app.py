@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 
 from bridge.channels import ChannelManager
@@ -29,20 +28,9 @@ from bridge.remote import DeliveryProcess
 from bridge.settings import Settings
 from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
+from connectors import http as outside
 from connectors.base import build_livechat
 from storage.database import Database
-
-USER_AGENT = "messenger-bridge/0.1"
-
-
-def outside_session(settings: Settings) -> aiohttp.ClientSession:
-    """The one HTTP client for every outside call: timeouts and pool size from the settings."""
-    cfg = settings.delivery
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),
-        connector=aiohttp.TCPConnector(limit=cfg.concurrency * 2),
-        headers={"User-Agent": USER_AGENT},
-    )
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -62,7 +50,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         await db.close()
 
     async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with outside_session(settings) as http:
+        async with outside.session(settings.delivery) as http:
             app[HTTP] = http
             yield
 

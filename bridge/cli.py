@@ -19,6 +19,7 @@ from aiohttp import web
 
 from bridge.app import create_app
 from bridge.logs import configure_logging
+from bridge.loop import new_event_loop
 from bridge.settings import ConfigError, Settings, load_settings, resolve_config_path
 from storage.database import DatabaseInUse
 from storage.migrations import SchemaTooNew
@@ -86,19 +87,6 @@ def serve(settings: Settings) -> int:
         log.error("bridge.cannot_start", error=str(exc))
         return 1
     return 0
-
-
-def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
-    """uvloop when asked for, or when installed and the choice is "auto"."""
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def _admin_base(settings: Settings) -> str:

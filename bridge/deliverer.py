@@ -16,13 +16,13 @@ from collections.abc import Collection
 
 import structlog
 
-from bridge.app import outside_session
-from bridge.cli import new_event_loop
 from bridge.dispatch import Performed, Performer
 from bridge.logs import configure_logging
+from bridge.loop import new_event_loop
 from bridge.model import Retry
 from bridge.remote import read_frame, write_frame
 from bridge.settings import Settings
+from connectors import http as outside
 from storage.database import Database
 from storage.outbox import OutboxItem
 
@@ -37,7 +37,7 @@ async def serve(sock: socket.socket) -> None:
     await db.open_reader()
     tasks: set[asyncio.Task[None]] = set()
     try:
-        async with outside_session(settings) as http:
+        async with outside.session(settings.delivery) as http:
             performer = Performer(db, settings, http)
 
             async def one(seq: int, item: OutboxItem, active: Collection[str]) -> None:

@@ -13,8 +13,19 @@ from typing import Any
 import aiohttp
 
 from bridge.model import Delivered, DeliveryResult, Failed, Retry
+from bridge.settings import DeliverySettings
 
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+USER_AGENT = "messenger-bridge/0.1"
+
+
+def session(cfg: DeliverySettings) -> aiohttp.ClientSession:
+    """The one HTTP client for every outside call of a process: its timeouts and pool size."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),
+        connector=aiohttp.TCPConnector(limit=cfg.concurrency * 2),
+        headers={"User-Agent": USER_AGENT},
+    )
 
 
 @dataclass(frozen=True, slots=True)
