@@ -6,7 +6,8 @@ requests, claims and settles: acks never queue behind deliveries. Claims, settle
 write stay here, with the database's one writer; the child only reads and calls out.
 
 The two talk over a socket pair in length-prefixed pickles (both ends are this program, never
-anything from outside). A child that dies fails what it had in flight as retries and is started
+anything from outside): the settings first, then ("item", seq, item) and ("active", channel ids)
+one way, whenever the set of active channels changed, and (seq, what was done) the other. A child that dies fails what it had in flight as retries and is started
 again; a parent that dies closes the socket, and the child exits when it sees that.
 """
 
@@ -19,8 +20,8 @@ import pickle
 import socket
 import struct
 import sys
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, cast
 
 import structlog
 
@@ -37,25 +38,80 @@ _HEADER = struct.Struct("!I")
 STOP_GRACE = 5.0  # seconds a stopping child gets to finish before it is killed
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
-    """The next object, or EOFError when the other side has gone."""
-    try:
-        (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-        return pickle.loads(await reader.readexactly(size))  # noqa: S301 (our own child)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        raise EOFError from None
+class Link(asyncio.Protocol):
+    """One end of the socket pair. `send` queues an object; everything queued in one turn of
+    the event loop leaves as one frame (a length and a pickled list), so a round of claims, or
+    of answers, costs one write and one wake-up on the other side instead of one per item.
+    Each object received is handed to `on_message`, in order."""
+
+    def __init__(self, on_message: Callable[[Any], None]) -> None:
+        self._on_message = on_message
+        self._transport: asyncio.Transport | None = None
+        self._inbox = bytearray()
+        self._outbox: list[Any] = []
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def send(self, obj: Any) -> None:
+        """Queue `obj`; dropped if the other side has gone (the caller learns that from
+        `closed`)."""
+        if not self.is_open:
+            return
+        self._outbox.append(obj)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if self._transport is not None and batch:
+            data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            self._transport.write(_HEADER.pack(len(data)) + data)
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self._inbox
+        inbox += data
+        start = 0
+        while len(inbox) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(inbox, start)
+            end = start + _HEADER.size + size
+            if len(inbox) < end:
+                break
+            batch = pickle.loads(inbox[start + _HEADER.size : end])  # noqa: S301 (our own child)
+            start = end
+            for obj in batch:
+                self._on_message(obj)
+        del inbox[:start]
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
 
 
-def write_frame(writer: asyncio.StreamWriter, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_HEADER.pack(len(data)) + data)
+async def connect(sock: socket.socket, on_message: Callable[[Any], None]) -> Link:
+    _, link = await asyncio.get_running_loop().create_connection(
+        lambda: Link(on_message), sock=sock
+    )
+    return link
 
 
 class DeliveryProcess:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._writer: asyncio.StreamWriter | None = None
+        self._link: Link | None = None
+        self._sent_active: Collection[str] | None = None
         self._pending: dict[int, asyncio.Future[Performed]] = {}
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
@@ -73,13 +129,17 @@ class DeliveryProcess:
             self._task.result()
 
     async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
-        if self._writer is None:
+        link = self._link
+        if link is None:
             return Performed(Retry("the delivery process is not running"))
+        if active is not self._sent_active:  # the channel manager hands out a new set on change
+            link.send(("active", active))
+            self._sent_active = active
         seq = next(self._seq)
         fut: asyncio.Future[Performed] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         try:
-            write_frame(self._writer, (seq, item, active))
+            link.send(("item", seq, item))
             return await fut
         finally:
             self._pending.pop(seq, None)
@@ -120,26 +180,27 @@ class DeliveryProcess:
             theirs.close()
         self.pid, self.starts = proc.pid, self.starts + 1
         self._metrics.delivery_process_starts.inc()
-        reader, writer = await asyncio.open_connection(sock=ours)
+        link = await connect(ours, self._answered)
         try:
-            write_frame(writer, self._settings)
-            self._writer = writer
+            link.send(self._settings)
+            self._link, self._sent_active = link, None
             self._ready.set()
             log.info("delivery.process_started", pid=proc.pid)
-            with contextlib.suppress(EOFError):
-                while True:
-                    seq, done = await read_frame(reader)
-                    fut = self._pending.get(seq)
-                    if fut is not None and not fut.done():
-                        fut.set_result(done)
+            await link.closed
         finally:
-            self._writer = None
-            writer.close()
+            self._link = None
+            link.close()
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_result(Performed(Retry("the delivery process exited")))
             code = await _reap(proc)
         return code
+
+    def _answered(self, message: tuple[int, Performed]) -> None:
+        seq, done = message
+        fut = self._pending.get(seq)
+        if fut is not None and not fut.done():
+            fut.set_result(done)
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> int | None:
