@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from bridge.balance import Shared
 from bridge.channels import ChannelManager
 from bridge.delivery import DeliveryWorker
 from bridge.dispatch import Performer
@@ -65,10 +66,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         }
         channels = ChannelManager(db, settings, http, wake, clock)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
-        performer: Performer | DeliveryProcess
+        performer: Performer | Shared
+        process: DeliveryProcess | None = None
         if settings.delivery.worker == "process" and settings.storage.path != ":memory:":
-            performer = app[DELIVERY_PROCESS] = DeliveryProcess(settings, app[METRICS])
-            await performer.start()
+            process = app[DELIVERY_PROCESS] = DeliveryProcess(settings, app[METRICS])
+            await process.start()
+            local = Performer(db, settings, http, clock)
+            performer = Shared(
+                process, local, settings.delivery.share_after, app[METRICS].performed
+            )
         else:
             performer = Performer(db, settings, http, clock)
         followups = FollowUps(relay, clock)
@@ -80,8 +86,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         worker.start()
         yield
         await worker.stop()
-        if isinstance(performer, DeliveryProcess):
-            await performer.stop()
+        if process is not None:
+            await process.stop()
         await channels.stop()
 
     app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])

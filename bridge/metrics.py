@@ -52,6 +52,13 @@ class Metrics:
             "Starts of the delivery process (more than one: it died and was restarted)",
             registry=r,
         )
+        self.performed = Counter(
+            "bridge_delivery_performed",
+            "Deliveries made with the delivery process on, by the process that made the call "
+            "(serving: it shared the load, or stood in while the delivery process was down)",
+            ["process"],
+            registry=r,
+        )
         self.outbox_pending = Gauge("bridge_outbox_pending", "Outbox items waiting", registry=r)
         self.outbox_dead = Gauge("bridge_outbox_dead", "Outbox items given up", registry=r)
         self.outbox_oldest_age = Gauge(

@@ -128,6 +128,14 @@ class DeliveryProcess:
         if self._task.done():
             self._task.result()
 
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def running(self) -> bool:
+        return self._link is not None
+
     async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
         link = self._link
         if link is None:

@@ -103,6 +103,10 @@ class DeliverySettings(_Section):
     # so that acks never wait behind deliveries. "inline": in the serving process (also what a
     # ":memory:" database gets, which another process cannot open).
     worker: Literal["process", "inline"] = "process"
+    # With worker = "process": once the delivery process has this many calls in flight (it is
+    # falling behind), the serving process makes calls too. 0: never (acks then never share the
+    # serving process with deliveries, at the cost of throughput under load).
+    share_after: int = Field(default=8, ge=0, le=1024)
 
 
 class LoggingSettings(_Section):

@@ -41,3 +41,36 @@ async def test_inline_delivery_needs_no_process(world: World) -> None:
     await world.messenger.send_message(world.http, "i1", "inline", message_id="i1-1")
     await eventually(lambda: world.chatvisor.all_texts() == ["inline"], what="delivered")
     await eventually(lambda: world.messenger.outcomes == {"i1-1": True}, what="outcome")
+
+
+async def test_the_serving_process_shares_deliveries_once_the_process_falls_behind(
+    world: World,
+) -> None:
+    await world.start_bridge(delivery={"share_after": 2})
+    m, cv, http = world.messenger, world.chatvisor, world.http
+    cv.delay = 0.3  # calls pile up in the delivery process: the serving process takes some
+    chats = [f"s{n}" for n in range(8)]
+    for i in range(3):
+        for chat in chats:
+            status, _ = await m.send_message(http, chat, f"{chat}-{i}")
+            assert status == 200
+    for chat in chats:
+        customer = await world.customer_id(chat)
+        expected = [f"{chat}-{i}" for i in range(3)]
+        await eventually(lambda c=customer, e=expected: cv.texts(c) == e, what=f"{chat} in order")
+    await eventually(lambda: len(m.outcomes) == 24 and all(m.outcomes.values()), what="outcomes")
+    text = await scrape(world)
+    by_process = value(text, 'bridge_delivery_performed_total{process="delivery"}')
+    by_serving = value(text, 'bridge_delivery_performed_total{process="serving"}')
+    assert by_process > 0 and by_serving > 0
+
+
+async def test_share_after_zero_keeps_every_call_in_the_delivery_process(world: World) -> None:
+    await world.start_bridge(delivery={"share_after": 0})
+    m, cv, http = world.messenger, world.chatvisor, world.http
+    cv.delay = 0.2
+    for n in range(6):
+        await m.send_message(http, f"z{n}", f"z{n}", message_id=f"z{n}-1")
+    await eventually(lambda: len(m.outcomes) == 6, what="outcomes")
+    text = await scrape(world)
+    assert value(text, 'bridge_delivery_performed_total{process="serving"}') == 0
