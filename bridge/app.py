@@ -66,17 +66,22 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         }
         channels = ChannelManager(db, settings, http, wake, clock)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
-        performer: Performer | Shared
+        # A delivery's reads run on the loop, on a connection of their own: they are point
+        # lookups, which under WAL never wait for the writer, and a hop to aiosqlite's thread
+        # and back costs more than the lookups themselves.
+        reads = db
+        if settings.storage.path != ":memory:":  # a second connection would see another database
+            reads = Database(settings.storage.path, settings.storage.synchronous)
+            await reads.open_reader()
+        local = Performer(reads, settings, http, clock)
+        performer: Performer | Shared = local
         process: DeliveryProcess | None = None
-        if settings.delivery.worker == "process" and settings.storage.path != ":memory:":
+        if settings.delivery.worker == "process" and reads is not db:
             process = app[DELIVERY_PROCESS] = DeliveryProcess(settings, app[METRICS])
             await process.start()
-            local = Performer(db, settings, http, clock)
             performer = Shared(
                 process, local, settings.delivery.share_after, app[METRICS].performed
             )
-        else:
-            performer = Performer(db, settings, http, clock)
         followups = FollowUps(relay, clock)
         worker = DeliveryWorker(
             db, settings.delivery, performer, followups, channels, app[METRICS], clock
@@ -89,6 +94,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         if process is not None:
             await process.stop()
         await channels.stop()
+        if reads is not db:
+            await reads.close()
 
     app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])
     for module in (messenger, livechat, admin, health, metrics, openapi):
