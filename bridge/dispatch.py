@@ -47,7 +47,8 @@ class MessageFacts:
     external_id: str | None
     chat_id: int
     channel_id: str
-    customer_id: str | None  # the chat's customer id when the attempt began
+    customer_id: str | None  # the chat's customer id and tag when the attempt began
+    customer_tag: str | None
 
     def log_ids(self) -> dict[str, object]:
         return {"channel": self.channel_id, "session": self.session_id, "message": self.uid}
@@ -78,7 +79,14 @@ def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
     """What follow-ups need of a loaded message; its ids also tag this delivery's log lines
     (each delivery runs in its own task, so they tag only its own)."""
     facts = MessageFacts(
-        msg.id, msg.uid, msg.session_id, msg.external_id, chat.id, chat.channel_id, chat.customer_id
+        msg.id,
+        msg.uid,
+        msg.session_id,
+        msg.external_id,
+        chat.id,
+        chat.channel_id,
+        chat.customer_id,
+        chat.customer_tag,
     )
     structlog.contextvars.bind_contextvars(**facts.log_ids())
     return facts

@@ -62,7 +62,10 @@ class FollowUps:
         def work(conn: sqlite3.Connection) -> None:
             if isinstance(result, Delivered):
                 messages.set_status(conn, msg.id, "delivered", result.remote_id)
-                chats.set_customer(conn, msg.chat_id, result.customer_id, result.customer_tag)
+                if _news(result.customer_id, msg.customer_id) or _news(
+                    result.customer_tag, msg.customer_tag
+                ):
+                    chats.set_customer(conn, msg.chat_id, result.customer_id, result.customer_tag)
                 if result.customer_id and result.customer_id != msg.customer_id:
                     self._relay.adopt_orphans(conn, msg.chat_id)
             else:
@@ -80,6 +83,11 @@ class FollowUps:
             )
 
         return work
+
+
+def _news(found: str | None, known: str | None) -> bool:
+    """The live chat named something we did not hold (None: it named nothing)."""
+    return found is not None and found != known
 
 
 def _status(message_id: int, value: str) -> Work:
