@@ -194,10 +194,12 @@ class Database:
             raise StorageUnavailable("database not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         # The waiter may be gone (its request cancelled): mark the outcome as seen regardless.
+        # A cancelled waiter cancels `fut`, not the work: once queued, it is committed or
+        # failed with its batch, and only its result goes unread.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append((work, fut))
         self._pending.set()
-        return await asyncio.shield(fut)
+        return await fut
 
     async def _write_loop(self) -> None:
         while True:
