@@ -1,5 +1,6 @@
 """The delivery process (`delivery.worker = "process"`): killed, it is started again, and what
-it had in flight is delivered by the next one; nothing lost, nothing out of order."""
+it had in flight is delivered by the next one; nothing lost, nothing out of order. Falling
+behind, it shares the calls with the serving process; gone, the serving process stands in."""
 
 from __future__ import annotations
 
@@ -74,3 +75,18 @@ async def test_share_after_zero_keeps_every_call_in_the_delivery_process(world: 
     await eventually(lambda: len(m.outcomes) == 6, what="outcomes")
     text = await scrape(world)
     assert value(text, 'bridge_delivery_performed_total{process="serving"}') == 0
+
+
+async def test_while_the_delivery_process_is_down_the_serving_process_delivers(
+    running: World,
+) -> None:
+    m, cv, http = running.messenger, running.chatvisor, running.http
+    await running.bridge.app[DELIVERY_PROCESS].stop()  # gone, and not started again
+    for i in range(3):
+        await m.send_message(http, "d1", f"down-{i}", message_id=f"d1-{i}")
+    customer = await running.customer_id("d1")
+    expected = [f"down-{i}" for i in range(3)]
+    await eventually(lambda: cv.texts(customer) == expected, what="delivered in order")
+    await eventually(lambda: len(m.outcomes) == 3 and all(m.outcomes.values()), what="outcomes")
+    text = await scrape(running)
+    assert value(text, 'bridge_delivery_performed_total{process="serving"}') >= 3
