@@ -54,6 +54,17 @@ def upsert_chat(
     livechat_id: str,
     now: float,
 ) -> int:
+    # Nearly always the chat exists unchanged: a read then, where the upsert would rewrite
+    # the row (and its page in the WAL) for every message.
+    known = conn.execute(
+        """SELECT id, name, user_id, livechat_id FROM chats
+           WHERE channel_id = ? AND external_chat_id = ?""",
+        (channel_id, external_chat_id),
+    ).fetchone()
+    if known is not None and (
+        (name is None or name == known[1]) and known[2] == user_id and known[3] == livechat_id
+    ):
+        return int(known[0])
     row = conn.execute(
         """INSERT INTO chats (channel_id, external_chat_id, name, user_id, client_key,
                               livechat_id, created_at)
