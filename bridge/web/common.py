@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,8 +29,13 @@ def json_error(status: int, errcode: str, message: str, **headers: str) -> web.R
     return web.json_response({"error": message, "errcode": errcode}, status=status, headers=headers)
 
 
+OK_BODY = json.dumps({"result": "ok"}).encode()
+
+
 def ok(body: Any = None) -> web.Response:
-    return web.json_response({"result": "ok"} if body is None else body)
+    if body is None:  # the answer to nearly every request: serialised once
+        return web.Response(body=OK_BODY, content_type="application/json", charset="utf-8")
+    return web.json_response(body)
 
 
 async def read_body(request: web.Request) -> bytes:
