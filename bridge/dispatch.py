@@ -37,7 +37,8 @@ from storage.outbox import OutboxItem
 log = structlog.get_logger("dispatch")
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class MessageFacts:
     """The stored message an item was about, as its follow-ups need it."""
 
@@ -54,7 +55,8 @@ class MessageFacts:
         return {"channel": self.channel_id, "session": self.session_id, "message": self.uid}
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class ProfileFetch:
     """A `userInfo` lookup made on the way: `profile` is None when it failed."""
 
@@ -64,7 +66,8 @@ class ProfileFetch:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class Performed:
     result: DeliveryResult
     channel_id: str | None = None  # the messenger channel whose health this result speaks of

@@ -13,7 +13,8 @@ class FileRef:
     size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class UserProfile:
     user_id: str
     username: str | None = None
@@ -193,14 +194,16 @@ class OperatorReply:
 # --- the outcome of one outside call -----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class Delivered:
     remote_id: str | None = None
     customer_id: str | None = None
     customer_tag: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class Retry:
     """A transient failure: try again later (after `after` seconds if the other side said so)."""
 
@@ -208,14 +211,16 @@ class Retry:
     after: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class Failed:
     """A permanent failure: the other side refused this item; sending it again cannot help."""
 
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class Unauthorized:
     """The other side refused our credentials: nothing for it will pass until an admin acts."""
 

@@ -17,7 +17,8 @@ from typing import Any
 from storage.database import Database
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: it crosses the socket to the delivery process, where slots pickle slowly.
+@dataclass(frozen=True)
 class OutboxItem:
     id: int
     kind: str
