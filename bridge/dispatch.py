@@ -36,6 +36,8 @@ from storage.outbox import OutboxItem
 
 log = structlog.get_logger("dispatch")
 
+INLINE_OUTCOME_SECONDS = 2.0  # the most a delivery waits for the outcome sent with it
+
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.
 @dataclass(frozen=True)
@@ -150,14 +152,7 @@ class Performer:
         result = await connector.deliver(
             customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at)
         )
-        # Not for a chat's first delivery: the live chat may act on a new conversation at once,
-        # and the settle that stores its id should not wait behind one more call.
-        notified = (
-            isinstance(result, Delivered)
-            and chat.customer_id is not None
-            and result.customer_id == chat.customer_id
-            and await self._outcome_now(facts, active)
-        )
+        notified = isinstance(result, Delivered) and await self._outcome_now(facts, active)
         return Performed(result, message=facts, profile=fetch, notified=notified)
 
     async def _outcome_now(self, msg: MessageFacts, active: Collection[str]) -> bool:
@@ -165,13 +160,17 @@ class Performer:
         costs a commit, a claim and a settle more), when nothing is waiting before it in the
         chat's messenger lane. Any failure leaves it to the outbox item, as before; a crash
         before the settle sends it once more with the delivery, which the messenger's
-        `messageId` makes harmless."""
+        `messageId` makes harmless.
+
+        The call is bounded well below `request_timeout`: until it returns, the chat's next
+        message waits, and so does the settle that stores a new conversation's id."""
         client = self._clients.get(msg.channel_id)
         if client is None or msg.external_id is None or msg.channel_id not in active:
             return False
         if not await outbox.lane_idle(self._db, relay.messenger_lane(msg.chat_id)):
             return False
-        told = await client.send_outcome(msg.external_id, True)
+        seconds = min(INLINE_OUTCOME_SECONDS, self._settings.delivery.request_timeout)
+        told = await client.send_outcome(msg.external_id, True, seconds=seconds)
         return isinstance(told, Delivered)
 
     async def _profile(

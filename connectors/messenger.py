@@ -166,11 +166,14 @@ class MessengerClient:
         self._webhook = webhook
         self._code = code
 
-    async def _post(self, kind: str, data: dict[str, Any] | None = None) -> DeliveryResult:
+    async def _post(
+        self, kind: str, data: dict[str, Any] | None = None, seconds: float | None = None
+    ) -> DeliveryResult:
         body: dict[str, Any] = {"type": kind, "token": self._code, "channelId": self._channel_id}
         if data is not None:
             body["data"] = data
-        return _read_answer(await outside.request(self._http, "POST", self._webhook, body))
+        answer = await outside.request(self._http, "POST", self._webhook, body, seconds=seconds)
+        return _read_answer(answer)
 
     async def connect(self, webhook_url: str) -> DeliveryResult:
         return await self._post("connect", {"webhook": webhook_url})
@@ -189,9 +192,11 @@ class MessengerClient:
             data["operator"] = {"id": reply.operator.id, "name": reply.operator.name}
         return await self._post("message", data)
 
-    async def send_outcome(self, external_message_id: str, success: bool) -> DeliveryResult:
+    async def send_outcome(
+        self, external_message_id: str, success: bool, *, seconds: float | None = None
+    ) -> DeliveryResult:
         return await self._post(
-            "messageOutcome", {"success": success, "messageId": external_message_id}
+            "messageOutcome", {"success": success, "messageId": external_message_id}, seconds
         )
 
     async def mark_as_read(self, external_message_id: str) -> DeliveryResult:

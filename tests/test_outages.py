@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from bridge import dispatch
 from tests.conftest import World, eventually
 
 
@@ -107,6 +110,30 @@ async def test_one_slow_chat_does_not_hold_up_others(running: World) -> None:
     await eventually(lambda: m.chat_log["fast"] == ["fast-1"], timeout=0.4, what="fast chat first")
     assert m.chat_log["slow"] == []
     await eventually(lambda: m.chat_log["slow"] == ["slow-1"], what="slow chat later")
+
+
+async def test_a_messenger_slow_to_take_outcomes_holds_a_chat_only_briefly(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome sent with a delivery is bounded: a messenger that answers it late holds the
+    chat's next message for that bound, not for the messenger's whole delay."""
+    monkeypatch.setattr(dispatch, "INLINE_OUTCOME_SECONDS", 0.2)
+    # Inline, so that the bound patched here is the one deliveries use.
+    await world.start_bridge(
+        delivery={"worker": "inline", "request_timeout": 10, "retry_base": 0.1, "retry_cap": 0.5}
+    )
+    m, cv, http = world.messenger, world.chatvisor, world.http
+    m.delay_types["messageOutcome"] = 5.0
+    for i in range(3):
+        status, _ = await m.send_message(http, "late", f"late-{i}", message_id=f"late-{i}")
+        assert status == 200
+    customer = await world.customer_id("late")
+    expected = [f"late-{i}" for i in range(3)]
+    await eventually(lambda: cv.texts(customer) == expected, timeout=4, what="not held 5 s")
+    m.delay_types.clear()
+    await eventually(
+        lambda: m.outcomes == {f"late-{i}": True for i in range(3)}, timeout=30, what="outcomes"
+    )
 
 
 async def test_restart_with_work_pending(running: World) -> None:

@@ -33,6 +33,7 @@ class MessengerSim:
         self.fail_with: int | None = None  # answer every call with this status
         self.fail_types: dict[str, int] = {}  # or only calls of these types
         self.delay = 0.0
+        self.delay_types: dict[str, float] = {}  # seconds calls of these types are answered late
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post("/hook", self._hook)
@@ -47,6 +48,8 @@ class MessengerSim:
         if not hmac.compare_digest(str(body.get("token", "")), self.code):
             return web.Response(status=401, text="confirmation code differs")
         kind = body["type"]
+        if kind in self.delay_types:
+            await asyncio.sleep(self.delay_types[kind])
         status = self.fail_types.get(kind, self.fail_with)
         if status is not None:
             return web.Response(status=status, text="simulated failure")
