@@ -1,13 +1,15 @@
 """The delivery process, seen from the serving process: `perform` there instead of here.
 
 With `delivery.worker = "process"` the outside calls of deliveries (two or three HTTP exchanges
-per message) run in a child process on another core, so the serving loop only answers
-requests, claims and settles: acks never queue behind deliveries. Claims, settles and every
-write stay here, with the database's one writer; the child only reads and calls out.
+per message) run in a child process on another core, so the serving loop mostly answers
+requests, claims and settles: acks do not queue behind deliveries (until the child falls
+behind, see `bridge.balance`). Claims, settles and every write stay here, with the database's
+one writer; the child only reads and calls out.
 
 The two talk over a socket pair in length-prefixed pickles (both ends are this program, never
-anything from outside): the settings first, then ("item", seq, item) and ("active", channel ids)
-one way, whenever the set of active channels changed, and (seq, what was done) the other. A child that dies fails what it had in flight as retries and is started
+anything from outside). One way go the settings first, then ("item", seq, item), and
+("active", channel ids) whenever the set of active channels changed; the other way go
+(seq, what was done). A child that dies fails what it had in flight as retries and is started
 again; a parent that dies closes the socket, and the child exits when it sees that.
 """
 
