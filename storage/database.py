@@ -94,10 +94,11 @@ class Database:
         self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="db-checkpoint")
 
     async def open_reader(self) -> None:
-        """Reads only, for the delivery process: no lock, no migrations, no writer, no
-        checkpoints (the serving process opened the file fully first). Its reads are point
-        lookups of a few microseconds, so they run on the event loop itself: cheaper than a
-        hop to a thread and back, and a slow one delays only deliveries, never an ack."""
+        """Reads only, for deliveries (in the delivery process, and the serving process's own):
+        no lock, no migrations, no writer, no checkpoints (the serving process's main
+        `Database` opened the file fully first). A delivery's reads are point lookups of a few
+        microseconds, which under WAL never wait for the writer, so they run on the event loop
+        itself: cheaper than a hop to a thread and back."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         for pragma in [f"busy_timeout={self._busy_ms}", "query_only=ON"]:
