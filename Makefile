@@ -2,18 +2,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CONFIG ?= config.example.toml
+# Empty: the service looks up $BRIDGE_CONFIG, else ./config.toml, else config.example.toml.
+CONFIG ?=
 
-.PHONY: run test lint typecheck unit demo bench clean
+.PHONY: run test fuzz lint typecheck unit demo bench clean
 
-$(BIN)/.installed: pyproject.toml
+# What the service needs to run, and nothing more.
+$(BIN)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# The service plus the test and check tools.
+$(BIN)/.installed: $(BIN)/.installed-run
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(BIN)/.installed
-	$(BIN)/messenger-bridge --config $(CONFIG) serve
+run: $(BIN)/.installed-run
+	$(BIN)/messenger-bridge $(if $(CONFIG),--config $(CONFIG)) serve
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m connectors.sim.demo
@@ -29,6 +36,11 @@ unit: $(BIN)/.installed
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The long schema fuzz run (10,000 generated requests against a real bridge); `make test` runs a
+# short one.
+fuzz: $(BIN)/.installed
+	FUZZ_REQUESTS=10000 $(BIN)/pytest -q tests/test_openapi.py -k fuzz
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run
