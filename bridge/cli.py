@@ -21,6 +21,7 @@ from bridge.app import create_app
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
 from bridge.settings import ConfigError, Settings, load_settings, resolve_config_path
+from bridge.version import version
 from storage.database import DatabaseInUse
 from storage.migrations import SchemaTooNew
 
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser = argparse.ArgumentParser(prog="messenger-bridge", description=__doc__)
     parser.add_argument("--config", help=config_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     # `--config` is also taken after the command (`messenger-bridge serve --config x.toml`).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help=config_help, default=argparse.SUPPRESS)
