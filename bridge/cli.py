@@ -20,7 +20,13 @@ from aiohttp import web
 from bridge.app import create_app
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
-from bridge.settings import ConfigError, Settings, load_settings, resolve_config_path
+from bridge.settings import (
+    ConfigError,
+    Settings,
+    config_warnings,
+    load_settings,
+    resolve_config_path,
+)
 from bridge.version import version
 from storage.database import DatabaseInUse
 from storage.migrations import SchemaTooNew
@@ -58,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
 
     if args.command == "check-config":
+        for warning in config_warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
         print(
             f"{path}: OK ({len(settings.livechats)} live chats, {len(settings.messengers)} messengers)"
         )

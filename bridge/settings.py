@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -229,6 +230,38 @@ class Settings(BaseSettings):
         return [v for v in values if v]
 
 
+EXAMPLE_SECRET_MARK = "change-me"  # noqa: S105 (a marker looked for, not a secret)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """What works but should not stay so, each `path.to.key: why` (never a secret's value):
+    printed by `check-config` (exit code 0) and logged at start-up."""
+    found = []
+    named: list[tuple[str, SecretStr]] = [("admin.token", settings.admin.token)]
+    for lc_id, lc in settings.livechats.items():
+        named.append((f"livechats.{lc_id}.hook_token", lc.hook_token))
+        if isinstance(lc, ChatvisorSettings):
+            named.append((f"livechats.{lc_id}.api_token", lc.api_token))
+        else:
+            named.append((f"livechats.{lc_id}.chat_api_url", lc.chat_api_url))
+    for m_id, messenger in settings.messengers.items():
+        code = messenger.confirmation_code
+        if not code.get_secret_value():
+            found.append(
+                f"messengers.{m_id}.confirmation_code: empty, so any token is accepted from this"
+                " messenger; set the code the messenger sends"
+            )
+        named.append((f"messengers.{m_id}.confirmation_code", code))
+    for index, sub in enumerate(settings.subscriptions):
+        named.append((f"subscriptions.{index}.secret", sub.secret))
+    for path, secret in named:
+        if EXAMPLE_SECRET_MARK in secret.get_secret_value().lower():
+            found.append(
+                f"{path}: still the example's placeholder ('{EXAMPLE_SECRET_MARK}...'); set a secret of your own"
+            )
+    return found
+
+
 def resolve_config_path(explicit: str | None) -> Path:
     """`--config`, else `$BRIDGE_CONFIG`, else `./config.toml`, else `config.example.toml`."""
     if explicit:
@@ -251,18 +284,60 @@ def load_settings(path: Path) -> Settings:
     return settings_from_dict(raw)
 
 
-def settings_from_dict(raw: dict[str, Any]) -> Settings:
+def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed TOML document with the environment's overrides (`os.environ` unless
+    `environ` is given). Raises ConfigError listing every problem as `path.to.key: problem`; a
+    key set by the environment names its variable."""
+    env = _env_overrides(os.environ if environ is None else environ)
     problems = _precheck(raw)
     if not problems:
         try:
             settings = Settings(**raw)
         except ValidationError as exc:
-            problems = _merge([_format_error(raw, err) for err in exc.errors()])
+            document = _with_overrides(raw, env)
+            problems = _merge([_format_error(raw, document, env, err) for err in exc.errors()])
         else:
             problems = _cross_check(settings)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+ENV_PREFIX = "BRIDGE_"
+ENV_NOT_SETTINGS = {"BRIDGE_CONFIG"}  # the config file's path, read by the CLI
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Each `BRIDGE_<SECTION>__<KEY>` variable as the path it sets, as pydantic-settings reads
+    it (prefix and names without regard to case, `__` between levels): path -> variable name."""
+    found = {}
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in ENV_NOT_SETTINGS:
+            parts = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
+            if all(parts):
+                found[parts] = name
+    return found
+
+
+def _with_overrides(raw: dict[str, Any], env: dict[tuple[str, ...], str]) -> dict[str, Any]:
+    """The TOML document with a placeholder wherever the environment sets a key: what the
+    sender of the settings wrote, for naming an error's path."""
+    document: dict[str, Any] = _copy_tree(raw)
+    for parts in env:
+        node = document
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node.setdefault(parts[-1], "(from the environment)")
+    return document
+
+
+def _copy_tree(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _copy_tree(value) for key, value in node.items()}
+    return node
 
 
 def _precheck(raw: dict[str, Any]) -> list[str]:
@@ -296,14 +371,39 @@ def _merge(problems: list[str]) -> list[str]:
     return [f"{path}: {' or '.join(messages)}" for path, messages in merged.items()]
 
 
-def _format_error(raw: dict[str, Any], err: Any) -> str:
-    path = ".".join(error_path(raw, err["loc"])) or "(top level)"
+def _format_error(
+    raw: dict[str, Any], document: dict[str, Any], env: dict[tuple[str, ...], str], err: Any
+) -> str:
+    parts = error_path(document, err["loc"])
+    path = ".".join(parts) or "(top level)"
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
         message = "required key is missing"
     elif err["type"] == "extra_forbidden":
         message = "unknown key"
-    return f"{path}: {message}"
+    return f"{path}: {message}{_env_note(raw, tuple(parts), env)}"
+
+
+def _env_note(raw: dict[str, Any], parts: tuple[str, ...], env: dict[tuple[str, ...], str]) -> str:
+    """Which environment variable a problem comes from: the one that set the key itself; else,
+    for a section only the environment made (it misses every key the environment did not
+    give), the variables that made it."""
+    if parts in env:
+        return f" (set by {env[parts]})"
+    section = parts[:-1]
+    if not section or _in_document(raw, section):
+        return ""
+    makers = sorted(name for path, name in env.items() if path[: len(section)] == section)
+    return f" ({'.'.join(section)} is made by {', '.join(makers)})" if makers else ""
+
+
+def _in_document(document: Any, parts: tuple[str, ...]) -> bool:
+    node = document
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _unknown_livechat(path: str, name: str, settings: Settings) -> str:
@@ -311,8 +411,31 @@ def _unknown_livechat(path: str, name: str, settings: Settings) -> str:
     return f"{path}.livechat: unknown live chat {name!r} (known: {known})"
 
 
+def _storage_path_problem(path: str) -> str | None:
+    """Why the bridge could not create or open its SQLite file at `path`, or None."""
+    if path == ":memory:":
+        return None
+    target = Path(path)
+    if target.is_dir():
+        return (
+            f"storage.path: {path} is a folder; name a file in it, e.g. {target / 'bridge.sqlite3'}"
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"storage.path: {parent} is a file, so {path} cannot be created under it"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"storage.path: the folder {parent} is not writable by this user"
+            break
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        return f"storage.path: {path} is not readable and writable by this user"
+    return None
+
+
 def _cross_check(settings: Settings) -> list[str]:
     problems = []
+    if (storage_problem := _storage_path_problem(settings.storage.path)) is not None:
+        problems.append(storage_problem)
     for section, ids in (("livechats", settings.livechats), ("messengers", settings.messengers)):
         for key in ids:
             if not CHANNEL_ID.fullmatch(key):

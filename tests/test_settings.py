@@ -197,3 +197,78 @@ def test_cli_config_resolution(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text((ROOT / "config.example.toml").read_text())
     result = run_cli("check-config", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("config.toml: OK")
+
+
+def test_an_environment_override_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_SERVER__PORT", "abc")
+    monkeypatch.setenv("BRIDGE_MESSENGERS__NEWONE__WEBHOOK", "http://h/x")
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(base())
+    assert info.value.problems == [
+        "server.port: Input should be a valid integer, unable to parse string as an integer"
+        " (set by BRIDGE_SERVER__PORT)",
+        "messengers.newone.name: required key is missing"
+        " (messengers.newone is made by BRIDGE_MESSENGERS__NEWONE__WEBHOOK)",
+        "messengers.newone.livechat: required key is missing"
+        " (messengers.newone is made by BRIDGE_MESSENGERS__NEWONE__WEBHOOK)",
+        "messengers.newone.confirmation_code: required key is missing"
+        " (messengers.newone is made by BRIDGE_MESSENGERS__NEWONE__WEBHOOK)",
+    ]
+    # A key missing from a section the file has is the file's problem, not the variable's.
+    monkeypatch.delenv("BRIDGE_SERVER__PORT")
+    monkeypatch.delenv("BRIDGE_MESSENGERS__NEWONE__WEBHOOK")
+    monkeypatch.setenv("BRIDGE_MESSENGERS__ACME__WEBHOOK", "http://h/y")
+    config = base()
+    del config["messengers"]["acme"]["name"]
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(config)
+    assert info.value.problems == ["messengers.acme.name: required key is missing"]
+
+
+def test_a_storage_path_that_cannot_be_a_database_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for path, expected in (
+        (tmp_path, f"storage.path: {tmp_path} is a folder; name a file in it"),
+        (a_file / "db.sqlite3", f"storage.path: {a_file} is a file, so"),
+        (a_file / "sub" / "db.sqlite3", f"storage.path: {a_file} is a file, so"),
+    ):
+        config = base() | {"storage": {"path": str(path)}}
+        (problem,) = problems(config)
+        assert problem.startswith(expected), problem
+    config = base() | {"storage": {"path": str(tmp_path / "new" / "db.sqlite3")}}
+    assert settings_from_dict(config).storage.path.endswith("db.sqlite3")  # created at start
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
+def test_a_storage_folder_that_is_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    config = base() | {"storage": {"path": str(locked / "db.sqlite3")}}
+    assert problems(config) == [f"storage.path: the folder {locked} is not writable by this user"]
+
+
+def test_check_config_warns_of_empty_codes_and_example_secrets(tmp_path: Path) -> None:
+    result = run_cli("--config", str(ROOT / "config.example.toml"), "check-config")
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert "warning: admin.token: still the example's placeholder" in warnings[0]
+    assert any(w.startswith("warning: livechats.sales.chat_api_url:") for w in warnings)
+    assert "change-me-admin-token" not in result.stderr  # names the key, never the value
+    result = run_cli(
+        "--config",
+        str(ROOT / "config.example.toml"),
+        "check-config",
+        env={"BRIDGE_MESSENGERS__ACME__CONFIRMATION_CODE": ""},
+    )
+    assert result.returncode == 0
+    assert (
+        "warning: messengers.acme.confirmation_code: empty, so any token is accepted"
+        in result.stderr
+    )
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("messenger-bridge ")
