@@ -222,10 +222,26 @@ class Performer:
             return Performed(Retry(f"messenger {item.channel_id!r} is not configured"))
         external_id = str(item.payload["external_id"])
         if item.kind == relay.OUTCOME:
-            result = await client.send_outcome(external_id, bool(item.payload["success"]))
+            success = bool(item.payload["success"])
+            if not success and await self._superseded(item):
+                return Performed(Delivered())
+            result = await client.send_outcome(external_id, success)
         else:
             result = await client.mark_as_read(external_id)
         return Performed(result, channel_id=item.channel_id)
+
+    async def _superseded(self, item: OutboxItem) -> bool:
+        """A failure outcome not sent yet whose message the messenger has since resent: it
+        was queued again (see `Relay.accept_user_message`), so "failed" is no longer true and
+        the new attempt ends with an outcome of its own. Settled as done without a call (it
+        still counts as delivered in `bridge_deliveries_total`)."""
+        if item.ref_id is None:
+            return False
+        status = await messages.read_status(self._db, item.ref_id)
+        if status is None or status == "failed":
+            return False
+        log.info("dispatch.outcome_superseded", item=item.id, status=status)
+        return True
 
     async def _to_subscriber(self, item: OutboxItem) -> Performed:
         key = item.payload["subscription"]

@@ -59,6 +59,13 @@ class Metrics:
             ["process"],
             registry=r,
         )
+        self.inbound_conflicts = Counter(
+            "bridge_inbound_conflicts",
+            "Messages answered 409 conflicting_duplicate: an externalMessageId already stored"
+            " for another chat, text or files",
+            ["channel"],
+            registry=r,
+        )
         self.outbox_pending = Gauge("bridge_outbox_pending", "Outbox items waiting", registry=r)
         self.outbox_dead = Gauge("bridge_outbox_dead", "Outbox items given up", registry=r)
         self.outbox_oldest_age = Gauge(

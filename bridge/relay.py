@@ -57,6 +57,14 @@ class Applied:
     answer: CrmAnswer | None = None
 
 
+def _failed_for_good(conn: sqlite3.Connection, stored: messages.Stored) -> bool:
+    """The message's delivery was given up (its messenger told `success: false`) and nothing
+    is delivering it now (an admin may have put its dead item back in the lane)."""
+    return stored.status == "failed" and not outbox.has_pending(
+        conn, lane=livechat_lane(stored.chat_id), kind=TO_LIVECHAT, ref_id=stored.id
+    )
+
+
 def _contact_json(contact: Contact) -> dict[str, Any]:
     return {
         "name": contact.name,
@@ -68,9 +76,38 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
+    """A user's message was committed, or was a true repeat of one (`duplicate`: nothing new
+    stored). `requeued`: a resend of a message whose delivery had failed for good, queued
+    again under its first `uid`."""
+
     duplicate: bool
     uid: str | None = None
     session_id: int | None = None
+    requeued: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Conflicting:
+    """A repeat of an `externalMessageId` that differs from the message stored under it (in
+    `differs`: "chat", "text", "files"). Not a retry: nothing was stored or queued."""
+
+    uid: str
+    stored_chat: str  # the externalChatId the stored message came with
+    differs: tuple[str, ...]
+
+
+def _differences(stored: messages.Stored, msg: UserMessage) -> tuple[str, ...]:
+    """How a repeat differs from the stored message, compared as the connector parsed both
+    (so `url` or `URL`, an id as a number or a string, make no difference). The chat's name
+    and the user id are not compared: a name may change between tries."""
+    found = []
+    if stored.external_chat_id != msg.external_chat_id:
+        found.append("chat")
+    if stored.text != msg.text:
+        found.append("text")
+    if stored.files != msg.files:
+        found.append("files")
+    return tuple(found)
 
 
 class Relay:
@@ -86,13 +123,30 @@ class Relay:
         self._wake = wake
         self._clock = clock
 
-    async def accept_user_message(self, channel_id: str, msg: UserMessage) -> Accepted:
+    async def accept_user_message(
+        self, channel_id: str, msg: UserMessage
+    ) -> Accepted | Conflicting:
+        """Commit a messenger user's message with the outbox item that delivers it.
+
+        The idempotency key is `in:<channel>:<externalMessageId>`. A repeat of a stored
+        message is a true repeat (nothing changes) while the first is in flight or delivered;
+        if the first one's delivery failed for good (refused by the live chat, or past
+        `delivery.give_up_after`), it is queued again: the same `uid`, a fresh item at the tail
+        of the chat's lane, the dead items it supersedes deleted. A repeat that differs from
+        the stored message is `Conflicting`. One write transaction: two resends at once queue
+        once. Raises StorageUnavailable when the database cannot take it.
+        """
         livechat_id = self._settings.messengers[channel_id].livechat
         dedupe_key = f"in:{channel_id}:{msg.external_message_id}"
 
-        def work(conn: sqlite3.Connection) -> Accepted:
-            if messages.seen(conn, dedupe_key):
-                return Accepted(duplicate=True)
+        def work(conn: sqlite3.Connection) -> Accepted | Conflicting:
+            stored = messages.stored(conn, dedupe_key)
+            if stored is not None:
+                differs = _differences(stored, msg)
+                if differs:
+                    return Conflicting(stored.uid, stored.external_chat_id, differs)
+                if not _failed_for_good(conn, stored):
+                    return Accepted(duplicate=True, uid=stored.uid, session_id=stored.session_id)
             now = self._clock()
             chat_id = chats.upsert_chat(
                 conn,
@@ -105,27 +159,36 @@ class Relay:
             )
             chats.ensure_user(conn, channel_id, msg.external_user_id)
             session_id, _ = chats.open_session(conn, chat_id, livechat_id, "user", now)
-            uid = messages.new_uid()
-            message_id = messages.insert(
-                conn,
-                uid=uid,
-                dedupe_key=dedupe_key,
-                session_id=session_id,
-                chat_id=chat_id,
-                direction="in",
-                text=msg.text,
-                files=msg.files,
-                now=now,
-                external_id=msg.external_message_id,
-                user_id=msg.external_user_id,
-            )
+            if stored is not None:
+                uid, message_id = stored.uid, stored.id
+                messages.requeue(conn, message_id, session_id)
+                # The failure it was given up with, and a failure outcome that never reached
+                # the messenger, are superseded: the new attempt ends with an outcome of its own.
+                outbox.drop_dead(conn, ref_id=message_id, kinds=(TO_LIVECHAT, OUTCOME))
+            else:
+                uid = messages.new_uid()
+                message_id = messages.insert(
+                    conn,
+                    uid=uid,
+                    dedupe_key=dedupe_key,
+                    session_id=session_id,
+                    chat_id=chat_id,
+                    direction="in",
+                    text=msg.text,
+                    files=msg.files,
+                    now=now,
+                    external_id=msg.external_message_id,
+                    user_id=msg.external_user_id,
+                )
             outbox.enqueue(
                 conn, kind=TO_LIVECHAT, lane=livechat_lane(chat_id), ref_id=message_id, now=now
             )
-            return Accepted(duplicate=False, uid=uid, session_id=session_id)
+            return Accepted(
+                duplicate=False, uid=uid, session_id=session_id, requeued=stored is not None
+            )
 
         accepted = await self._db.write(work)
-        if not accepted.duplicate:
+        if isinstance(accepted, Accepted) and not accepted.duplicate:
             self._wake()
         return accepted
 

@@ -68,6 +68,52 @@ def seen(conn: sqlite3.Connection, dedupe_key: str) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a repeat of a message is compared with: the message first stored under its
+    idempotency key, with the messenger's id of the chat it came from."""
+
+    id: int
+    uid: str
+    session_id: int
+    chat_id: int
+    external_chat_id: str
+    text: str
+    files: tuple[FileRef, ...]
+    status: str  # pending | delivered | failed | read
+
+
+def stored(conn: sqlite3.Connection, dedupe_key: str) -> Stored | None:
+    """The message stored under `dedupe_key`, or None (one lookup on its UNIQUE index)."""
+    row = conn.execute(
+        """SELECT m.id, m.uid, m.session_id, m.chat_id, c.external_chat_id, m.text, m.files,
+                  m.status
+           FROM messages m JOIN chats c ON c.id = m.chat_id WHERE m.dedupe_key = ?""",
+        (dedupe_key,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Stored(
+        row["id"],
+        row["uid"],
+        row["session_id"],
+        row["chat_id"],
+        row["external_chat_id"],
+        row["text"],
+        _files(row["files"]),
+        row["status"],
+    )
+
+
+def requeue(conn: sqlite3.Connection, message_id: int, session_id: int) -> None:
+    """A message whose delivery failed for good is to be delivered again, in `session_id`
+    (the chat's open session: the one it failed in may have closed since)."""
+    conn.execute(
+        "UPDATE messages SET status = 'pending', session_id = ? WHERE id = ?",
+        (session_id, message_id),
+    )
+
+
 def insert(
     conn: sqlite3.Connection,
     *,
@@ -128,6 +174,12 @@ def set_status(
         "UPDATE messages SET status = ?, remote_id = coalesce(?, remote_id) WHERE id = ?",
         (status, remote_id, message_id),
     )
+
+
+async def read_status(db: Database, message_id: int) -> str | None:
+    """A message's status now (pending, delivered, failed, read), or None if not stored."""
+    row = await db.fetch_one("SELECT status FROM messages WHERE id = ?", (message_id,))
+    return None if row is None else str(row[0])
 
 
 def mark_read_by_uid(conn: sqlite3.Connection, channel_id: str, uid: str) -> bool:

@@ -140,10 +140,17 @@ V3 = [
     "CREATE UNIQUE INDEX orphans_once ON orphans (livechat_id, message_id)",
 ]
 
+V6 = [
+    # A resend of a message whose delivery failed for good deletes the dead items it
+    # supersedes: found by the row they are about, among the (few) dead ones.
+    "CREATE INDEX outbox_dead_ref ON outbox (ref_id) WHERE status = 'dead'",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
     (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),
     (3, "operator messages kept until their customer is linked", V3),
+    (6, "dead outbox items found by the row they are about", V6),
 ]
 LATEST = MIGRATIONS[-1][0]
 

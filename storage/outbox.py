@@ -100,6 +100,27 @@ async def lane_idle(db: Database, lane: str) -> bool:
     return row is None
 
 
+def has_pending(conn: sqlite3.Connection, *, lane: str, kind: str, ref_id: int) -> bool:
+    """An item of this kind for this row waits in the lane (in flight, due or held)."""
+    row = conn.execute(
+        """SELECT 1 FROM outbox WHERE lane = ? AND status = 'pending' AND kind = ? AND ref_id = ?
+           LIMIT 1""",
+        (lane, kind, ref_id),
+    ).fetchone()
+    return row is not None
+
+
+def drop_dead(conn: sqlite3.Connection, *, ref_id: int, kinds: tuple[str, ...]) -> int:
+    """Delete the dead items of these kinds for this row (superseded: the row was queued
+    again); return how many there were."""
+    cur = conn.execute(
+        """DELETE FROM outbox WHERE status = 'dead' AND ref_id = ?
+             AND kind IN (SELECT value FROM json_each(?))""",
+        (ref_id, json.dumps(kinds)),
+    )
+    return cur.rowcount
+
+
 # Each settle returns whether it found the item still pending: follow-ups run only then, so
 # nothing is ever settled twice.
 

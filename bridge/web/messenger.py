@@ -1,4 +1,15 @@
-"""`POST /messengers/{channel_id}/webhook`: everything a messenger sends the bridge."""
+"""`POST /messengers/{channel_id}/webhook`: everything a messenger sends the bridge.
+
+A `message` (shared/protocols/messenger.md, "Messenger → bridge") is answered 200 once it is
+on disk with its outbox item, or when it truly repeats one stored under the same
+`externalMessageId` on this channel that is in flight or delivered; a resend of one whose
+delivery failed for good (the messenger was told `success: false`) is queued again and
+answered 200. A repeat that differs from the stored message (another `externalChatId`, other
+text or files) is answered 409 `conflicting_duplicate`: a 200 would tell the messenger its
+message was taken, which it was not, and the 409 lets it see the clash (it should send the
+message under a new id). It is logged as a warning naming both chats, ids only, and counted
+in `bridge_inbound_conflicts_total{channel}`. See docs/decisions.md.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +18,9 @@ from aiohttp import web
 
 from bridge.channels import DISCONNECTED
 from bridge.errors import Conflict, NotFound, Unauthenticated
-from bridge.keys import CHANNELS, RELAY, SETTINGS
+from bridge.keys import CHANNELS, METRICS, RELAY, SETTINGS
 from bridge.model import MessengerDisconnect, UserInfoQuery, UserMessage, UserRead
+from bridge.relay import Conflicting
 from bridge.secrets import same_secret
 from bridge.web.common import ok, read_body
 from connectors import messenger as wire
@@ -38,14 +50,32 @@ async def messenger_webhook(request: web.Request) -> web.Response:
                 "the channel is disconnected; keep the message and send it after reconnecting",
             )
         accepted = await relay.accept_user_message(channel_id, req)
+        if isinstance(accepted, Conflicting):
+            # Ids only: a message's text never reaches a log line.
+            log.warning(
+                "messenger.conflicting_duplicate",
+                message=accepted.uid,
+                external_message=req.external_message_id,
+                stored_chat=accepted.stored_chat,
+                chat=req.external_chat_id,
+                differs=list(accepted.differs),
+            )
+            request.app[METRICS].inbound_conflicts.labels(channel_id).inc()
+            raise Conflict(
+                "conflicting_duplicate",
+                "this externalMessageId is already stored on this channel for a message that"
+                f" differs in {', '.join(accepted.differs)}: a retry must repeat it exactly,"
+                " another message needs an id of its own",
+            )
         # The hot path logs at debug (every message is counted in /metrics); a duplicate, a
-        # sender's retry, is worth a line at info.
-        (log.info if accepted.duplicate else log.debug)(
+        # sender's retry, is worth a line at info, and so is a resend queued again.
+        (log.info if accepted.duplicate or accepted.requeued else log.debug)(
             "messenger.message_accepted",
             session=accepted.session_id,
             message=accepted.uid,
             external_message=req.external_message_id,
             duplicate=accepted.duplicate,
+            requeued=accepted.requeued,
         )
         return ok()
     if isinstance(req, UserInfoQuery):

@@ -634,8 +634,12 @@ MESSENGER_WEBHOOK = {
                 NOT_FOUND,
             ),
             "409": _error(
-                "The channel is disconnected: keep the message and retry after reconnecting.",
+                "The channel is disconnected: keep the message and retry after reconnecting"
+                " (`channel_disconnected`); or the `externalMessageId` is already stored for a"
+                " message of another chat, text or files: not a retry, nothing was stored"
+                " (`conflicting_duplicate`).",
                 "channel_disconnected",
+                "conflicting_duplicate",
             ),
             "413": TOO_LARGE,
             "503": STORAGE_UNAVAILABLE,

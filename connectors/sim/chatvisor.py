@@ -34,6 +34,8 @@ class ChatvisorSim:
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
         self.delay = 0.0  # seconds each message call takes
+        self.refuse_messages = 0  # refuse this many next message calls with 422, for good
+        self.refused: list[str] = []  # the ids of the messages refused so
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post("/rest/v1/customer", self._customer)
@@ -82,6 +84,10 @@ class ChatvisorSim:
         if customer_id not in self.customers:
             return web.json_response({"error": "unknown customer"}, status=404)
         body = await request.json()
+        if self.refuse_messages:
+            self.refuse_messages -= 1
+            self.refused.append(body["id"])
+            return web.json_response({"error": "simulated refusal"}, status=422)
         if body["id"] in self.message_ids:
             self.duplicates += 1
         else:
