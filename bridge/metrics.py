@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from bridge.version import version
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -15,6 +17,8 @@ def target_of(kind: str) -> str:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # bridge_build_info{version="..."} 1: which release each replica runs.
+        Info("bridge_build", "The running release", registry=r).info({"version": version()})
         self.requests = Counter(
             "bridge_http_requests",
             "Inbound HTTP requests",

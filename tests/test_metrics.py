@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bridge.version import version
 from tests.conftest import World, eventually
 
 
@@ -63,3 +64,8 @@ async def test_outbox_depth_and_age_while_the_live_chat_is_down(running: World) 
         if x.startswith("bridge_outbox_oldest_age_seconds ")
     )
     assert 0 < age < 60
+
+
+async def test_the_running_version_is_exported(running: World) -> None:
+    text = await scrape(running)
+    assert f'bridge_build_info{{version="{version()}"}} 1.0' in text
