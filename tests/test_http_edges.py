@@ -122,7 +122,8 @@ async def test_a_stalled_body_is_cut_with_408(world: World, captured_logs: io.St
     started = time.monotonic()
     answer = await exchange(host, port, head(webhook_path(), len(body)) + body[:20])
     elapsed = time.monotonic() - started
-    assert READ_TIMEOUT <= elapsed < READ_TIMEOUT + 1.5  # cut, and the connection closed
+    # Cut, and the connection closed at once: aiohttp alone would linger 10 s more.
+    assert READ_TIMEOUT <= elapsed < READ_TIMEOUT + 3
     status, error = status_and_body(answer)
     assert (status, error["errcode"]) == (408, "read_timeout")
     assert "connection: close" in answer.lower().decode()
