@@ -36,7 +36,10 @@ from storage.database import Database
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware],
+        # Bodies are decompressed by `read_body`, bounded and with errors in the bridge's terms.
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

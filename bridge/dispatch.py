@@ -149,8 +149,9 @@ class Performer:
             customer_id=chat.customer_id,
             customer_tag=chat.customer_tag,
         )
+        parts_done = int(item.payload.get("parts_done", 0))  # see followups._progress
         result = await connector.deliver(
-            customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at)
+            customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at, parts_done)
         )
         notified = isinstance(result, Delivered) and await self._outcome_now(facts, active)
         return Performed(result, message=facts, profile=fetch, notified=notified)

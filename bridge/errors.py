@@ -8,6 +8,9 @@ from typing import Any
 
 class ApiError(Exception):
     status = 400
+    # The request's body was left unread and cannot be read: close the connection after the
+    # answer rather than wait for the rest of it.
+    closes_connection = False
 
     def __init__(self, errcode: str, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -36,8 +39,25 @@ class Conflict(ApiError):
     status = 409
 
 
+class UnreadableBody(BadRequest):
+    closes_connection = True
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    closes_connection = True
+
+
 class TooLarge(ApiError):
     status = 413
+
+
+class UnsupportedEncoding(ApiError):
+    status = 415
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request was read: nobody to answer."""
 
 
 class Unavailable(ApiError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bridge import relay
 from bridge.dispatch import MessageFacts, Performed
-from bridge.model import Delivered, DeliveryResult
+from bridge.model import Delivered, DeliveryResult, Failed, Retry
 from storage import chats, messages, outbox
 from storage.outbox import OutboxItem
 
@@ -48,7 +48,7 @@ class FollowUps:
             done.result,
             on_delivered=on_delivered,
             on_dead=on_dead,
-            always=_save_profile(done),
+            always=_both(_save_profile(done), _progress(item, done.result)),
             channel_id=done.channel_id,
             notified=done.notified,
         )
@@ -93,6 +93,31 @@ def _news(found: str | None, known: str | None) -> bool:
 def _status(message_id: int, value: str) -> Work:
     def work(conn: sqlite3.Connection) -> None:
         messages.set_status(conn, message_id, value)
+
+    return work
+
+
+def _progress(item: OutboxItem, result: DeliveryResult) -> Work | None:
+    """A message sent as several calls failed part way: its next attempt (or an admin's retry
+    of the dead item) starts at the first part not delivered, rather than sending the
+    delivered ones again for the receiver to drop."""
+    parts_done = result.parts_done if isinstance(result, Retry | Failed) else None
+    if parts_done is None or parts_done == item.payload.get("parts_done", 0):
+        return None
+
+    def work(conn: sqlite3.Connection) -> None:
+        outbox.record_parts_done(conn, item.id, parts_done)
+
+    return work
+
+
+def _both(first: Work | None, second: Work | None) -> Work | None:
+    if first is None or second is None:
+        return first or second
+
+    def work(conn: sqlite3.Connection) -> None:
+        first(conn)
+        second(conn)
 
     return work
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from bridge.settings import LoggingSettings
@@ -40,6 +41,29 @@ class Redactor:
         if not self._secrets:
             return event
         return {k: self._clean(v) for k, v in event.items()}
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line, bad headers, broken
+    chunked framing, also in a body it reads and discards after the answer) at error level
+    with a traceback, then answers it 400 itself or closes the connection. It is the
+    sender's fault, not the bridge's: one line at info, without the traceback, naming the
+    kind of fault and the peer but none of the request's bytes (a request line can hold a
+    hook token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        # aiohttp.web_protocol.RequestPayloadError, named rather than imported: importing it
+        # would load aiohttp's server into the delivery process, which logs through here too.
+        malformed = isinstance(exc, HttpProcessingError) or (
+            type(exc).__name__ == "RequestPayloadError"
+        )
+        if record.name == "aiohttp.server" and malformed:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"http.malformed_request: {type(exc).__name__} from {peer}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 def configure_logging(
@@ -72,6 +96,7 @@ def configure_logging(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
+    handler.addFilter(MalformedRequests())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.INFO))

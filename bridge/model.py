@@ -177,6 +177,9 @@ class OutgoingMessage:
     text: str
     files: tuple[FileRef, ...]
     created_at: float
+    # A live chat that takes a message as several calls (JivoChat: one per file, then the
+    # text): how many of them earlier attempts had delivered. This attempt starts after them.
+    parts_done: int = 0
 
 
 # --- bridge → messenger -------------------------------------------------------------------
@@ -209,6 +212,9 @@ class Retry:
 
     error: str
     after: float | None = None
+    # A message sent as several calls: how many parts, from the first, the live chat had
+    # accepted when this failure came (None: a message sent in one call).
+    parts_done: int | None = None
 
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.
@@ -217,6 +223,7 @@ class Failed:
     """A permanent failure: the other side refused this item; sending it again cannot help."""
 
     error: str
+    parts_done: int | None = None  # as in Retry: kept should an admin retry the item
 
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from bridge.errors import BadRequest
 from bridge.model import (
     AgentMessage,
     AgentRead,
@@ -22,6 +23,7 @@ from bridge.model import (
     Contact,
     ConversationState,
     CrmAnswer,
+    FileRef,
     Lifecycle,
     LiveChatEvent,
     Operator,
@@ -134,8 +136,16 @@ class Relay:
         `delivery.give_up_after`), it is queued again: the same `uid`, a fresh item at the tail
         of the chat's lane, the dead items it supersedes deleted. A repeat that differs from
         the stored message is `Conflicting`. One write transaction: two resends at once queue
-        once. Raises StorageUnavailable when the database cannot take it.
+        once. Raises StorageUnavailable when the database cannot take it, and BadRequest
+        (`too_many_files`) for more than `server.max_files` files: the messenger is told, so
+        nothing is cut silently.
         """
+        limit = self._settings.server.max_files
+        if len(msg.files) > limit:
+            raise BadRequest(
+                "too_many_files",
+                f"data.files: {len(msg.files)} files; a message takes at most {limit}",
+            )
         livechat_id = self._settings.messengers[channel_id].livechat
         dedupe_key = f"in:{channel_id}:{msg.external_message_id}"
 
@@ -329,16 +339,18 @@ class Relay:
                 }
                 return Applied(self._record(conn, livechat_id, "message.refused", payload, None))
             session_id, _ = chats.open_session(conn, chat.id, livechat_id, "operator", now)
+        uid = messages.new_uid()
+        files = self._keep_files(conn, livechat_id, chat, session_id, uid, event)
         operator = event.operator
         message_id = messages.insert(
             conn,
-            uid=messages.new_uid(),
+            uid=uid,
             dedupe_key=dedupe_key,
             session_id=session_id,
             chat_id=chat.id,
             direction="out",
             text=event.text,
-            files=event.files,
+            files=files,
             now=now,
             remote_id=event.message_id,
             operator_id=operator.id if operator else None,
@@ -353,6 +365,36 @@ class Relay:
             now=now,
         )
         return Applied(queued=True)
+
+    def _keep_files(
+        self,
+        conn: sqlite3.Connection,
+        livechat_id: str,
+        chat: chats.ChatRow,
+        session_id: int,
+        uid: str,
+        event: AgentMessage,
+    ) -> tuple[FileRef, ...]:
+        """The files an operator's reply passes on: the first `server.max_files`. A live chat
+        is not refused (it may not resend, and the reply would be lost): the rest are kept in
+        the event log as `message.files_dropped`, names and URLs, for an admin to pass on."""
+        limit = self._settings.server.max_files
+        if len(event.files) <= limit:
+            return event.files
+        dropped = event.files[limit:]
+        log.warning(
+            "relay.files_dropped", channel=chat.channel_id, message=uid, dropped=len(dropped)
+        )
+        payload = {
+            "message": uid,
+            "remote_message_id": event.message_id,
+            "chat_id": chat.external_chat_id,
+            "channel": chat.channel_id,
+            "kept": limit,
+            "dropped": [{"name": f.name, "url": f.url, "size": f.size} for f in dropped],
+        }
+        self._record(conn, livechat_id, "message.files_dropped", payload, session_id)
+        return event.files[:limit]
 
     def _on_conversation(
         self,

@@ -74,6 +74,11 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: HttpUrl = "http://127.0.0.1:8080"
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
+    # Seconds a request's body may take to arrive in full; a sender that stalls gets a 408.
+    read_timeout: float = Field(default=10.0, gt=0, le=600)
+    # Files in one message, either way (400 `too_many_files` from a messenger; an operator's
+    # reply keeps the first ones). JivoChat takes each file as a call of its own.
+    max_files: int = Field(default=10, ge=1, le=100)
     # "auto": uvloop (a faster event loop, installed with the bridge) if it imports, else asyncio.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 

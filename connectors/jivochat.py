@@ -9,6 +9,7 @@ unknown fields are ignored and unknown events are kept, never refused.
 from __future__ import annotations
 
 import mimetypes
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -23,12 +24,14 @@ from bridge.model import (
     Customer,
     Delivered,
     DeliveryResult,
+    Failed,
     FileRef,
     Lifecycle,
     LiveChatEvent,
     Operator,
     OtherEvent,
     OutgoingMessage,
+    Retry,
     TranscriptLine,
 )
 from bridge.settings import JivochatSettings
@@ -296,8 +299,11 @@ def _file_type(file: FileRef) -> str:
 
 
 def client_messages(customer: Customer, message: OutgoingMessage) -> list[dict[str, Any]]:
-    """The Chat-API bodies for one message: the text rides with the first file, each further
-    file is a message of its own; ids derive from the bridge's id, so a retry repeats them."""
+    """The Chat-API bodies for one message, in order: a `photo`, `video` or `document`
+    message per file, then the text as a `text` message of its own. Public Chat-API clients
+    send a caption so, and one inside a file message may be dropped (jivochat.md, facts from
+    public client code). Part i's id is the bridge's id (i = 0) or `<id>-<i>`: the same on
+    every attempt, so JivoChat drops a part it already has."""
     profile = customer.profile
     sender: dict[str, Any] = {
         "id": customer.client_key,
@@ -307,22 +313,20 @@ def client_messages(customer: Customer, message: OutgoingMessage) -> list[dict[s
         sender["phone"] = profile.phone
     if profile.avatar and profile.avatar.startswith(("http://", "https://")):
         sender["photo"] = profile.avatar
-    if not message.files:
-        return [
-            {"sender": sender, "message": {"type": "text", "id": message.uid, "text": message.text}}
-        ]
-    bodies = []
-    for index, file in enumerate(message.files):
-        part: dict[str, Any] = {
-            "type": _file_type(file),
-            "id": message.uid if index == 0 else f"{message.uid}-{index}",
-            "file": file.url,
-            "file_name": file.name,
-        }
-        if index == 0 and message.text:
-            part["text"] = message.text
-        bodies.append({"sender": sender, "message": part})
-    return bodies
+    parts: list[dict[str, Any]] = [
+        {"type": _file_type(file), "file": file.url, "file_name": file.name}
+        for file in message.files
+    ]
+    if message.text or not parts:
+        parts.append({"type": "text", "text": message.text})
+    return [
+        {"sender": sender, "message": {**part, "id": _part_id(message.uid, index)}}
+        for index, part in enumerate(parts)
+    ]
+
+
+def _part_id(uid: str, index: int) -> str:
+    return uid if index == 0 else f"{uid}-{index}"
 
 
 def crm_reply(answers: list[CrmAnswer]) -> dict[str, Any]:
@@ -368,8 +372,14 @@ class JivochatConnector:
         return crm_reply(answers)
 
     async def deliver(self, customer: Customer, message: OutgoingMessage) -> DeliveryResult:
-        for body in client_messages(customer, message):
-            result = outside.classify(await outside.request(self._http, "POST", self._url, body))
+        """Post the message's parts, one call each, from the first one not yet delivered; a
+        failure says how many were (`parts_done`), so the next attempt starts there."""
+        bodies = client_messages(customer, message)
+        for index in range(message.parts_done, len(bodies)):
+            answer = await outside.request(self._http, "POST", self._url, bodies[index])
+            result = outside.classify(answer)
+            if isinstance(result, Retry | Failed):
+                return replace(result, parts_done=index)
             if not isinstance(result, Delivered):
                 return result
         return Delivered()

@@ -150,6 +150,16 @@ def bury(conn: sqlite3.Connection, item_id: int, *, attempts: int, error: str, n
     return cur.rowcount > 0
 
 
+def record_parts_done(conn: sqlite3.Connection, item_id: int, parts_done: int) -> None:
+    """A multi-part delivery got this far: kept in the item's payload (`parts_done`), where
+    its next attempt starts."""
+    conn.execute(
+        """UPDATE outbox SET payload = json_set(payload, '$.parts_done', ?)
+           WHERE id = ? AND status = 'pending'""",
+        (parts_done, item_id),
+    )
+
+
 def release_channel(conn: sqlite3.Connection, channel_id: str, now: float) -> int:
     """A channel became active: its held items are due now, with a fresh count of attempts."""
     cur = conn.execute(

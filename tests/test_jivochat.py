@@ -175,12 +175,14 @@ async def test_files_become_photo_video_document_messages(world: World, jivo: Ji
         {"name": "report.pdf", "URL": "https://f/report.pdf"},
     ]
     await jivo.user_says("c2", "three files", files=files)
-    await eventually(lambda: len(jivo.sim.client_messages) == 3, what="three parts")
+    await eventually(lambda: len(jivo.sim.client_messages) == 4, what="four parts")
     parts = [b["message"] for b in jivo.sim.client_messages]
-    assert [p["type"] for p in parts] == ["photo", "video", "document"]
-    assert parts[0]["text"] == "three files" and "text" not in parts[1]
-    assert [p["file_name"] for p in parts] == ["cat.jpg", "clip.mp4", "report.pdf"]
-    assert len({p["id"] for p in parts}) == 3
+    # The caption goes last, as a text message of its own, as public Chat-API clients send it.
+    assert [p["type"] for p in parts] == ["photo", "video", "document", "text"]
+    assert not any("text" in p for p in parts[:3]) and parts[3]["text"] == "three files"
+    assert [p.get("file_name") for p in parts] == ["cat.jpg", "clip.mp4", "report.pdf", None]
+    uid = parts[0]["id"]
+    assert [p["id"] for p in parts] == [uid, f"{uid}-1", f"{uid}-2", f"{uid}-3"]
 
 
 async def test_4xx_fails_and_5xx_retries(world: World, jivo: Jivo) -> None:

@@ -95,7 +95,20 @@ STORAGE_UNAVAILABLE = _error(
     "storage_unavailable",
     retry_after=True,
 )
-TOO_LARGE = _error("The body is over `server.max_body_bytes`.", "body_too_large")
+TOO_LARGE = _error(
+    "The body is over `server.max_body_bytes` (compressed bodies: once decompressed).",
+    "body_too_large",
+)
+READ_TIMEOUT = _error(
+    "The body did not arrive in full within `server.read_timeout` seconds; the connection is"
+    " closed.",
+    "read_timeout",
+)
+UNSUPPORTED_ENCODING = _error(
+    "A Content-Encoding other than gzip, deflate or identity.", "unsupported_encoding"
+)
+# Every body is read the same way; these 400s can answer any request that has one.
+BODY_ERRCODES = ("invalid_encoding", "invalid_body")
 
 
 def _path_param(name: str, description: str, schema: Schema | None = None) -> Schema:
@@ -148,7 +161,11 @@ MESSENGER_SCHEMAS: dict[str, Schema] = {
             externalUserId=_wire_id(256),
             externalChatName=_nullable("string", maxLength=1024),
             text={**STRING, "description": "may be empty when files are sent"},
-            files={"type": "array", "items": _ref("MessengerFile")},
+            files={
+                "type": "array",
+                "items": _ref("MessengerFile"),
+                "description": "at most `server.max_files` (400 `too_many_files`)",
+            },
         ),
     ),
     "MessengerUserInfo": _obj(
@@ -211,7 +228,11 @@ LIVECHAT_SCHEMAS: dict[str, Schema] = {
             ("sender",),
             id=OPT_WIRE_ID,
             text={**STRING, "description": "may be empty when files are sent"},
-            files={"type": "array", "items": _ref("ChatvisorFile")},
+            files={
+                "type": "array",
+                "items": _ref("ChatvisorFile"),
+                "description": "the first `server.max_files` are relayed, the rest recorded",
+            },
             timestamp=STRING,
             sender=_obj(
                 ("type",),
@@ -619,12 +640,15 @@ MESSENGER_WEBHOOK = {
                 {"anyOf": [_ref("Ok"), _ref("UserProfile")]},
             ),
             "400": _error(
-                "The body is not JSON, misses or has a wrong field, or is of an unknown type.",
+                "The body is not JSON, misses or has a wrong field, is of an unknown type, has"
+                " more files than `server.max_files`, or is not what its Content-Encoding says.",
                 "invalid_json",
                 "missing_field",
                 "invalid_field",
                 "empty_message",
                 "unknown_type",
+                "too_many_files",
+                *BODY_ERRCODES,
             ),
             "401": _error("The token is not the channel's confirmation code.", "bad_token"),
             "404": _error(
@@ -641,7 +665,9 @@ MESSENGER_WEBHOOK = {
                 "channel_disconnected",
                 "conflicting_duplicate",
             ),
+            "408": READ_TIMEOUT,
             "413": TOO_LARGE,
+            "415": UNSUPPORTED_ENCODING,
             "503": STORAGE_UNAVAILABLE,
         },
     }
@@ -669,10 +695,13 @@ LIVECHAT_WEBHOOK = {
                 "invalid_field",
                 "empty_message",
                 "unknown_body",
+                *BODY_ERRCODES,
             ),
             "401": _error("The hook token does not match.", "bad_token"),
             "404": _error("No such live chat.", "unknown_livechat", NOT_FOUND),
+            "408": READ_TIMEOUT,
             "413": TOO_LARGE,
+            "415": UNSUPPORTED_ENCODING,
             "503": STORAGE_UNAVAILABLE,
         },
     }

@@ -9,7 +9,8 @@ bridge's hook URL exactly as JivoChat would.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,10 @@ class JivochatSim:
         self.agents_online = True
         self.fail_with: int | None = None
         self.fail_times = 0
+        # Every client-message call by message id, refused or not (a repeat counts too).
+        self.calls_by_id: Counter[str] = Counter()
+        # Given a call's body, the status to refuse it with, or None to take it.
+        self.refuse: Callable[[dict[str, Any]], int | None] = lambda body: None
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post(path, self._client_message)
@@ -38,6 +43,11 @@ class JivochatSim:
         return [m["message"].get("text", "") for m in self.by_client[client_key]]
 
     async def _client_message(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        message_id = body["message"]["id"]
+        self.calls_by_id[message_id] += 1
+        if (refused := self.refuse(body)) is not None:
+            return web.Response(status=refused, text="simulated refusal")
         if self.fail_with is not None:
             status = self.fail_with
             if self.fail_times:
@@ -45,8 +55,6 @@ class JivochatSim:
                 if not self.fail_times:
                     self.fail_with = None
             return web.Response(status=status, text="simulated failure")
-        body = await request.json()
-        message_id = body["message"]["id"]
         if message_id in self.seen_ids:
             self.duplicates += 1
         else:
