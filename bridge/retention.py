@@ -74,9 +74,10 @@ class Pruner:
         s = self._settings
         return [
             ("orphans", s.orphan_after * HOUR, self._bury_orphans),
-            ("message_bodies", s.message_bodies * DAY, retention.prune_bodies),
-            ("messages", s.messages * DAY, retention.prune_messages),
+            # Whole rows first: no body is blanked in a row about to go.
             ("closed_sessions", s.closed_sessions * DAY, retention.prune_sessions),
+            ("messages", s.messages * DAY, retention.prune_messages),
+            ("message_bodies", s.message_bodies * DAY, retention.prune_bodies),
             ("events", s.events * DAY, retention.prune_events),
         ]
 
