@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from bridge.keys import PRUNER
@@ -12,6 +13,8 @@ from connectors.sim.chatvisor import ChatvisorSim
 from connectors.sim.messenger import MessengerSim
 from connectors.sim.server import SimServer
 from tests.conftest import API_TOKEN, CODE, World, eventually
+from tests.procs import BridgeProcess
+from tests.test_process import cli
 
 
 async def admin(world: World, method: str, path: str) -> tuple[int, Any]:
@@ -246,3 +249,55 @@ async def test_an_orphan_reply_ends_as_a_dead_letter_with_its_text_then_is_retri
     await cv.agent_reply(http, customer, "yes, here", message_id="op-1")
     await asyncio.sleep(0.2)
     assert m.chat_log["o1"] == ["yes, here"] and m.duplicates == 0
+
+
+async def test_the_cli_lists_retries_and_purges_dead_letters_of_a_running_bridge(
+    world: World, tmp_path: Path
+) -> None:
+    bridge = BridgeProcess(world.config(), tmp_path)
+    config = bridge.config_path
+    try:
+        await bridge.start(world.http)
+        await eventually(lambda: world.messenger.bridge_webhook, what="connect")
+        world.chatvisor.hook_url = bridge.hook_url()
+        cv, m = world.chatvisor, world.messenger
+        cv.fail_with = 422
+        for n in (1, 2, 3):
+            await m.send_message(world.http, f"c{n}", f"refused {n}", message_id=f"c{n}-1")
+        await eventually(lambda: len(m.outcomes) == 3, what="three failures")
+
+        code, out, err = await cli(config, "dead-letters", "--channel", "acme")
+        assert code == 0, err
+        header, *rows, total = out.splitlines()
+        assert header.split()[:4] == ["ID", "KIND", "CHANNEL", "LIVECHAT"]
+        assert len(rows) == 3 and all("livechat.message" in r and "HTTP 422" in r for r in rows)
+        assert total == "3 dead, 0 pending"
+        first = int(rows[0].split()[0])
+
+        cv.fail_with = None
+        code, out, err = await cli(config, "retry", str(first))
+        assert code == 0, err
+        assert out.splitlines()[0].startswith("matched 1, retried 1, adopted 0, dead 0")
+        await eventually(lambda: m.outcomes.get("c1-1") is True, what="retried and told")
+        assert cv.all_texts() == ["refused 1"]
+        code, _, err = await cli(config, "retry", str(first))  # gone: delivered
+        assert code == 1 and "404" in err
+
+        code, out, err = await cli(config, "purge", "--all")
+        assert code == 0, err
+        assert out.splitlines()[0].startswith("matched 2, retried 0, adopted 0, dead 0, purged 2")
+        code, out, _ = await cli(config, "purge", "--livechat", "support")
+        assert code == 0 and "purged 0" in out
+        code, out, _ = await cli(config, "dead-letters")
+        assert out.splitlines()[-1] == "0 dead, 0 pending"
+
+        code, _, err = await cli(config, "retry")  # nothing named
+        assert code == 2 and "give an item id" in err
+        code, _, err = await cli(config, "retry", "--channel", "nope")
+        assert code == 1 and "404" in err
+        lines = bridge.log_lines()
+        assert any(ln["event"] == "outbox.purge" and ln["purged"] == 2 for ln in lines)
+        assert any(ln["event"] == "outbox.retry" and ln["retried"] == 1 for ln in lines)
+    finally:
+        await bridge.stop_quietly()
+    bridge.assert_clean_logs()
