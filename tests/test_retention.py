@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bridge.keys import DATABASE, PRUNER
+from bridge.settings import ConfigError, settings_from_dict
 from connectors.sim.server import SimServer
 from connectors.sim.subscriber import SubscriberSim
 from tests.conftest import SUBSCRIPTION_SECRETS, World, eventually
@@ -193,3 +196,16 @@ async def test_a_burst_is_acked_while_a_large_prune_runs(world: World) -> None:
     assert {s["external_chat_id"] for s in body["sessions"]} == {f"b{i}" for i in range(10)}
     assert await event_names(world) == []
     await eventually(lambda: len(world.chatvisor.all_texts()) == 150, what="burst delivered")
+
+
+def test_retention_mistakes_name_their_key() -> None:
+    config = {"admin": {"token": "a-token"}, "retention": {"events": -1, "batch": 0, "days": 3}}
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(config)
+    problems = caught.value.problems
+    assert any(p.startswith("retention.events: ") for p in problems), problems
+    assert any(p.startswith("retention.batch: ") for p in problems), problems
+    assert "retention.days: unknown key" in problems
+    defaults = settings_from_dict({"admin": {"token": "a-token"}}).retention
+    assert (defaults.message_bodies, defaults.events, defaults.closed_sessions) == (30, 30, 90)
+    assert defaults.orphan_after == 24
