@@ -12,7 +12,8 @@ from bridge.keys import PRUNER
 from connectors.sim.chatvisor import ChatvisorSim
 from connectors.sim.messenger import MessengerSim
 from connectors.sim.server import SimServer
-from tests.conftest import API_TOKEN, CODE, World, eventually
+from connectors.sim.subscriber import SubscriberSim
+from tests.conftest import API_TOKEN, CODE, SUBSCRIPTION_SECRETS, World, eventually
 from tests.procs import BridgeProcess
 from tests.test_process import cli
 
@@ -301,3 +302,33 @@ async def test_the_cli_lists_retries_and_purges_dead_letters_of_a_running_bridge
     finally:
         await bridge.stop_quietly()
     bridge.assert_clean_logs()
+
+
+async def test_a_retried_event_keeps_its_webhook_id(world: World) -> None:
+    sub = SubscriberSim()
+    sub_server = SimServer(sub.app)
+    await sub_server.start()
+    subscription = {"url": f"{sub_server.url}/events", "secret": SUBSCRIPTION_SECRETS[0]}
+    try:
+        await world.start_bridge(subscriptions=[{**subscription, "events": "*"}])
+        m, cv, http = world.messenger, world.chatvisor, world.http
+        await m.send_message(http, "e1", "hello")
+        customer = await world.customer_id("e1")
+        sub.fail_with = 410  # the subscriber says: stop
+        await cv.set_status(http, customer, "DONE")
+        await eventually(lambda: dead(world, "&livechat=support"), what="the event dead")
+        (item,) = await dead(world)
+        assert (item["kind"], item["channel"]) == ("subscriber.event", "acme")
+        refused_id = sub.refused_ids[0]
+
+        sub.fail_with = None
+        status, body = await admin(world, "POST", "/admin/outbox/retry?livechat=support")
+        assert (status, body["retried"]) == (200, 1)
+        await eventually(lambda: sub.deliveries, what="delivered on retry")
+        assert [h["webhook-id"] for h, _ in sub.deliveries] == [refused_id]
+        assert sub.events[0]["type"] == "conversation.status"
+    finally:
+        if world.bridge is not None:
+            await world.bridge.stop()
+            world.bridge = None
+        await sub_server.stop()
