@@ -9,16 +9,19 @@ from aiohttp import web
 
 from bridge.balance import Shared
 from bridge.channels import ChannelManager
+from bridge.deadletters import DeadLetters
 from bridge.delivery import DeliveryWorker
 from bridge.dispatch import Performer
 from bridge.followups import FollowUps
 from bridge.keys import (
     CHANNELS,
     DATABASE,
+    DEAD_LETTERS,
     DELIVERY_PROCESS,
     HTTP,
     LIVECHATS,
     METRICS,
+    PRUNER,
     RELAY,
     SETTINGS,
     WORKER,
@@ -26,6 +29,7 @@ from bridge.keys import (
 from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.remote import DeliveryProcess
+from bridge.retention import Pruner
 from bridge.settings import Settings
 from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
@@ -90,9 +94,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             db, settings.delivery, performer, followups, channels, app[METRICS], clock
         )
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
+        app[DEAD_LETTERS] = DeadLetters(db, relay, wake, settings.retention.batch, clock)
+        pruner = app[PRUNER] = Pruner(db, settings.retention, relay, app[METRICS], clock)
         await channels.start()
         worker.start()
+        pruner.start()
         yield
+        await pruner.stop()
         await worker.stop()
         if process is not None:
             await process.stop()

@@ -1,7 +1,8 @@
-"""`messenger-bridge` (also `python -m bridge`): serve, check-config and the channel commands.
+"""`messenger-bridge` (also `python -m bridge`): serve, check-config, the channel commands and
+the dead-letter commands.
 
-The channel commands talk to the running service's admin API, so what they change is what
-the service does, at once.
+The channel and dead-letter commands talk to the running service's admin API, so what they
+change is what the service does, at once.
 """
 
 from __future__ import annotations
@@ -53,7 +54,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for action in ("connect", "disconnect", "reconnect"):
         cmd = sub.add_parser(action, parents=[admin_args], help=f"{action} a messenger channel")
         cmd.add_argument("channel_id")
+    scope_args = argparse.ArgumentParser(add_help=False, parents=[admin_args])
+    scope_args.add_argument("--channel", help="only this messenger channel's dead items")
+    scope_args.add_argument("--livechat", help="only this live chat's dead items")
+    listing = sub.add_parser("dead-letters", parents=[scope_args], help="list dead items")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    for action, what in (("retry", "make pending again"), ("purge", "delete")):
+        cmd = sub.add_parser(
+            action,
+            parents=[scope_args],
+            help=f"{what}: one dead item, those of --channel and/or --livechat, or --all",
+        )
+        cmd.add_argument("item_id", nargs="?", type=int, help="the dead item's id")
+        cmd.add_argument("--all", action="store_true", help="every dead item")
     args = parser.parse_args(argv)
+    if args.command in ("retry", "purge"):
+        scoped = args.channel is not None or args.livechat is not None
+        if [args.item_id is not None, scoped, args.all].count(True) != 1:
+            parser.error(f"{args.command}: give an item id, --channel/--livechat, or --all")
 
     path = resolve_config_path(args.config)
     try:
@@ -72,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return serve(settings)
+    if args.command in ("dead-letters", "retry", "purge"):
+        return asyncio.run(dead_letter_command(settings, args))
     return asyncio.run(
         admin_command(settings, args.command, getattr(args, "channel_id", None), args.url)
     )
@@ -146,6 +166,73 @@ def _print_channels(rows: list[dict[str, Any]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     if not rows:
         print(json.dumps({"channels": []}))
+
+
+async def _call_admin(
+    settings: Settings,
+    url: str | None,
+    method: str,
+    path: str,
+    params: dict[str, str] | None = None,
+) -> Any:
+    """The admin API's JSON answer, or None (the problem printed) when there is none."""
+    base = (url or _admin_base(settings)).rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
+    timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.request(
+                method, base + path, headers=headers, params=params, allow_redirects=False
+            ) as resp,
+        ):
+            body: Any = await resp.json(content_type=None)
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        print(f"cannot reach the bridge at {base}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    if status != 200:
+        message = body.get("error", body) if isinstance(body, dict) else body
+        print(f"error ({status}): {message}", file=sys.stderr)
+        return None
+    return body
+
+
+async def dead_letter_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`dead-letters` lists dead items; `retry` and `purge` act on them and print the counts,
+    then what became of each item (the first 100)."""
+    params = {k: v for k, v in (("channel", args.channel), ("livechat", args.livechat)) if v}
+    if args.command == "dead-letters":
+        params |= {"status": "dead", "limit": str(args.limit)}
+        body = await _call_admin(settings, args.url, "GET", "/admin/outbox", params)
+        if body is None:
+            return 1
+        rows = [{**r, "text": (r["payload"].get("text") or "")[:60]} for r in body["items"]]
+        columns = ("id", "kind", "channel", "livechat", "attempts", "updated_at", "last_error")
+        _print_table(rows, (*columns, "text"))
+        print(f"{body['depth']['dead']} dead, {body['depth']['pending']} pending")
+        return 0
+    if args.item_id is not None:
+        path = f"/admin/outbox/{args.item_id}/{args.command}"
+    else:
+        path = f"/admin/outbox/{args.command}"
+        if args.all:
+            params["all"] = "1"
+    body = await _call_admin(settings, args.url, "POST", path, params)
+    if body is None:
+        return 1
+    counts = ("matched", "retried", "adopted", "dead", "purged", "skipped")
+    print(", ".join(f"{key} {body[key]}" for key in counts))
+    _print_table(body["items"], ("id", "kind", "result", "new_id", "error"))
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    table = [[str(r.get(c) if r.get(c) is not None else "") for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":

@@ -70,6 +70,12 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.pruned = Counter(
+            "bridge_retention_pruned",
+            "Rows pruned by retention, by step (see [retention])",
+            ["step"],
+            registry=r,
+        )
         self.outbox_pending = Gauge("bridge_outbox_pending", "Outbox items waiting", registry=r)
         self.outbox_dead = Gauge("bridge_outbox_dead", "Outbox items given up", registry=r)
         self.outbox_oldest_age = Gauge(

@@ -35,14 +35,15 @@ from bridge.settings import Settings
 from storage import chats, events, messages, outbox
 from storage.database import Database
 
-log = structlog.get_logger("relay")
+# Outbox kinds: what the delivery worker does with an item (named with the outbox).
+from storage.outbox import KEPT_REPLY as KEPT_REPLY
+from storage.outbox import OUTCOME as OUTCOME
+from storage.outbox import READ as READ
+from storage.outbox import TO_LIVECHAT as TO_LIVECHAT
+from storage.outbox import TO_MESSENGER as TO_MESSENGER
+from storage.outbox import TO_SUBSCRIBER as TO_SUBSCRIBER
 
-# Outbox kinds: what the delivery worker does with an item.
-TO_LIVECHAT = "livechat.message"
-TO_MESSENGER = "messenger.message"
-OUTCOME = "messenger.outcome"
-READ = "messenger.read"
-TO_SUBSCRIBER = "subscriber.event"
+log = structlog.get_logger("relay")
 
 
 def livechat_lane(chat_id: int) -> str:
@@ -73,6 +74,22 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
         "email": contact.email,
         "phone": contact.phone,
         "description": contact.description,
+    }
+
+
+def _operator(operator_id: str | None, operator_name: str | None) -> Operator | None:
+    return Operator(operator_id, operator_name) if operator_id or operator_name else None
+
+
+def _reply_fields(event: AgentMessage) -> dict[str, Any]:
+    """What an operator wrote, as kept in an event or a dead letter."""
+    operator = event.operator
+    return {
+        "message_id": event.message_id,
+        "text": event.text,
+        "files": messages.files_list(event.files),
+        "operator_id": operator.id if operator else None,
+        "operator_name": operator.name if operator else None,
     }
 
 
@@ -235,11 +252,13 @@ class Relay:
             log.warning("relay.unlinked_event", livechat=livechat_id, kind=type(event).__name__)
             if isinstance(event, AgentMessage) and event.chat.customer_id is not None:
                 self._keep_orphan(conn, livechat_id, event.chat.customer_id, event)
-            payload = {
+            payload: dict[str, Any] = {
                 "kind": type(event).__name__,
                 "customer_id": event.chat.customer_id,
                 "client_key": event.chat.client_key,
             }
+            if isinstance(event, AgentMessage):  # the operator's words, not only who wrote
+                payload.update(_reply_fields(event))
             return Applied(self._record(conn, livechat_id, "unlinked", payload, None))
         if isinstance(event, AgentMessage):
             return self._on_agent_message(conn, livechat_id, chat, event)
@@ -315,6 +334,95 @@ class Relay:
             )
             queued |= self._on_agent_message(conn, chat.livechat_id, chat, event).queued
         return queued
+
+    # --- operator replies no chat was found for: dead letters --------------------------
+
+    def bury_reply(
+        self,
+        conn: sqlite3.Connection,
+        livechat_id: str,
+        event: AgentMessage,
+        reason: str,
+        *,
+        channel_id: str | None = None,
+        received_at: float | None = None,
+    ) -> int:
+        """Keep an operator's reply that cannot be delivered as a dead letter with its text
+        (outbox kind `KEPT_REPLY`), for an admin to retry or purge; return its outbox id.
+
+        The payload: {"livechat_id", "customer_id", "client_key", "channel_id", "message_id",
+        "text", "files": [{"name", "url", "size"}], "operator_id", "operator_name",
+        "received_at" (Unix time)}."""
+        now = self._clock()
+        ref = event.chat
+        payload = {
+            "livechat_id": livechat_id,
+            "customer_id": ref.customer_id,
+            "client_key": ref.client_key,
+            "channel_id": channel_id,
+            **_reply_fields(event),
+            "received_at": now if received_at is None else received_at,
+        }
+        item_id = outbox.bury_new(
+            conn,
+            kind=KEPT_REPLY,
+            lane=f"reply:{livechat_id}:{ref.client_key or ref.customer_id}",
+            payload=payload,
+            error=reason,
+            now=now,
+        )
+        log.warning(
+            "relay.reply_dead",
+            livechat=livechat_id,
+            customer_id=ref.customer_id,
+            client_key=ref.client_key,
+            message_id=event.message_id,
+            item=item_id,
+            reason=reason,
+        )
+        return item_id
+
+    def bury_orphans(self, conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+        """Orphans received before `cutoff` whose customer was never linked become dead
+        letters; return how many (at most `limit`)."""
+        orphans = messages.take_expired_orphans(conn, cutoff, limit)
+        for orphan in orphans:
+            event = AgentMessage(
+                chat=ChatRef(customer_id=orphan.customer_id),
+                message_id=orphan.message_id,
+                text=orphan.text,
+                files=orphan.files,
+                operator=_operator(orphan.operator_id, orphan.operator_name),
+            )
+            reason = (
+                f"no chat is linked to customer {orphan.customer_id!r} of live chat"
+                f" {orphan.livechat_id!r} after {self._settings.retention.orphan_after:g} h"
+            )
+            self.bury_reply(conn, orphan.livechat_id, event, reason, received_at=orphan.received_at)
+        return len(orphans)
+
+    def route_kept_reply(self, conn: sqlite3.Connection, payload: dict[str, Any]) -> str | None:
+        """Try a dead letter of kind `KEPT_REPLY` again: None when it is now queued for its
+        chat's messenger (or was delivered before), else why it still cannot be."""
+        livechat_id = str(payload["livechat_id"])
+        ref = ChatRef(customer_id=payload.get("customer_id"), client_key=payload.get("client_key"))
+        chat = chats.find_chat(conn, livechat_id, ref)
+        if chat is None:
+            who = f"customer {ref.customer_id!r}" if ref.customer_id else f"key {ref.client_key!r}"
+            return f"no chat is linked to {who} of live chat {livechat_id!r}"
+        if chat.channel_id not in self._settings.messengers:
+            return f"messenger {chat.channel_id!r} is not configured"
+        if chats.open_session_id(conn, chat.id) is None and not self._operator_sessions(chat):
+            return "no open session and the messenger does not allow operator-started sessions"
+        event = AgentMessage(
+            chat=ref,
+            message_id=payload.get("message_id"),
+            text=str(payload.get("text", "")),
+            files=messages.files_from(payload.get("files") or []),
+            operator=_operator(payload.get("operator_id"), payload.get("operator_name")),
+        )
+        self._on_agent_message(conn, livechat_id, chat, event)
+        return None
 
     def _operator_sessions(self, chat: chats.ChatRow) -> bool:
         messenger = self._settings.messengers.get(chat.channel_id)

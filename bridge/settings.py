@@ -115,6 +115,28 @@ class DeliverySettings(_Section):
     share_after: int = Field(default=8, ge=0, le=1024)
 
 
+class RetentionSettings(_Section):
+    """How long what is done is kept. Ages in days (0: keep forever); pruning runs in the
+    background in small batches, each its own short write. Pending and dead outbox items,
+    and whatever they refer to, are never pruned."""
+
+    # Text and files of messages that are done (delivered, read, or failed with no dead item
+    # kept); the row, its ids and its dedupe key stay.
+    message_bodies: float = Field(default=30, ge=0)
+    # Message rows themselves: a resend with the same externalMessageId is recognised as a
+    # repeat for this long (and until its session is pruned).
+    messages: float = Field(default=90, ge=0)
+    events: float = Field(default=30, ge=0)
+    # Closed sessions, counted from their closing, with their messages and transcript; then
+    # their chat and user once no other session refers to them.
+    closed_sessions: float = Field(default=90, ge=0)
+    # Hours after which an operator's reply to a customer no chat is linked to becomes a dead
+    # letter (0: it waits for its link forever).
+    orphan_after: float = Field(default=24, ge=0)
+    batch: int = Field(default=500, ge=1, le=10_000)  # rows per write
+    pause: float = Field(default=0.05, ge=0, le=60)  # seconds between batches
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -204,6 +226,7 @@ class Settings(BaseSettings):
     admin: AdminSettings
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+    retention: RetentionSettings = RetentionSettings()
     livechats: dict[str, LiveChatSettings] = {}
     messengers: dict[str, MessengerSettings] = {}
     subscriptions: list[SubscriptionSettings] = []

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.model import FileRef, UserProfile
 from storage.chats import ChatRow
@@ -34,12 +35,21 @@ def new_uid() -> str:
     return uuid.uuid4().hex
 
 
+def files_list(files: tuple[FileRef, ...]) -> list[dict[str, Any]]:
+    """Files as stored: [{"name", "url", "size"}]."""
+    return [{"name": f.name, "url": f.url, "size": f.size} for f in files]
+
+
 def files_json(files: tuple[FileRef, ...]) -> str:
-    return json.dumps([{"name": f.name, "url": f.url, "size": f.size} for f in files])
+    return json.dumps(files_list(files))
+
+
+def files_from(stored: list[dict[str, Any]]) -> tuple[FileRef, ...]:
+    return tuple(FileRef(f["name"], f["url"], f.get("size")) for f in stored)
 
 
 def _files(text: str) -> tuple[FileRef, ...]:
-    return tuple(FileRef(f["name"], f["url"], f.get("size")) for f in json.loads(text))
+    return files_from(json.loads(text))
 
 
 def _row(row: sqlite3.Row) -> MessageRow:
@@ -269,5 +279,41 @@ def take_orphans(
     rows.sort(key=lambda r: r["id"])  # RETURNING promises no order
     return [
         (r["message_id"], r["text"], _files(r["files"]), r["operator_id"], r["operator_name"])
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    livechat_id: str
+    customer_id: str
+    message_id: str | None
+    text: str
+    files: tuple[FileRef, ...]
+    operator_id: str | None
+    operator_name: str | None
+    received_at: float
+
+
+def take_expired_orphans(conn: sqlite3.Connection, cutoff: float, limit: int) -> list[Orphan]:
+    """Up to `limit` orphans received before `cutoff`, oldest first, removed."""
+    rows = conn.execute(
+        """DELETE FROM orphans WHERE id IN (
+               SELECT id FROM orphans WHERE received_at < ? ORDER BY id LIMIT ?)
+           RETURNING *""",
+        (cutoff, limit),
+    ).fetchall()
+    rows.sort(key=lambda r: r["id"])  # RETURNING promises no order
+    return [
+        Orphan(
+            r["livechat_id"],
+            r["customer_id"],
+            r["message_id"],
+            r["text"],
+            _files(r["files"]),
+            r["operator_id"],
+            r["operator_name"],
+            r["received_at"],
+        )
         for r in rows
     ]

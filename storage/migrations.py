@@ -140,17 +140,23 @@ V3 = [
     "CREATE UNIQUE INDEX orphans_once ON orphans (livechat_id, message_id)",
 ]
 
-V6 = [
-    # A resend of a message whose delivery failed for good deletes the dead items it
-    # supersedes: found by the row they are about, among the (few) dead ones.
-    "CREATE INDEX outbox_dead_ref ON outbox (ref_id) WHERE status = 'dead'",
+V4 = [
+    # Retention: the point up to which delivered messages' bodies were pruned (ids are
+    # nearly in time order, so each pass goes on from there instead of from the start).
+    "CREATE TABLE retention_marks (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL)",
+    # Deleting a session looks up its events (their foreign key), and deleting a chat looks
+    # for other chats of its user: without these, each would scan the whole table.
+    "CREATE INDEX events_by_session ON events (session_id)",
+    "CREATE INDEX chats_by_user ON chats (channel_id, user_id)",
+    # What an outbox item refers to: retention keeps those rows (a point lookup per row).
+    "CREATE INDEX outbox_ref ON outbox (ref_id)",
 ]
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
     (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),
     (3, "operator messages kept until their customer is linked", V3),
-    (6, "dead outbox items found by the row they are about", V6),
+    (4, "retention: pruning marks, indexes for what pruning looks up", V4),
 ]
 LATEST = MIGRATIONS[-1][0]
 

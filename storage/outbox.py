@@ -2,8 +2,8 @@
 
 Items in one lane (one chat, one direction) are delivered strictly one after another in id
 order: only the oldest pending item of a lane is ever claimable. Items for a messenger channel
-are held while that channel is not active. Delivered items are deleted; dead ones stay, visible
-to the admin.
+are held while that channel is not active. Delivered items are deleted; dead ones (dead
+letters) stay, visible to the admin, until an admin retries or purges them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.database import Database
+
+# Outbox kinds: what the delivery worker does with an item.
+TO_LIVECHAT = "livechat.message"
+TO_MESSENGER = "messenger.message"
+OUTCOME = "messenger.outcome"
+READ = "messenger.read"
+TO_SUBSCRIBER = "subscriber.event"
+# An operator's reply that no chat could be found for: only ever dead, its text in the payload
+# (see `kept_reply_payload`); a retry routes it again instead of calling out.
+KEPT_REPLY = "operator.reply"
+
+# Kinds whose `ref_id` names a message, or an event: retention keeps that row while such an
+# item is in the outbox, pending or dead.
+MESSAGE_KINDS = (TO_LIVECHAT, TO_MESSENGER, OUTCOME, READ)
+EVENT_KINDS = (TO_SUBSCRIBER,)
+
+
+def _sql_list(kinds: tuple[str, ...]) -> str:
+    return ", ".join(f"'{kind}'" for kind in kinds)  # constants above, never outside input
 
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.
@@ -178,14 +197,130 @@ async def pending_by_channel(db: Database) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-async def list_items(db: Database, status: str, limit: int) -> list[dict[str, Any]]:
+# The messenger channel and the live chat an item belongs to, whatever its kind: a message's
+# chat, an event's live chat (and its session's chat), or what a kept reply's payload names.
+_SCOPE_FROM = f"""
+    FROM outbox o
+    LEFT JOIN messages m ON m.id = o.ref_id AND o.kind IN ({_sql_list(MESSAGE_KINDS)})
+    LEFT JOIN chats c ON c.id = m.chat_id
+    LEFT JOIN events e ON e.id = o.ref_id AND o.kind IN ({_sql_list(EVENT_KINDS)})
+    LEFT JOIN sessions es ON es.id = e.session_id
+    LEFT JOIN chats ec ON ec.id = es.chat_id"""
+_CHANNEL = (
+    "coalesce(o.channel_id, c.channel_id, ec.channel_id, json_extract(o.payload, '$.channel_id'))"
+)
+_LIVECHAT = "coalesce(c.livechat_id, e.livechat_id, json_extract(o.payload, '$.livechat_id'))"
+_SCOPE_WHERE = f"""o.status = :status AND o.id > :after
+    AND (:item IS NULL OR o.id = :item)
+    AND (:channel IS NULL OR {_CHANNEL} = :channel)
+    AND (:livechat IS NULL OR {_LIVECHAT} = :livechat)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which items an admin action or listing is about: one item, or every item of a messenger
+    channel and/or a live chat; all of them when every field is None."""
+
+    item_id: int | None = None
+    channel: str | None = None
+    livechat: str | None = None
+
+    def params(self, status: str, after: int, limit: int) -> dict[str, Any]:
+        return {
+            "status": status,
+            "after": after,
+            "item": self.item_id,
+            "channel": self.channel,
+            "livechat": self.livechat,
+            "limit": limit,
+        }
+
+
+async def list_items(
+    db: Database, status: str, limit: int, scope: Scope | None = None
+) -> list[dict[str, Any]]:
+    """Items oldest first, with the channel and live chat they belong to and their payload."""
     rows = await db.fetch_all(
-        """SELECT id, kind, lane, channel_id, ref_id, status, attempts, next_attempt_at,
-                  created_at, updated_at, last_error
-           FROM outbox WHERE status = ? ORDER BY id LIMIT ?""",
-        (status, limit),
+        f"""SELECT o.id, o.kind, o.lane, o.channel_id, o.ref_id, o.status, o.attempts,
+                   o.next_attempt_at, o.created_at, o.updated_at, o.last_error, o.payload,
+                   {_CHANNEL} AS channel, {_LIVECHAT} AS livechat
+            {_SCOPE_FROM} WHERE {_SCOPE_WHERE} ORDER BY o.id LIMIT :limit""",
+        (scope or Scope()).params(status, 0, limit),
     )
-    return [dict(r) for r in rows]
+    return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+def status_of(conn: sqlite3.Connection, item_id: int) -> str | None:
+    row = conn.execute("SELECT status FROM outbox WHERE id = ?", (item_id,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def dead_items(
+    conn: sqlite3.Connection, scope: Scope, after: int, limit: int
+) -> list[tuple[OutboxItem, str | None]]:
+    """The next dead items of `scope` after id `after`, oldest first, with their last error."""
+    rows = conn.execute(
+        f"SELECT o.* {_SCOPE_FROM} WHERE {_SCOPE_WHERE} ORDER BY o.id LIMIT :limit",
+        scope.params("dead", after, limit),
+    ).fetchall()
+    return [(_item(r), r["last_error"]) for r in rows]
+
+
+def bury_new(
+    conn: sqlite3.Connection,
+    *,
+    kind: str,
+    lane: str,
+    payload: dict[str, Any],
+    error: str,
+    now: float,
+    channel_id: str | None = None,
+    ref_id: int | None = None,
+) -> int:
+    """A dead letter from the start: something that cannot be delivered, kept for an admin."""
+    row = conn.execute(
+        """INSERT INTO outbox (kind, lane, channel_id, ref_id, payload, status, next_attempt_at,
+                               created_at, updated_at, last_error)
+           VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?, ?) RETURNING id""",
+        (kind, lane, channel_id, ref_id, json.dumps(payload), now, now, now, error),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def requeue(conn: sqlite3.Connection, item: OutboxItem, now: float) -> int:
+    """A dead item pending again: a fresh count of attempts and a fresh give-up horizon, at the
+    end of its lane. A new row, not the old one revived: an older id would jump the lane's
+    queue, even ahead of an item of the lane in flight, and a lane has one in flight at most.
+    Its channel is kept, so a messenger's items stay held while the channel is not active."""
+    new_id = enqueue(
+        conn,
+        kind=item.kind,
+        lane=item.lane,
+        now=now,
+        ref_id=item.ref_id,
+        channel_id=item.channel_id,
+        payload=item.payload,
+    )
+    conn.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+    return new_id
+
+
+def still_dead(conn: sqlite3.Connection, item_id: int, *, error: str, now: float) -> None:
+    conn.execute(
+        "UPDATE outbox SET last_error = ?, updated_at = ? WHERE id = ? AND status = 'dead'",
+        (error, now, item_id),
+    )
+
+
+def purge(conn: sqlite3.Connection, item_ids: list[int]) -> int:
+    cur = conn.executemany(
+        "DELETE FROM outbox WHERE id = ? AND status = 'dead'", [(i,) for i in item_ids]
+    )
+    return cur.rowcount
 
 
 async def depth(db: Database) -> dict[str, Any]:

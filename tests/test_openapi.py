@@ -132,6 +132,8 @@ WEIGHTS = {
     ("GET", "/admin/sessions"): 5,
     ("GET", "/admin/sessions/{session_id}"): 5,
     ("GET", "/admin/outbox"): 4,
+    ("POST", "/admin/outbox/{item_id}/{action}"): 3,
+    ("POST", "/admin/outbox/{action}"): 3,
     ("GET", "/admin/events"): 5,
     ("GET", "/healthz"): 2,
     ("GET", "/readyz"): 3,
@@ -194,7 +196,11 @@ def _credentials(case: Any, draw: Callable[..., Any], customer_ids: list[str]) -
             params["channel_id"] = draw(st.sampled_from(CHANNELS))
         if "session_id" in params and _often(draw):
             params["session_id"] = draw(st.integers(1, 12))
+        if "item_id" in params and _often(draw):
+            params["item_id"] = draw(st.integers(1, 40))
         query = case.query or {}
+        if "channel" in query and _often(draw):
+            query["channel"] = draw(st.sampled_from(CHANNELS))
         if "messenger" in query and _often(draw):
             query["messenger"] = draw(st.sampled_from(CHANNELS))
         if "livechat" in query and _often(draw):

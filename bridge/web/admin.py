@@ -1,4 +1,5 @@
-"""The admin API (`Authorization: Bearer <admin token>`): channels, sessions, outbox, events."""
+"""The admin API (`Authorization: Bearer <admin token>`): channels, sessions, outbox and its
+dead letters, events."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.deadletters import Report, UnknownItem
 from bridge.errors import BadRequest, NotFound, Unauthenticated
-from bridge.keys import CHANNELS, DATABASE, SETTINGS
+from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
 from bridge.secrets import same_secret
+from storage import channels as channel_rows
 from storage import chats, events, outbox
 
 routes = web.RouteTableDef()
@@ -125,6 +128,20 @@ async def session_detail(request: web.Request) -> web.Response:
     return web.json_response(detail)
 
 
+async def _scope(request: web.Request) -> outbox.Scope:
+    """`channel` (a messenger channel configured, or one the database still knows, such as
+    one removed from the config) and/or `livechat` (a configured live chat): None each when
+    not given."""
+    channel, livechat = request.query.get("channel"), request.query.get("livechat")
+    if channel is not None and channel not in request.app[SETTINGS].messengers:
+        known = {row.id for row in await channel_rows.all_channels(request.app[DATABASE])}
+        if channel not in known:
+            raise NotFound("unknown_channel", "no messenger channel with this id")
+    if livechat is not None and livechat not in request.app[SETTINGS].livechats:
+        raise NotFound("unknown_livechat", "no live chat with this id")
+    return outbox.Scope(channel=channel, livechat=livechat)
+
+
 @routes.get("/admin/outbox")
 async def list_outbox(request: web.Request) -> web.Response:
     _require_admin(request)
@@ -132,7 +149,7 @@ async def list_outbox(request: web.Request) -> web.Response:
     if status not in ("pending", "dead"):
         raise BadRequest("invalid_query", "status: must be 'pending' or 'dead'")
     db = request.app[DATABASE]
-    rows = await outbox.list_items(db, status, _limit(request))
+    rows = await outbox.list_items(db, status, _limit(request), await _scope(request))
     for row in rows:
         for key in ("next_attempt_at", "created_at", "updated_at"):
             row[key] = _iso(row[key])
@@ -151,3 +168,48 @@ async def list_events(request: web.Request) -> web.Response:
     for row in rows:
         row["received_at"] = _iso(row["received_at"])
     return web.json_response({"events": rows})
+
+
+def _report(report: Report) -> web.Response:
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return web.json_response(
+        {"action": report.action, "at": now, **report.counts(), "items": report.items}
+    )
+
+
+async def _act(request: web.Request, scope: outbox.Scope) -> web.Response:
+    dead_letters = request.app[DEAD_LETTERS]
+    action = request.match_info["action"]
+    try:
+        if action == "retry":
+            report = await dead_letters.retry(scope)
+        else:
+            report = await dead_letters.purge(scope)
+    except UnknownItem:
+        raise NotFound(
+            "unknown_item", "no outbox item with this id (delivered items are deleted)"
+        ) from None
+    return _report(report)
+
+
+@routes.post(r"/admin/outbox/{item_id:[0-9]+}/{action:retry|purge}")
+async def item_action(request: web.Request) -> web.Response:
+    """Retry or purge one dead item; an item that is pending is left alone (`skipped`)."""
+    _require_admin(request)
+    item_id = _whole_number(request.match_info["item_id"])
+    if item_id is None or item_id > SQLITE_MAX_INTEGER:
+        raise NotFound("unknown_item", "no outbox item with this id")
+    return await _act(request, outbox.Scope(item_id=item_id))
+
+
+@routes.post(r"/admin/outbox/{action:retry|purge}")
+async def scope_action(request: web.Request) -> web.Response:
+    """Retry or purge every dead item of `channel` and/or `livechat`, or of all with `all=1`."""
+    _require_admin(request)
+    scope = await _scope(request)
+    everything = request.query.get("all")
+    if everything not in (None, "1", "true"):
+        raise BadRequest("invalid_query", "all: must be 1 or true")
+    if (everything is None) == (scope.channel is None and scope.livechat is None):
+        raise BadRequest("invalid_query", "give channel=ID and/or livechat=ID, or all=1 (not both)")
+    return await _act(request, scope)

@@ -47,6 +47,7 @@ INTEGER: Schema = {"type": "integer"}
 BOOLEAN: Schema = {"type": "boolean"}
 OPT_STRING = _nullable("string")
 OPT_INTEGER = _nullable("integer")
+COUNT: Schema = {"type": "integer", "minimum": 0}
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}  # ISO 8601, UTC, milliseconds
 OPT_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 
@@ -573,11 +574,19 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
             "created_at",
             "updated_at",
             "last_error",
+            "channel",
+            "livechat",
+            "payload",
         ),
         id=INTEGER,
-        kind=STRING,
+        kind={
+            **STRING,
+            "description": "livechat.message, messenger.message, messenger.outcome,"
+            " messenger.read, subscriber.event, or operator.reply (an operator's reply no"
+            " chat was linked to: only ever dead, its text in the payload)",
+        },
         lane=STRING,
-        channel_id=OPT_STRING,
+        channel_id={**OPT_STRING, "description": "the messenger channel that holds it"},
         ref_id=OPT_INTEGER,
         status={"type": "string", "enum": ["pending", "dead"]},
         attempts={"type": "integer", "minimum": 0},
@@ -585,6 +594,51 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
         created_at=TIMESTAMP,
         updated_at=TIMESTAMP,
         last_error=OPT_STRING,
+        channel={**OPT_STRING, "description": "the messenger channel it belongs to"},
+        livechat={**OPT_STRING, "description": "the live chat it belongs to"},
+        payload={
+            "type": "object",
+            "description": "what the item carries besides its message or event; for"
+            " operator.reply: livechat_id, customer_id, client_key, channel_id, message_id,"
+            " text, files, operator_id, operator_name, received_at (Unix time)",
+        },
+    ),
+    "DeadLetterReport": _closed(
+        (
+            "action",
+            "at",
+            "matched",
+            "retried",
+            "adopted",
+            "dead",
+            "purged",
+            "skipped",
+            "items",
+        ),
+        action={"type": "string", "enum": ["retry", "purge"]},
+        at=TIMESTAMP,
+        matched={**COUNT, "description": "dead items the action found (a pending one: skipped)"},
+        retried={**COUNT, "description": "made pending again, at the end of their lane"},
+        adopted={**COUNT, "description": "operator replies now queued for their linked chat"},
+        dead={**COUNT, "description": "operator replies still with no chat: dead again"},
+        purged={**COUNT, "description": "deleted"},
+        skipped={**COUNT, "description": "the one item named is pending: left alone"},
+        items={
+            "type": "array",
+            "maxItems": 100,
+            "description": "the first 100 items, with what became of each",
+            "items": _closed(
+                ("id", "kind", "result", "new_id", "error"),
+                id=INTEGER,
+                kind=STRING,
+                result={
+                    "type": "string",
+                    "enum": ["retried", "adopted", "dead", "purged", "skipped"],
+                },
+                new_id={**OPT_INTEGER, "description": "the retried item's id now"},
+                error={**OPT_STRING, "description": "why it is still dead"},
+            ),
+        },
     ),
     "OutboxPage": _closed(
         ("depth", "items"),
@@ -612,6 +666,16 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
 }
 
 # --- the operations -----------------------------------------------------------------------------
+
+OUTBOX_CHANNEL = _query_param(
+    "channel", "only items of this messenger channel (one removed from the config too)", STRING
+)
+OUTBOX_LIVECHAT = _query_param("livechat", "only items of this live chat", STRING)
+DEAD_LETTER_ACTION = _path_param(
+    "action",
+    "retry: pending again with fresh attempts (an operator.reply is routed again); purge: deleted",
+    {"type": "string", "enum": ["retry", "purge"]},
+)
 
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 UNAUTHORIZED = _error("Missing or wrong admin token.", "unauthorized")
@@ -820,7 +884,14 @@ PATHS: dict[str, Any] = {
             **_admin(
                 "Outbox depth and its pending or dead items, oldest first",
                 _answer("The depth and the items.", _ref("OutboxPage")),
-                **{"400": _error("A query parameter is invalid.", "invalid_query")},
+                **{
+                    "400": _error("A query parameter is invalid.", "invalid_query"),
+                    "404": _error(
+                        "No such messenger channel or live chat.",
+                        "unknown_channel",
+                        "unknown_livechat",
+                    ),
+                },
             ),
             "operationId": "listOutbox",
             "parameters": [
@@ -829,7 +900,62 @@ PATHS: dict[str, Any] = {
                     "which items (default dead)",
                     {"type": "string", "enum": ["pending", "dead"], "default": "dead"},
                 ),
+                OUTBOX_CHANNEL,
+                OUTBOX_LIVECHAT,
                 LIMIT,
+            ],
+        }
+    },
+    "/admin/outbox/{item_id}/{action}": {
+        "post": {
+            **_admin(
+                "Retry or purge one dead outbox item",
+                _answer("What the action did.", _ref("DeadLetterReport")),
+                **{
+                    "404": _error(
+                        "No outbox item with this id (delivered items are deleted).",
+                        "unknown_item",
+                        NOT_FOUND,
+                    ),
+                    "503": STORAGE_UNAVAILABLE,
+                },
+            ),
+            "operationId": "deadLetterAction",
+            "parameters": [
+                _path_param("item_id", "the item's id", {"type": "integer", "minimum": 0}),
+                DEAD_LETTER_ACTION,
+            ],
+        }
+    },
+    "/admin/outbox/{action}": {
+        "post": {
+            **_admin(
+                "Retry or purge every dead item of a channel and/or a live chat, or all",
+                _answer("What the action did.", _ref("DeadLetterReport")),
+                **{
+                    "400": _error(
+                        "Neither a scope nor all=1, or both, or all not 1 or true.",
+                        "invalid_query",
+                    ),
+                    "404": _error(
+                        "No such messenger channel or live chat.",
+                        "unknown_channel",
+                        "unknown_livechat",
+                        NOT_FOUND,
+                    ),
+                    "503": STORAGE_UNAVAILABLE,
+                },
+            ),
+            "operationId": "deadLettersAction",
+            "parameters": [
+                DEAD_LETTER_ACTION,
+                OUTBOX_CHANNEL,
+                OUTBOX_LIVECHAT,
+                _query_param(
+                    "all",
+                    "every dead item (instead of channel and/or livechat)",
+                    {"type": "string", "enum": ["1", "true"]},
+                ),
             ],
         }
     },
