@@ -386,6 +386,6 @@ class JivochatConnector:
             return {
                 "kind": self.kind,
                 "agents_online": None,
-                "status_error": f"HTTP {answer.status}",
+                "status_error": outside.describe(answer),
             }
         return {"kind": self.kind, "agents_online": text == "1"}

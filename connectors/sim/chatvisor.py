@@ -33,6 +33,7 @@ class ChatvisorSim:
         self.fail_with: int | None = None
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
+        self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
         self.delay = 0.0  # seconds each message call takes
         self._ids = itertools.count(1)
         self.app = web.Application()
@@ -60,7 +61,9 @@ class ChatvisorSim:
         return None
 
     def _failure(self, status: int) -> web.Response:
-        headers = {"Retry-After": self.retry_after} if self.retry_after else None
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        if self.location:
+            headers["Location"] = self.location
         return web.json_response({"error": "simulated"}, status=status, headers=headers)
 
     async def _customer(self, request: web.Request) -> web.Response:

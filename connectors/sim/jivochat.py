@@ -29,6 +29,9 @@ class JivochatSim:
         self.agents_online = True
         self.fail_with: int | None = None
         self.fail_times = 0
+        self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
+        self.status_calls = 0  # /status probes received
+        self.status_fail_with: int | None = None  # answer /status with this status instead
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post(path, self._client_message)
@@ -44,7 +47,8 @@ class JivochatSim:
                 self.fail_times -= 1
                 if not self.fail_times:
                     self.fail_with = None
-            return web.Response(status=status, text="simulated failure")
+            headers = {"Location": self.location} if self.location else None
+            return web.Response(status=status, text="simulated failure", headers=headers)
         body = await request.json()
         message_id = body["message"]["id"]
         if message_id in self.seen_ids:
@@ -56,6 +60,10 @@ class JivochatSim:
         return web.Response(text="")
 
     async def _status(self, request: web.Request) -> web.Response:
+        self.status_calls += 1
+        if self.status_fail_with is not None:
+            headers = {"Location": self.location} if self.location else None
+            return web.Response(status=self.status_fail_with, headers=headers)
         return web.Response(text="1" if self.agents_online else "0")
 
     async def post(self, http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, Any]:
