@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -132,12 +136,24 @@ async def request(
 
 
 def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from `Retry-After` (RFC 9110 section 10.2.3): delay-seconds or an
+    HTTP-date; a date already past means now (0.0). None when absent or unreadable. Not capped
+    here: the delivery worker caps it at `delivery.retry_cap`."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare enough that our own back-off does fine
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP-date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def location_host(value: str | None) -> str | None:
