@@ -34,7 +34,7 @@ class SubscriberSim:
         }
         if self.fail_with is not None:
             self.refused_ids.append(headers.get("webhook-id", ""))
-            headers = {"Location": self.location} if self.location else None
-            return web.Response(status=self.fail_with, headers=headers)
+            location = {"Location": self.location} if self.location else None
+            return web.Response(status=self.fail_with, headers=location)
         self.deliveries.append((headers, await request.read()))
         return web.Response(status=204)
