@@ -4,12 +4,14 @@ written is retried, not the outside call it settles."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 
-from tests.conftest import World, eventually
+from tests.conftest import Jivo, World, eventually
 
 
 @pytest.mark.parametrize(
@@ -37,3 +39,40 @@ async def test_retry_after_as_an_http_date_is_honoured(
     elapsed = time.time() - started
     assert low <= elapsed <= high, f"delivered after {elapsed:.2f} s, expected {low}-{high}"
     assert cv.texts(cv.customer_by_key["acme:ra"]) == ["later"]
+
+
+async def readyz(world: World) -> dict[str, Any]:
+    assert world.bridge is not None
+    async with world.http.get(f"{world.bridge.url}/readyz") as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+    return body
+
+
+async def test_readyz_probes_jivochat_once_for_many_requests(world: World, jivo: Jivo) -> None:
+    await jivo.start()  # status_cache: 30 s by default
+    jivo.sim.status_delay = 0.3  # requests pile up while the first probe is out
+    bodies = await asyncio.gather(*(readyz(world) for _ in range(40)))
+    for _ in range(20):
+        bodies.append(await readyz(world))
+    assert jivo.sim.status_calls == 1
+    assert all(b["livechats"]["sales"]["agents_online"] is True for b in bodies)
+    jivo.sim.agents_online = False
+    assert (await readyz(world))["livechats"]["sales"]["agents_online"] is True  # cached
+    assert jivo.sim.status_calls == 1
+
+
+async def test_readyz_probes_jivochat_once_per_cache_period(world: World, jivo: Jivo) -> None:
+    config = jivo.config()
+    config["livechats"]["sales"]["status_cache"] = 0.4
+    await world.start_bridge(config=config)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        await asyncio.gather(*(readyz(world) for _ in range(5)))
+        await asyncio.sleep(0.02)
+    # 2 s of steady asking, a probe per 0.4 s: 5 or 6 (each period starts at a probe).
+    assert 4 <= jivo.sim.status_calls <= 7, jivo.sim.status_calls
+    jivo.sim.agents_online = False
+    await asyncio.sleep(0.45)
+    sales = (await readyz(world))["livechats"]["sales"]
+    assert sales["agents_online"] is False and sales["status_age"] < 0.4

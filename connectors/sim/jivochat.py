@@ -8,6 +8,7 @@ bridge's hook URL exactly as JivoChat would.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import defaultdict
 from typing import Any
@@ -32,6 +33,7 @@ class JivochatSim:
         self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
         self.status_calls = 0  # /status probes received
         self.status_fail_with: int | None = None  # answer /status with this status instead
+        self.status_delay = 0.0  # seconds each /status answer takes
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post(path, self._client_message)
@@ -61,6 +63,7 @@ class JivochatSim:
 
     async def _status(self, request: web.Request) -> web.Response:
         self.status_calls += 1
+        await asyncio.sleep(self.status_delay)
         if self.status_fail_with is not None:
             headers = {"Location": self.location} if self.location else None
             return web.Response(status=self.status_fail_with, headers=headers)
