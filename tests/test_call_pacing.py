@@ -5,6 +5,8 @@ written is retried, not the outside call it settles."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from email.utils import formatdate
 from typing import Any
@@ -76,3 +78,45 @@ async def test_readyz_probes_jivochat_once_per_cache_period(world: World, jivo: 
     await asyncio.sleep(0.45)
     sales = (await readyz(world))["livechats"]["sales"]
     assert sales["agents_online"] is False and sales["status_age"] < 0.4
+
+
+async def test_a_settle_that_cannot_be_written_waits_without_calling_again(
+    world: World,
+) -> None:
+    """The live chat takes the message, then the database is locked before the bridge can
+    write the settle: the settle is tried again under back-off until the lock is gone, and the
+    live chat gets the call once (it was once made again every second)."""
+    bridge = await world.start_bridge(storage={"busy_timeout": 0.2})
+    m, cv, http = world.messenger, world.chatvisor, world.http
+    assert (await m.send_message(http, "s1", "first", message_id="s1-1"))[0] == 200
+    customer = await world.customer_id("s1")
+    await eventually(lambda: m.outcomes.get("s1-1") is True, what="the first delivered")
+
+    calls = cv.message_calls
+    cv.delay = 1.0  # the call is out when the lock is taken
+    assert (await m.send_message(http, "s1", "second", message_id="s1-2"))[0] == 200
+    await eventually(lambda: cv.message_calls == calls + 1, what="the call made")
+    locker = sqlite3.connect(
+        bridge.settings.storage.path, timeout=5, isolation_level=None, check_same_thread=False
+    )
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        await eventually(lambda: cv.texts(customer) == ["first", "second"], what="taken")
+        await asyncio.sleep(2.5)  # several settle tries meet the lock
+        assert cv.message_calls == calls + 1
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            locker.execute("ROLLBACK")
+        locker.close()
+
+    async def settled() -> bool:
+        rows = await bridge.query("SELECT count(*) FROM outbox")
+        return rows == [(0,)]
+
+    await eventually(settled, what="the settle written once the lock is gone")
+    sql = "SELECT status FROM messages WHERE external_id = 's1-2'"
+    assert await bridge.query(sql) == [("delivered",)]
+    await asyncio.sleep(0.3)  # nothing more goes out
+    assert cv.message_calls == calls + 1 and cv.duplicates == 0
+    outcomes = [c for c in m.calls if c["type"] == "messageOutcome"]
+    assert [c["data"]["messageId"] for c in outcomes] == ["s1-1", "s1-2"]

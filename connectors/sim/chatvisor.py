@@ -30,6 +30,7 @@ class ChatvisorSim:
         self.message_ids: dict[str, str] = {}  # bridge message id -> live-chat message id
         self.duplicates = 0
         self.customer_calls = 0
+        self.message_calls = 0  # message calls received, counted on arrival (repeats too)
         self.fail_with: int | None = None
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
@@ -78,6 +79,7 @@ class ChatvisorSim:
         return web.json_response({"customerId": customer_id})
 
     async def _message(self, request: web.Request) -> web.Response:
+        self.message_calls += 1
         if (refused := self._refuse(request)) is not None:
             return refused
         customer_id = request.match_info["customer_id"]
