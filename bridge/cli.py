@@ -29,6 +29,7 @@ from bridge.settings import (
     resolve_config_path,
 )
 from bridge.version import version
+from connectors import http as outside
 from storage.database import DatabaseInUse
 from storage.migrations import SchemaTooNew
 
@@ -138,19 +139,16 @@ async def admin_command(
     else:
         method, path = "POST", f"/admin/messengers/{channel_id}/{command}"
     timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(method, base + path, headers=headers) as resp,
-        ):
-            body: Any = await resp.json(content_type=None)
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        print(f"cannot reach the bridge at {base}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    # Through the bridge's own client: a redirect is not followed (it would carry the token).
+    async with outside.client_session(timeout) as http:
+        answer = await outside.request(http, method, base + path, headers=headers)
+    if isinstance(answer, outside.NoResponse):
+        print(f"cannot reach the bridge at {base}: {answer.error}", file=sys.stderr)
         return 1
-    if status != 200:
-        message = body.get("error", body) if isinstance(body, dict) else body
-        print(f"error ({status}): {message}", file=sys.stderr)
+    body: Any = answer.json()
+    if answer.status != 200 or not isinstance(body, dict):
+        message = body.get("error", body) if isinstance(body, dict) else outside.describe(answer)
+        print(f"error ({answer.status}): {message}", file=sys.stderr)
         return 1
     rows = body["channels"] if command == "channels" else [body]
     _print_channels(rows)

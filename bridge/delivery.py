@@ -32,6 +32,9 @@ log = structlog.get_logger("delivery")
 MAX_IDLE = 1.0  # seconds between looks at the outbox when nothing wakes the worker
 MIN_IDLE = 0.01
 BUSY_IDLE = 0.1  # between looks while deliveries are in flight
+# Longest pause between tries of a settle that could not be written (with delivery.retry_cap,
+# if lower): once storage is back, an item's settle lands within about this many seconds.
+SETTLE_RETRY_CAP = 10.0
 
 
 class Performs(Protocol):
@@ -151,13 +154,11 @@ class DeliveryWorker:
             await self._settle(item, attempt, ids)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            # Left pending as it was. Staying in flight a while keeps it from being claimed
-            # again at once while storage is failing.
-            if isinstance(exc, StorageUnavailable):
-                log.error("delivery.settle_failed", error=str(exc), **ids)
-            else:
-                log.exception("delivery.settle_failed", **ids)
+        except Exception:
+            # A bug, not storage (whose failures _write_settle waits out): left pending as it
+            # was, to be performed again with the same ids. Staying in flight a while keeps it
+            # from being claimed again at once.
+            log.exception("delivery.settle_failed", **ids)
             await asyncio.sleep(MAX_IDLE)
         finally:
             self._inflight.pop(item.id, None)
@@ -168,7 +169,10 @@ class DeliveryWorker:
         # debug that is usually not written.
         result, now, cfg = attempt.result, self._clock(), self._settings
         if attempt.channel_id is not None:
-            await self._channels.record_delivery(attempt.channel_id, result)
+            try:
+                await self._channels.record_delivery(attempt.channel_id, result)
+            except StorageUnavailable as exc:  # the channel's state waits; the item's does not
+                log.error("delivery.channel_state_not_written", error=str(exc), **ids)
 
         follow_up = None
         target = target_of(item.kind)
@@ -236,4 +240,34 @@ class DeliveryWorker:
             if work(conn) and follow_up is not None:
                 follow_up(conn)
 
-        await self._db.write(settle)
+        await self._write_settle(settle, ids)
+
+    async def _write_settle(
+        self, settle: Callable[[sqlite3.Connection], None], ids: dict[str, object]
+    ) -> None:
+        """Write an attempt's settle, trying again under back-off while storage refuses it
+        (locked, full, read-only). The item stays in flight meanwhile, so it is not claimed
+        again: the outside call, already made, is not repeated while only its settle waits.
+        A settle may run more than once (a commit whose success was not seen): it re-checks
+        that the item is still pending, so its follow-ups never run twice."""
+        cfg = self._settings
+        cap = min(cfg.retry_cap, SETTLE_RETRY_CAP)
+        failures = 0
+        while True:
+            try:
+                await self._db.write(settle)
+            except StorageUnavailable as exc:
+                failures += 1
+                delay = backoff(failures, cfg.retry_base, cap)
+                log.error(
+                    "delivery.settle_failed",
+                    error=str(exc),
+                    failures=failures,
+                    retry_in=round(delay, 3),
+                    **ids,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                log.info("delivery.settle_written", failures=failures, **ids)
+            return

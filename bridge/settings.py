@@ -157,6 +157,9 @@ class JivochatSettings(_Section):
     ]
     hook_token: RequiredSecret
     status_timeout: float = Field(default=2.0, gt=0)
+    # Seconds /readyz reuses the answer of the Chat API's /status (0: probe on every /readyz,
+    # still one probe at a time).
+    status_cache: float = Field(default=30.0, ge=0)
 
 
 LiveChatSettings = Annotated[ChatvisorSettings | JivochatSettings, Field(discriminator="kind")]

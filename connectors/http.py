@@ -1,16 +1,28 @@
 """One outside HTTP call: bounded in time, never raising, its outcome in the bridge's terms.
 
 Error texts name the failure, never the URL: some live-chat URLs carry a secret in their path.
+
+No call follows a redirect. A live chat answering 307 would otherwise get the body re-sent to
+wherever its `Location` points, and that party's 200 would count as delivered although the live
+chat never took the message. A 3xx is a failed call like any other non-2xx answer, retried with
+back-off. This is enforced here twice: `request` asks for no redirects, and every session made
+by `client_session` refuses to follow one even if some other call asked it to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from bridge.model import Delivered, DeliveryResult, Failed, Retry
 from bridge.settings import DeliverySettings
@@ -21,18 +33,51 @@ USER_AGENT = "messenger-bridge/0.1"
 
 def session(cfg: DeliverySettings) -> aiohttp.ClientSession:
     """The one HTTP client for every outside call of a process: its timeouts and pool size."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),
-        connector=aiohttp.TCPConnector(limit=cfg.concurrency * 2),
-        headers={"User-Agent": USER_AGENT},
+    return client_session(
+        aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),
+        limit=cfg.concurrency * 2,
     )
+
+
+def client_session(timeout: aiohttp.ClientTimeout, *, limit: int = 100) -> aiohttp.ClientSession:
+    """Any HTTP client the bridge makes (the CLI's too): it never follows a redirect.
+
+    A call that asks to follow one (aiohttp's default outside `request`) fails with
+    RedirectRefused before anything is sent to the `Location`.
+    """
+    refuse = aiohttp.TraceConfig()
+    refuse.on_request_redirect.append(_refuse_redirect)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=aiohttp.TCPConnector(limit=limit),
+        headers={"User-Agent": USER_AGENT},
+        trace_configs=[refuse],
+    )
+
+
+class RedirectRefused(aiohttp.ClientError):
+    """A session of ours was asked to follow a redirect. The text names the `Location`'s host
+    only: its path or query may carry a secret."""
+
+
+async def _refuse_redirect(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    # Runs before aiohttp follows the redirect: raising here is what stops it.
+    resp = params.response
+    text = _redirect_text(resp.status, location_host(resp.headers.get("Location")))
+    resp.close()
+    raise RedirectRefused(text)
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
     body: bytes
-    retry_after: float | None
+    retry_after: float | None  # seconds from when the answer was read, never negative
+    location_host: str | None = None  # of a 3xx answer's `Location` (host[:port] only)
 
     def json(self) -> Any:
         """The body as JSON, or None when it is not JSON."""
@@ -72,9 +117,16 @@ async def request(
         {} if seconds is None else {"timeout": aiohttp.ClientTimeout(total=seconds)}
     )
     try:
-        async with http.request(method, url, data=data, headers=all_headers, **extra) as resp:
+        async with http.request(
+            method, url, data=data, headers=all_headers, allow_redirects=False, **extra
+        ) as resp:
             payload = await resp.content.read(max_body)
-            return Response(resp.status, payload, _retry_after(resp.headers.get("Retry-After")))
+            return Response(
+                resp.status,
+                payload,
+                retry_after(resp.headers.get("Retry-After")),
+                location_host(resp.headers.get("Location")) if 300 <= resp.status < 400 else None,
+            )
     except TimeoutError:
         return NoResponse("timed out")
     except aiohttp.ClientConnectorError as exc:
@@ -83,23 +135,74 @@ async def request(
         return NoResponse(f"connection failed: {type(exc).__name__}")
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from `Retry-After` (RFC 9110 section 10.2.3): delay-seconds or an
+    HTTP-date; a date already past means now (0.0). None when absent or unreadable. Not capped
+    here: the delivery worker caps it at `delivery.retry_cap`."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare enough that our own back-off does fine
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP-date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def location_host(value: str | None) -> str | None:
+    """`host` or `host:port` of a `Location` header, for logs and error texts: never its path,
+    query or user info (they may carry a secret). "the same host" for a relative reference."""
+    if not value:
+        return None
+    try:
+        url = URL(value.strip())
+        host = url.host
+        port = url.explicit_port
+    except (ValueError, TypeError):
+        return "(not a URL)"
+    if not url.is_absolute() or not host:
+        return "the same host"
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{host}:{port}" if port is not None else host
+    return "".join(c for c in shown if c.isprintable())[:100]
+
+
+def is_redirect(outcome: Response | NoResponse) -> bool:
+    return isinstance(outcome, Response) and 300 <= outcome.status < 400
+
+
+def describe(outcome: Response | NoResponse) -> str:
+    """A short text for a failed call: the error, or the status (with where a redirect
+    pointed, by host only)."""
+    if isinstance(outcome, NoResponse):
+        return outcome.error
+    if is_redirect(outcome):
+        return _redirect_text(outcome.status, outcome.location_host)
+    return f"HTTP {outcome.status}"
+
+
+def _redirect_text(status: int, host: str | None) -> str:
+    where = f"to {host}" if host else "without a Location"
+    return f"HTTP {status}: redirect {where} not followed"
 
 
 def classify(outcome: Response | NoResponse) -> DeliveryResult:
-    """The common REST reading: 2xx done; 408, 429, 5xx and no answer retry; other 4xx final."""
+    """The common REST reading: 2xx done; 3xx (never followed), 408, 429, 5xx and no answer
+    retry; other 4xx final."""
     if isinstance(outcome, NoResponse):
         return Retry(outcome.error)
     if 200 <= outcome.status < 300:
         return Delivered()
-    if outcome.status in (408, 429) or outcome.status >= 500:
-        return Retry(f"HTTP {outcome.status}", after=outcome.retry_after)
+    if is_redirect(outcome) or outcome.status in (408, 429) or outcome.status >= 500:
+        return Retry(describe(outcome), after=outcome.retry_after)
     return Failed(f"HTTP {outcome.status}: {_snippet(outcome.body)}")
 
 

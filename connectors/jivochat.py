@@ -8,7 +8,9 @@ unknown fields are ignored and unknown events are kept, never refused.
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -363,7 +365,11 @@ class JivochatConnector:
         self.livechat_id = livechat_id
         self._url = settings.chat_api_url.get_secret_value()
         self._status_timeout = settings.status_timeout
+        self._status_cache = settings.status_cache
         self._http = http
+        # /readyz is unauthenticated: without a cache each request would be a call to JivoChat.
+        self._probe_lock = asyncio.Lock()
+        self._probed: tuple[float, dict[str, Any]] | None = None  # (monotonic time, facts)
 
     def parse_hook(self, body: bytes) -> list[LiveChatEvent]:
         return parse_hook(body)
@@ -385,7 +391,21 @@ class JivochatConnector:
         return Delivered()
 
     async def readiness(self) -> dict[str, Any]:
-        """Whether agents are online, from the Chat API's /status: informative only."""
+        """Whether agents are online, from the Chat API's /status: informative only.
+
+        The answer is kept `status_cache` seconds (settings; default 30), and concurrent callers
+        share one probe: however often /readyz is asked, JivoChat gets at most one /status call
+        at a time and one per period. `status_age` says how old the answer is, in seconds.
+        """
+        async with self._probe_lock:
+            now = time.monotonic()
+            if self._probed is None or now - self._probed[0] >= self._status_cache:
+                self._probed = (now, await self._probe())
+                now = time.monotonic()
+            at, facts = self._probed
+        return {**facts, "status_age": round(now - at, 1)}
+
+    async def _probe(self) -> dict[str, Any]:
         answer = await outside.request(
             self._http, "GET", f"{self._url}/status", seconds=self._status_timeout
         )
@@ -396,6 +416,6 @@ class JivochatConnector:
             return {
                 "kind": self.kind,
                 "agents_online": None,
-                "status_error": f"HTTP {answer.status}",
+                "status_error": outside.describe(answer),
             }
         return {"kind": self.kind, "agents_online": text == "1"}

@@ -212,7 +212,7 @@ class MessengerClient:
         }
         answer = await outside.request(self._http, "POST", self._webhook, body)
         if not isinstance(answer, outside.Response) or answer.status != 200:
-            return None
+            return None  # a 3xx too: its target is not the messenger
         doc = answer.json()
         if not isinstance(doc, dict):
             return None
@@ -233,14 +233,15 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _read_answer(outcome: outside.Response | outside.NoResponse) -> DeliveryResult:
-    # The messenger contract: 200 accepted, 401 codes differ; anything else is worth retrying.
+    # The messenger contract: 200 accepted, 401 codes differ; anything else is worth retrying,
+    # a 3xx included ("No side follows HTTP redirects: a 3xx is a failed call").
     if isinstance(outcome, outside.NoResponse):
         return Retry(outcome.error)
     if outcome.status == 200:
         return Delivered()
     if outcome.status == 401:
         return Unauthorized("the messenger refused the confirmation code (HTTP 401)")
-    return Retry(f"HTTP {outcome.status}", after=outcome.retry_after)
+    return Retry(outside.describe(outcome), after=outcome.retry_after)
 
 
 def build_clients(

@@ -294,10 +294,13 @@ async def test_chat_finished_closes_keeps_transcript_and_next_message_reopens(
 
 
 async def test_readiness_reports_agents_online(world: World, jivo: Jivo) -> None:
-    await jivo.start()
+    config = jivo.config()
+    config["livechats"]["sales"]["status_cache"] = 0  # asked on every /readyz
+    await world.start_bridge(config=config)
     url = f"{world.bridge.url}/readyz"
     async with jivo.http.get(url) as r:
-        assert (await r.json())["livechats"]["sales"] == {"kind": "jivochat", "agents_online": True}
+        sales = (await r.json())["livechats"]["sales"]
+    assert sales == {"kind": "jivochat", "agents_online": True, "status_age": 0.0}
     jivo.sim.agents_online = False
     async with jivo.http.get(url) as r:
         assert (await r.json())["livechats"]["sales"]["agents_online"] is False

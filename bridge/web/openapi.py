@@ -402,6 +402,11 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
             "description": "JivoChat: its Chat API /status; null when it could not be asked",
         },
         status_error=STRING,
+        status_age={
+            "type": "number",
+            "minimum": 0,
+            "description": "JivoChat: seconds since /status was asked (its answer is cached)",
+        },
     ),
     "Ready": _closed(
         ("status", "schema_version", "livechats"),

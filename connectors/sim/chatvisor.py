@@ -30,9 +30,11 @@ class ChatvisorSim:
         self.message_ids: dict[str, str] = {}  # bridge message id -> live-chat message id
         self.duplicates = 0
         self.customer_calls = 0
+        self.message_calls = 0  # message calls received, counted on arrival (repeats too)
         self.fail_with: int | None = None
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
+        self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
         self.delay = 0.0  # seconds each message call takes
         self.refuse_messages = 0  # refuse this many next message calls with 422, for good
         self.refused: list[str] = []  # the ids of the messages refused so
@@ -62,7 +64,9 @@ class ChatvisorSim:
         return None
 
     def _failure(self, status: int) -> web.Response:
-        headers = {"Retry-After": self.retry_after} if self.retry_after else None
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        if self.location:
+            headers["Location"] = self.location
         return web.json_response({"error": "simulated"}, status=status, headers=headers)
 
     async def _customer(self, request: web.Request) -> web.Response:
@@ -77,6 +81,7 @@ class ChatvisorSim:
         return web.json_response({"customerId": customer_id})
 
     async def _message(self, request: web.Request) -> web.Response:
+        self.message_calls += 1
         if (refused := self._refuse(request)) is not None:
             return refused
         customer_id = request.match_info["customer_id"]

@@ -8,6 +8,7 @@ bridge's hook URL exactly as JivoChat would.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -34,6 +35,10 @@ class JivochatSim:
         self.calls_by_id: Counter[str] = Counter()
         # Given a call's body, the status to refuse it with, or None to take it.
         self.refuse: Callable[[dict[str, Any]], int | None] = lambda body: None
+        self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
+        self.status_calls = 0  # /status probes received
+        self.status_fail_with: int | None = None  # answer /status with this status instead
+        self.status_delay = 0.0  # seconds each /status answer takes
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post(path, self._client_message)
@@ -54,7 +59,8 @@ class JivochatSim:
                 self.fail_times -= 1
                 if not self.fail_times:
                     self.fail_with = None
-            return web.Response(status=status, text="simulated failure")
+            headers = {"Location": self.location} if self.location else None
+            return web.Response(status=status, text="simulated failure", headers=headers)
         if message_id in self.seen_ids:
             self.duplicates += 1
         else:
@@ -64,6 +70,11 @@ class JivochatSim:
         return web.Response(text="")
 
     async def _status(self, request: web.Request) -> web.Response:
+        self.status_calls += 1
+        await asyncio.sleep(self.status_delay)
+        if self.status_fail_with is not None:
+            headers = {"Location": self.location} if self.location else None
+            return web.Response(status=self.status_fail_with, headers=headers)
         return web.Response(text="1" if self.agents_online else "0")
 
     async def post(self, http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, Any]:

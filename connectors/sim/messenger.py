@@ -32,6 +32,8 @@ class MessengerSim:
         self.bridge_webhook: str | None = None
         self.fail_with: int | None = None  # answer every call with this status
         self.fail_types: dict[str, int] = {}  # or only calls of these types
+        self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
+        self.refused: list[str] = []  # the types of calls answered with a failure, in order
         self.delay = 0.0
         self.delay_types: dict[str, float] = {}  # seconds calls of these types are answered late
         self._ids = itertools.count(1)
@@ -52,7 +54,9 @@ class MessengerSim:
             await asyncio.sleep(self.delay_types[kind])
         status = self.fail_types.get(kind, self.fail_with)
         if status is not None:
-            return web.Response(status=status, text="simulated failure")
+            self.refused.append(kind)
+            headers = {"Location": self.location} if self.location else None
+            return web.Response(status=status, text="simulated failure", headers=headers)
         self.calls.append(body)
         data = body.get("data") or {}
         if kind == "connect":

@@ -13,6 +13,7 @@ class SubscriberSim:
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         self.refused_ids: list[str] = []  # webhook-ids of attempts answered with fail_with
         self.fail_with: int | None = None
+        self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
         self.app = web.Application()
         self.app.router.add_post("/events", self._receive)
 
@@ -33,6 +34,7 @@ class SubscriberSim:
         }
         if self.fail_with is not None:
             self.refused_ids.append(headers.get("webhook-id", ""))
-            return web.Response(status=self.fail_with)
+            location = {"Location": self.location} if self.location else None
+            return web.Response(status=self.fail_with, headers=location)
         self.deliveries.append((headers, await request.read()))
         return web.Response(status=204)
