@@ -1,0 +1,45 @@
+"""The console's buttons whose work other parts of the bridge provide: retrying and purging dead
+letters (issue "Nothing lost, unattended for months") and linking an unlinked live-chat event to
+a session by hand (issue "The live chats as they really are").
+
+Each hook is an async function of the application, so it can reach the database, the clock and
+the delivery worker as the JSON endpoint for the same action does. A hook left None shows its
+button disabled, saying what it waits for, and its POST answers 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+# Item id -> True if it was dead and is now pending again (same item, same stable id).
+RetryDead = Callable[[web.Application, int], Awaitable[bool]]
+# -> how many dead items are pending again.
+RetryAllDead = Callable[[web.Application], Awaitable[int]]
+# One dead item's id, or None for every dead item -> how many were deleted.
+PurgeDead = Callable[[web.Application, int | None], Awaitable[int]]
+# (event id, session id) -> None; raises bridge.errors.ApiError when it refuses.
+LinkEvent = Callable[[web.Application, int, int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    retry_dead: RetryDead | None = None
+    retry_all_dead: RetryAllDead | None = None
+    purge_dead: PurgeDead | None = None
+    link_event: LinkEvent | None = None
+
+
+HOOKS = web.AppKey("console_hooks", Hooks)
+
+
+def wired_hooks() -> Hooks:
+    """The hooks this build provides.
+
+    TODO(integration): when branch wt-retention lands, set retry_dead, retry_all_dead and
+    purge_dead to thin wrappers over its storage functions (and wake the delivery worker after
+    a retry: `app[WORKER].wake()`); when wt-livechats lands, set link_event to its manual link.
+    """
+    return Hooks()
