@@ -23,7 +23,8 @@ async def first_message_id_since(db: Database, since: float) -> int | None:
     bounds = await db.fetch_one("SELECT min(id), max(id) FROM messages")
     if bounds is None or bounds[0] is None:
         return None
-    lo, hi = int(bounds[0]), int(bounds[1]) + 1  # the answer is in [lo, hi); hi: none
+    # Invariant: every row below `lo` is older than `since`; every row at or after `hi` is not.
+    lo, hi = int(bounds[0]), int(bounds[1]) + 1
     while lo < hi:
         mid = (lo + hi) // 2
         # The first row at or after `mid`: ids can have gaps (rows pruned).
@@ -35,7 +36,9 @@ async def first_message_id_since(db: Database, since: float) -> int | None:
             hi = mid
         else:
             lo = int(row[0]) + 1
-    return None if lo > int(bounds[1]) else lo
+    # `lo` may fall in a gap: the answer is the first row at or after it.
+    first = await db.fetch_one("SELECT min(id) FROM messages WHERE id >= ?", (lo,))
+    return None if first is None or first[0] is None else int(first[0])
 
 
 @dataclass(frozen=True, slots=True)
