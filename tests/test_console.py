@@ -11,6 +11,7 @@ import structlog
 from markupsafe import escape
 
 from bridge.console.auth import FAILED_SIGN_IN_DELAY, SESSION_SECONDS, Sessions
+from bridge.console.hooks import HOOKS
 from tests.conftest import (
     ADMIN_TOKEN,
     API_TOKEN,
@@ -376,3 +377,44 @@ async def test_the_events_page_filters(running: World, user: ConsoleUser) -> Non
     assert "badge unlinked" in text
     _, text, _ = await user.get("/admin/ui/events?livechat=nope")
     assert "No live chat with this id." in text
+
+
+async def test_retry_a_dead_letter_and_see_it_delivered(world: World) -> None:
+    world.chatvisor.fail_with = 400
+    bridge = await world.start_bridge()
+    assert bridge.app is not None
+    if bridge.app[HOOKS].retry_dead is None:
+        pytest.skip("retrying dead letters is not wired in this build (bridge/console/hooks.py)")
+    user = ConsoleUser(bridge.url)
+    try:
+        await world.messenger.send_message(world.http, "r1", "second time lucky")
+        rows = await eventually(
+            lambda: bridge.query("SELECT id FROM outbox WHERE status = 'dead'"), what="dead"
+        )
+        world.chatvisor.fail_with = None
+        await signed_in(user)
+        status, _, _ = await user.post(f"/admin/ui/outbox/{rows[0][0]}/retry")
+        assert status == 303
+        await eventually(lambda: "second time lucky" in world.chatvisor.all_texts(), what="sent")
+        _, text, _ = await user.get("/admin/ui/outbox")
+        assert '<span class="value" id="dead">0</span>' in text
+    finally:
+        await user.close()
+
+
+async def test_unwired_actions_answer_404_and_show_disabled_buttons(
+    running: World, user: ConsoleUser
+) -> None:
+    assert running.bridge is not None and running.bridge.app is not None
+    hooks = running.bridge.app[HOOKS]
+    await signed_in(user)
+    _, text, _ = await user.get("/admin/ui/outbox")
+    if hooks.retry_all_dead is None:
+        assert 'disabled title="arrives with the dead-letter actions">Retry all' in text
+        status, body, _ = await user.post("/admin/ui/outbox/retry-all")
+        assert status == 404 and "not in this build" in body
+    else:
+        assert 'action="/admin/ui/outbox/retry-all"' in text
+    if hooks.link_event is None:
+        status, body, _ = await user.post("/admin/ui/events/1/link", {"session_id": "1"})
+        assert status == 404 and "not in this build" in body

@@ -145,6 +145,33 @@ async def test_open_a_session_and_read_its_messages_markup_as_text(
     await context.close()
 
 
+async def test_retry_a_dead_letter_and_see_it_delivered(world: World, browser: Any) -> None:
+    from playwright.async_api import expect
+
+    from bridge.console.hooks import HOOKS
+
+    world.chatvisor.fail_with = 400
+    bridge = await world.start_bridge()
+    assert bridge.app is not None
+    if bridge.app[HOOKS].retry_dead is None:
+        pytest.skip("retrying dead letters is not wired in this build (bridge/console/hooks.py)")
+    await world.messenger.send_message(world.http, "r1", "second time lucky")
+    await eventually(
+        lambda: bridge.query("SELECT 1 FROM outbox WHERE status = 'dead'"), what="dead"
+    )
+    world.chatvisor.fail_with = None
+    context, page, _ = await new_page(browser)
+    await sign_in(page, bridge.url)
+    await page.click("nav >> text=Outbox")
+    await page.locator("table.dead button", has_text="Retry").first.click()
+    await expect(page.locator(".flash")).to_contain_text("queued again")
+    await eventually(lambda: "second time lucky" in world.chatvisor.all_texts(), what="delivered")
+    await page.goto(f"{bridge.url}/admin/ui/sessions?chat_id=r1")
+    await page.locator("table.sessions tbody a").first.click()
+    await expect(page.locator(".message .badge")).to_have_text("delivered")
+    await context.close()
+
+
 async def test_a_post_without_the_csrf_token_is_refused(running: World, browser: Any) -> None:
     assert running.bridge is not None
     context, page, _ = await new_page(browser)

@@ -38,8 +38,24 @@ HOOKS = web.AppKey("console_hooks", Hooks)
 def wired_hooks() -> Hooks:
     """The hooks this build provides.
 
-    TODO(integration): when branch wt-retention lands, set retry_dead, retry_all_dead and
-    purge_dead to thin wrappers over its storage functions (and wake the delivery worker after
-    a retry: `app[WORKER].wake()`); when wt-livechats lands, set link_event to its manual link.
+    TODO(integration, wt-retention): its `DeadLetters` (app[DEAD_LETTERS]) does the work, waking
+    the worker itself; wire it here as, for example:
+
+        async def retry_dead(app, item_id):
+            try:
+                report = await app[DEAD_LETTERS].retry(Scope(item_id=item_id))
+            except UnknownItem:
+                raise NotFound("unknown_item", "No outbox item with this id.") from None
+            return bool(report.retried or report.adopted)
+
+        async def retry_all_dead(app):
+            report = await app[DEAD_LETTERS].retry(Scope())
+            return report.retried + report.adopted
+
+        async def purge_dead(app, item_id):  # None: every dead item
+            return (await app[DEAD_LETTERS].purge(Scope(item_id=item_id))).purged
+
+    TODO(integration, wt-livechats): link_event, over its manual link of an event to a session
+    (raising NotFound / BadRequest as its JSON endpoint does).
     """
     return Hooks()
