@@ -19,7 +19,6 @@ import jinja2
 from aiohttp import web
 
 from bridge.console.auth import CSRF_FIELD, session_of
-from bridge.keys import SETTINGS
 from bridge.logs import Redactor
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -80,8 +79,8 @@ def setup_templates(app: web.Application, secrets: list[str]) -> None:
 def render(
     request: web.Request, template: str, context: dict[str, Any], *, status: int = 200
 ) -> web.Response:
-    """A page, with what every page shows: the signed-in session's CSRF token and flash line,
-    and the bridge's name for the title."""
+    """A page, with what every page needs: whether someone is signed in, the session's CSRF
+    token for its forms and its flash line, the path for the menu."""
     session = session_of(request)
     base = {
         "signed_in": session is not None,
@@ -89,6 +88,5 @@ def render(
         "csrf": session.csrf if session else "",
         "flash": session.take_flash() if session else None,
         "path": request.path,
-        "public_url": str(request.app[SETTINGS].server.public_url),
     }
     return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
