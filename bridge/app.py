@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.balance import Shared
 from bridge.channels import ChannelManager
+from bridge.console import setup_console
 from bridge.deadletters import DeadLetters
 from bridge.delivery import DeliveryWorker
 from bridge.dispatch import Performer
@@ -111,4 +112,5 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app.cleanup_ctx.extend([storage_ctx, http_ctx, services_ctx])
     for module in (messenger, livechat, admin, health, metrics, openapi):
         app.add_routes(module.routes)
+    setup_console(app, settings)
     return app

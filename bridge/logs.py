@@ -37,6 +37,10 @@ class Redactor:
             return [self._clean(v) for v in value]
         return value
 
+    def redact(self, value: Any) -> Any:
+        """`value` with every secret replaced: strings, and strings inside dicts and lists."""
+        return self._clean(value) if self._secrets else value
+
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
         if not self._secrets:
             return event

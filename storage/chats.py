@@ -231,8 +231,15 @@ async def read_user(
 
 
 async def list_sessions(
-    db: Database, channel_id: str | None, status: str | None, limit: int
+    db: Database,
+    channel_id: str | None,
+    status: str | None,
+    limit: int,
+    *,
+    external_chat_id: str | None = None,
+    user_id: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Sessions newest first; each filter that is not None must match exactly."""
     rows = await db.fetch_all(
         """SELECT s.id, s.status, s.opened_by, s.opened_at, s.closed_at, s.conversation_url,
                   s.livechat_id, c.channel_id, c.external_chat_id, c.name AS chat_name,
@@ -240,8 +247,9 @@ async def list_sessions(
                   (SELECT count(*) FROM messages m WHERE m.session_id = s.id) AS messages
            FROM sessions s JOIN chats c ON c.id = s.chat_id
            WHERE (?1 IS NULL OR c.channel_id = ?1) AND (?2 IS NULL OR s.status = ?2)
+             AND (?4 IS NULL OR c.external_chat_id = ?4) AND (?5 IS NULL OR c.user_id = ?5)
            ORDER BY s.id DESC LIMIT ?3""",
-        (channel_id, status, limit),
+        (channel_id, status, limit, external_chat_id, user_id),
     )
     return [dict(r) for r in rows]
 

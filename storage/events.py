@@ -37,15 +37,28 @@ def record(
 
 
 async def list_events(
-    db: Database, livechat_id: str | None, name: str | None, limit: int
+    db: Database, livechat_id: str | None, name: str | None, limit: int, *, unlinked: bool = False
 ) -> list[dict[str, Any]]:
+    """Events newest first; `unlinked`: only those linked to no session."""
     rows = await db.fetch_all(
         """SELECT id, livechat_id, name, session_id, payload, received_at FROM events
            WHERE (?1 IS NULL OR livechat_id = ?1) AND (?2 IS NULL OR name = ?2)
+             AND (NOT ?4 OR session_id IS NULL)
            ORDER BY id DESC LIMIT ?3""",
-        (livechat_id, name, limit),
+        (livechat_id, name, limit, unlinked),
     )
     return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+
+async def recent_names(db: Database, window: int = 10_000) -> list[str]:
+    """The names among the latest `window` events, sorted: a filter's choices, read in
+    bounded time however long the log is."""
+    rows = await db.fetch_all(
+        """SELECT DISTINCT name FROM (SELECT name FROM events ORDER BY id DESC LIMIT ?)
+           ORDER BY name""",
+        (window,),
+    )
+    return [r[0] for r in rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -334,3 +334,19 @@ async def depth(db: Database) -> dict[str, Any]:
         "oldest_created_at": row["oldest"] if row else None,
         "dead": dead[0] if dead else 0,
     }
+
+
+async def items_of_session(
+    db: Database, session_id: int, kinds: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """The outbox items still carrying a session's messages, by message uid: `{id, kind,
+    status, attempts, next_attempt_at, last_error}`. A delivered item is deleted, so a message
+    missing here has none (delivered, or never sent). `kinds`: the kinds that carry a message."""
+    marks = ", ".join("?" * len(kinds))
+    rows = await db.fetch_all(
+        f"""SELECT m.uid, o.id, o.kind, o.status, o.attempts, o.next_attempt_at, o.last_error
+            FROM outbox o JOIN messages m ON m.id = o.ref_id
+            WHERE o.kind IN ({marks}) AND m.session_id = ?""",  # noqa: S608 (placeholders only)
+        (*kinds, session_id),
+    )
+    return {r["uid"]: {k: r[k] for k in r.keys() if k != "uid"} for r in rows}  # noqa: SIM118

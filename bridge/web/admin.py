@@ -4,7 +4,7 @@ dead letters, events."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -12,6 +12,13 @@ from bridge.deadletters import Report, UnknownItem
 from bridge.errors import BadRequest, NotFound, Unauthenticated
 from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
 from bridge.secrets import same_secret
+from bridge.web.views import (
+    ChannelAction,
+    act_on_channel,
+    channel_views,
+    row_id,
+    whole_number,
+)
 from storage import channels as channel_rows
 from storage import chats, events, outbox
 
@@ -34,51 +41,23 @@ def _iso(ts: float | None) -> str | None:
     )
 
 
-SQLITE_MAX_INTEGER = 2**63 - 1
-
-
-def _whole_number(raw: str) -> int | None:
-    """`raw` as a whole number written in ASCII digits, or None. str.isdigit() alone also takes
-    digits int() refuses ("²") and lengths it refuses (over 4300 digits)."""
-    if not (raw.isascii() and raw.isdigit()):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        return None
-
-
 def _limit(request: web.Request, default: int = 100) -> int:
-    value = _whole_number(request.query.get("limit", str(default)))
+    value = whole_number(request.query.get("limit", str(default)))
     if value is None or not 1 <= value <= 1000:
         raise BadRequest("invalid_query", "limit: must be a whole number from 1 to 1000")
     return value
 
 
-async def _channel_view(request: web.Request, channel_id: str, held: int) -> dict[str, Any]:
-    messenger = request.app[SETTINGS].messengers[channel_id]
-    row = request.app[CHANNELS].row(channel_id)
-    return {
-        "id": channel_id,
-        "name": messenger.name,
-        "livechat": messenger.livechat,
-        "state": row.state,
-        "since": _iso(row.since),
-        "last_error": row.last_error,
-        "enabled": row.enabled,
-        "held_messages": held,
-    }
+def _json_channel(view: dict[str, Any]) -> dict[str, Any]:
+    return {**view, "since": _iso(view["since"])}
 
 
 @routes.get("/admin/channels")
 async def list_channels(request: web.Request) -> web.Response:
     _require_admin(request)
-    held = await outbox.pending_by_channel(request.app[DATABASE])
-    views = [
-        await _channel_view(request, cid, held.get(cid, 0))
-        for cid in sorted(request.app[SETTINGS].messengers)
-    ]
-    return web.json_response({"channels": views})
+    app = request.app
+    views = await channel_views(app[SETTINGS], app[CHANNELS], app[DATABASE])
+    return web.json_response({"channels": [_json_channel(view) for view in views]})
 
 
 @routes.post(r"/admin/messengers/{channel_id}/{action:connect|disconnect|reconnect}")
@@ -87,14 +66,9 @@ async def channel_action(request: web.Request) -> web.Response:
     channel_id = request.match_info["channel_id"]
     if channel_id not in request.app[SETTINGS].messengers:
         raise NotFound("unknown_channel", "no messenger channel with this id")
-    channels = request.app[CHANNELS]
-    action = request.match_info["action"]
-    if action == "disconnect":
-        await channels.disconnect(channel_id)
-    else:
-        await channels.connect(channel_id, force=action == "reconnect")
-    held = await outbox.pending_by_channel(request.app[DATABASE])
-    return web.json_response(await _channel_view(request, channel_id, held.get(channel_id, 0)))
+    app, action = request.app, cast(ChannelAction, request.match_info["action"])
+    view = await act_on_channel(app[SETTINGS], app[CHANNELS], app[DATABASE], channel_id, action)
+    return web.json_response(_json_channel(view))
 
 
 @routes.get("/admin/sessions")
@@ -115,8 +89,8 @@ async def list_sessions(request: web.Request) -> web.Response:
 @routes.get(r"/admin/sessions/{session_id:[0-9]+}")
 async def session_detail(request: web.Request) -> web.Response:
     _require_admin(request)
-    session_id = _whole_number(request.match_info["session_id"])
-    if session_id is None or session_id > SQLITE_MAX_INTEGER:  # SQLite cannot even bind it
+    session_id = row_id(request.match_info["session_id"])
+    if session_id is None:
         raise NotFound("unknown_session", "no session with this id")
     detail = await chats.session_detail(request.app[DATABASE], session_id)
     if detail is None:
@@ -196,8 +170,8 @@ async def _act(request: web.Request, scope: outbox.Scope) -> web.Response:
 async def item_action(request: web.Request) -> web.Response:
     """Retry or purge one dead item; an item that is pending is left alone (`skipped`)."""
     _require_admin(request)
-    item_id = _whole_number(request.match_info["item_id"])
-    if item_id is None or item_id > SQLITE_MAX_INTEGER:
+    item_id = row_id(request.match_info["item_id"])
+    if item_id is None:
         raise NotFound("unknown_item", "no outbox item with this id")
     return await _act(request, outbox.Scope(item_id=item_id))
 

@@ -4,6 +4,8 @@ The document is built once, at import, from small helpers: an error response is
 `_error(...)` with the errcodes it may carry, every object schema lives once under
 `components/schemas` and is referenced. tests/test_openapi.py keeps it true: it checks the
 document, compares its operations with the app's routes, and fuzzes a real bridge with it.
+The admin console's HTML pages (bridge/console, routes named `console.*`) are for browsers and
+are not described here.
 """
 
 from __future__ import annotations

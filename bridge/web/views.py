@@ -1,0 +1,88 @@
+"""What the JSON admin API and the admin console both decide: a channel as an admin sees it, an
+admin action on a channel, a session id taken from a path.
+
+Times stay Unix seconds (floats) here; each surface formats them its own way (ISO 8601 in JSON,
+a readable UTC time in the console).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from bridge.channels import ChannelManager
+from bridge.settings import Settings
+from storage import outbox
+from storage.database import Database
+
+ChannelAction = Literal["connect", "disconnect", "reconnect"]
+
+SQLITE_MAX_INTEGER = 2**63 - 1
+
+
+def whole_number(raw: str) -> int | None:
+    """`raw` as a whole number written in ASCII digits, or None. str.isdigit() alone also takes
+    digits int() refuses ("²") and lengths it refuses (over 4300 digits)."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def row_id(raw: str) -> int | None:
+    """A row id from a path (`/sessions/{id}`), or None when no row can have it: SQLite cannot
+    even bind a number over its largest integer."""
+    value = whole_number(raw)
+    return value if value is not None and value <= SQLITE_MAX_INTEGER else None
+
+
+def channel_view(
+    settings: Settings, channels: ChannelManager, channel_id: str, held: int
+) -> dict[str, Any]:
+    """`{id, name, livechat, state, since (Unix s), last_error, enabled, held_messages}`;
+    `channel_id` must be a configured messenger. No secret: the webhook URL and the
+    confirmation code are left out."""
+    messenger = settings.messengers[channel_id]
+    row = channels.row(channel_id)
+    return {
+        "id": channel_id,
+        "name": messenger.name,
+        "livechat": messenger.livechat,
+        "state": row.state,
+        "since": row.since,
+        "last_error": row.last_error,
+        "enabled": row.enabled,
+        "held_messages": held,
+    }
+
+
+async def channel_views(
+    settings: Settings, channels: ChannelManager, db: Database
+) -> list[dict[str, Any]]:
+    """Every configured messenger channel's view, by id."""
+    held = await outbox.pending_by_channel(db)
+    return [
+        channel_view(settings, channels, cid, held.get(cid, 0))
+        for cid in sorted(settings.messengers)
+    ]
+
+
+async def act_on_channel(
+    settings: Settings,
+    channels: ChannelManager,
+    db: Database,
+    channel_id: str,
+    action: ChannelAction,
+) -> dict[str, Any]:
+    """Run an admin's action and return the channel's view after its first attempt.
+
+    `connect` leaves an active channel alone, `reconnect` sends `connect` even then,
+    `disconnect` holds the channel's messages until it is connected again.
+    """
+    if action == "disconnect":
+        await channels.disconnect(channel_id)
+    else:
+        await channels.connect(channel_id, force=action == "reconnect")
+    held = await outbox.pending_by_channel(db)
+    return channel_view(settings, channels, channel_id, held.get(channel_id, 0))
