@@ -132,8 +132,10 @@ class Database:
             # commit that many requests are waiting for; the writer restarts the log between
             # batches once it is large (see _restart_wal).
             "wal_autocheckpoint=0",
-            # After a restart, the first commit cuts the file back to this size.
-            f"journal_size_limit={self._wal_max // 4}",
+            # After a restart, the first commit cuts the file back to this size, no smaller:
+            # later commits then write over the file's own blocks, and an fsync of a file that
+            # does not grow has no size to write as well.
+            f"journal_size_limit={self._restart_at}",
         ]
 
     async def open(self) -> None:
