@@ -3,8 +3,9 @@
 Every subject is its own process (as in production); the sinks are another; the load
 generator is this process. Figures printed: ingest and end-to-end throughput with their ratios
 to the baselines, ack and delivery latency at a fixed offered load, CPU time per message, the
-ingest figure on a database already holding many sessions and messages, peak RSS, and loss and
-duplicates counted at the sinks by message id.
+ingest figure on a database already holding many sessions and messages, peak RSS, the peak size
+of the WAL file (sampled every 20 ms through every phase), and loss and duplicates counted at
+the sinks by message id.
 
 The development machine is a VM whose speed changes by up to 2x from minute to minute, so the
 measurements are repeated in rounds (`--repeat`): each round measures the baselines, then each
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -348,6 +350,33 @@ class Subject:
     proc: Proc
 
 
+class WalSampler:
+    """The largest size the `-wal` file beside `db` reached while sampled (every `every` s):
+    the storage.wal_max_bytes bound, seen from outside."""
+
+    def __init__(self, db: str, every: float = 0.02) -> None:
+        self.path, self.every, self.peak = f"{db}-wal", every, 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                self.peak = max(self.peak, os.stat(self.path).st_size)
+            await asyncio.sleep(self.every)
+
+    def __enter__(self) -> WalSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 1e6
+
+
 async def start_bridge(
     tmp: Path,
     sink: str,
@@ -447,8 +476,9 @@ async def measure_bridge(
     db = round_db(tmp, synchronous, rnd)
     bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
     try:
-        ingest = await ingest_run(args, http, sink, bridge, f"ing{synchronous[0]}r{rnd}")
-        latency = await latency_run(args, http, sink, bridge, f"lat{synchronous[0]}r{rnd}")
+        with WalSampler(db) as wal:
+            ingest = await ingest_run(args, http, sink, bridge, f"ing{synchronous[0]}r{rnd}")
+            latency = await latency_run(args, http, sink, bridge, f"lat{synchronous[0]}r{rnd}")
         peak_rss_mb = bridge.proc.peak_rss_mb()
     finally:
         bridge.proc.stop()
@@ -461,6 +491,7 @@ async def measure_bridge(
         "duplicated": ingest.duplicated + latency.pop("fixed_duplicated"),
         **latency,
         "peak_rss_mb": peak_rss_mb,
+        "peak_wal_mb": wal.peak_mb,
     }
 
 
@@ -473,7 +504,8 @@ async def measure_scale(
     prefill_seconds = prefill(db, args.scale_sessions, args.scale_messages)
     bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
     try:
-        scale = await ingest_run(args, http, sink, bridge, f"scl{synchronous[0]}")
+        with WalSampler(db) as scale_wal:
+            scale = await ingest_run(args, http, sink, bridge, f"scl{synchronous[0]}")
         scale_rss_mb = bridge.proc.peak_rss_mb()
     finally:
         bridge.proc.stop()
@@ -483,7 +515,8 @@ async def measure_scale(
         tmp, sink, empty_db, synchronous, args.log_level, http, args.event_loop
     )
     try:
-        after = await ingest_run(args, http, sink, bridge, f"aft{synchronous[0]}")
+        with WalSampler(empty_db) as after_wal:
+            after = await ingest_run(args, http, sink, bridge, f"aft{synchronous[0]}")
         after_rss_mb = bridge.proc.peak_rss_mb()
     finally:
         bridge.proc.stop()
@@ -495,6 +528,7 @@ async def measure_scale(
         "lost": scale.lost + after.lost,
         "duplicated": scale.duplicated + after.duplicated,
         "peak_rss_mb": max(scale_rss_mb, after_rss_mb),
+        "peak_wal_mb": max(scale_wal.peak_mb, after_wal.peak_mb),
         "db_mb": os.path.getsize(db) / 1e6,
     }
 
@@ -581,6 +615,7 @@ def summarise(
         )
         b["e2e_ratio"] = spread([r["e2e"] / base["forward"] for base, r in pairs])
         b["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+        b["peak_wal_mb"] = max(r["peak_wal_mb"] for r in rounds)
         b["lost"] = sum(r["lost"] for r in rounds)
         b["duplicated"] = sum(r["duplicated"] for r in rounds)
         if synchronous in scale:
@@ -590,6 +625,7 @@ def summarise(
             b["scale_ratio"] = s["scale_ingest"] / statistics.median(empty)
             b["scale_ratio_after"] = s["scale_ingest"] / s["empty_ingest_after"]
             b["peak_rss_mb"] = max(b["peak_rss_mb"], s["peak_rss_mb"])
+            b["peak_wal_mb"] = max(b["peak_wal_mb"], s["peak_wal_mb"])
             b["lost"] += s["lost"]
             b["duplicated"] += s["duplicated"]
         bridges[synchronous] = b
@@ -649,6 +685,7 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
         row("  ratio to the empty database (>=0.8)", lambda b: f"{b['scale_ratio']:.2f}x")
         row("  to the empty-database run just after", lambda b: f"{b['scale_ratio_after']:.2f}x")
     row("peak RSS MB, bridge + delivery process (<=150)", lambda b: f"{b['peak_rss_mb']:.0f}")
+    row("peak WAL MB (<=67: wal_max_bytes, 64 MiB)", lambda b: f"{b['peak_wal_mb']:.1f}")
     row("lost / duplicated at the sinks", lambda b: f"{b['lost']} / {b['duplicated']}")
 
     width = max(len(label) for label, _ in rows) + 2

@@ -51,7 +51,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         db = Database(
-            settings.storage.path, settings.storage.synchronous, settings.storage.busy_timeout
+            settings.storage.path,
+            settings.storage.synchronous,
+            settings.storage.busy_timeout,
+            settings.storage.wal_max_bytes,
         )
         await db.open()
         app[DATABASE] = db

@@ -85,10 +85,16 @@ class ServerSettings(_Section):
 
 class StorageSettings(_Section):
     path: str = "var/bridge.sqlite3"
-    # "normal" (WAL) survives a crash of the process; "full" also survives a power loss.
-    synchronous: Literal["normal", "full"] = "normal"
+    # "full": every commit is fsynced before its 200, which survives a crash or kill of the
+    # process, a power loss, a kernel crash and a disk turning read-only. "normal" survives
+    # only the first two: a 200 may still be in the page cache (README, "Durability").
+    synchronous: Literal["normal", "full"] = "full"
     # How long a write waits for a lock held by someone else before the request gets a 503.
     busy_timeout: float = Field(default=5.0, ge=0, le=600)
+    # The WAL file's bound, in bytes: once it passes half of this, the writer restarts the log
+    # between batches. Only a single batch of writes larger than half of it, or a reader from
+    # outside holding an old snapshot, can take it past (logged at error).
+    wal_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
 
 
 class AdminSettings(_Section):

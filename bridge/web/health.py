@@ -24,6 +24,12 @@ async def readyz(request: web.Request) -> web.Response:
         await db.fetch_one("SELECT 1")
     except (sqlite3.Error, AssertionError, ValueError):
         return web.json_response({"status": "unavailable", "database": "not open"}, status=503)
+    if (fault := db.write_fault) is not None:
+        # Writes fail (the file deleted or replaced, disk full, read-only, locked...): every
+        # message would get a 503, so a load balancer should send it elsewhere.
+        return web.json_response(
+            {"status": "unavailable", "database": f"writes failing: {fault}"}, status=503
+        )
     if db.schema_version != LATEST:
         return web.json_response(
             {"status": "unavailable", "database": f"schema {db.schema_version}, want {LATEST}"},

@@ -792,7 +792,7 @@ PATHS: dict[str, Any] = {
     "/readyz": {
         "get": {
             "tags": ["probes"],
-            "summary": "Readiness: the database is open and migrated",
+            "summary": "Readiness: the database is open, migrated and taking writes",
             "operationId": "readyz",
             "responses": {
                 "200": _answer("Ready; per live chat, facts such as agents online.", _ref("Ready")),
