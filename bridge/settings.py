@@ -321,11 +321,11 @@ def load_settings(path: Path) -> Settings:
     return settings_from_dict(raw)
 
 
-def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate a parsed TOML document with the environment's overrides (`os.environ` unless
-    `environ` is given). Raises ConfigError listing every problem as `path.to.key: problem`; a
-    key set by the environment names its variable."""
-    env = _env_overrides(os.environ if environ is None else environ)
+def settings_from_dict(raw: dict[str, Any]) -> Settings:
+    """Validate a parsed TOML document with the environment's overrides. Raises ConfigError
+    listing every problem as `path.to.key: problem`; a key set by the environment names its
+    variable."""
+    env = _env_overrides(os.environ)
     problems = _precheck(raw)
     if not problems:
         try:

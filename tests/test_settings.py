@@ -272,3 +272,33 @@ def test_version(tmp_path: Path) -> None:
     result = run_cli("--version", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("messenger-bridge ")
+
+
+def test_the_example_config_shows_every_setting() -> None:
+    """Every key of every section appears in config.example.toml (commented out at least), so a
+    new user finds each one there with its unit and default."""
+    from bridge.settings import (
+        ChatvisorSettings,
+        JivochatSettings,
+        MessengerSettings,
+        Settings,
+        SubscriptionSettings,
+    )
+
+    text = (ROOT / "config.example.toml").read_text()
+    keys = {line.lstrip("# ").split(" ", 1)[0] for line in text.splitlines() if " = " in line}
+    models: list[type[Any]] = [ChatvisorSettings, JivochatSettings, MessengerSettings]
+    models.append(SubscriptionSettings)
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and hasattr(section, "model_fields"):
+            models.append(section)
+        else:
+            assert name in ("livechats", "messengers", "subscriptions"), name
+    missing = sorted(
+        f"{model.__name__}.{key}"
+        for model in models
+        for key in model.model_fields
+        if key not in keys
+    )
+    assert not missing, f"not in config.example.toml: {missing}"
