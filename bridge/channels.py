@@ -213,9 +213,9 @@ class ChannelManager:
         )
         self._active = None
         if state != old.state:
-            log.info(
-                "channel.state", channel=channel_id, state=state, previous=old.state, error=error
-            )
+            # Rejected needs an admin: louder than the other changes.
+            level = log.warning if state == REJECTED else log.info
+            level("channel.state", channel=channel_id, state=state, previous=old.state, error=error)
         if became_active:
             self._failures[channel_id] = 0
             self._wake()
@@ -252,7 +252,7 @@ class ChannelManager:
                     if isinstance(result, Delivered):
                         await self._set(channel_id, ACTIVE, None, webhook=webhook)
                         return
-                    if isinstance(result, Unauthorized):
+                    if isinstance(result, Unauthorized):  # a 401 or a 404: see the connector
                         await self._set(channel_id, REJECTED, result.error)
                         return
                     await self._set(channel_id, INTERRUPTED, f"connect failed: {_err(result)}")
