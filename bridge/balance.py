@@ -5,8 +5,9 @@ deliveries. Once it has `share_after` items in flight it is falling behind (its 
 count grows with its latency), and the serving process performs items too, whichever of the two
 has fewer in flight taking the next one. On a machine whose cores are not all busy the two then
 both work, instead of one waiting on the other; the serving process's own items also skip the
-trip through the socket. While the delivery process is down (it died and is being started
-again), the serving process performs everything.
+trip through the socket. While the delivery process is not running (starting, after every start
+of the service, until it says it is ready; or died and being started again), the serving
+process performs everything.
 
 Order is unaffected: the worker keeps one item in flight per lane, whoever performs it.
 """

@@ -106,6 +106,12 @@ class ChannelManager:
                     await self._set(cid, DISCONNECTED, "disabled in the configuration")
             elif row.state in (CONNECTING, INTERRUPTED, DISCONNECTED):
                 self._start_loop(cid)
+            elif row.state == ACTIVE and row.connected_webhook != self.webhook_url(cid):
+                # public_url changed since the messenger was told (or it was never recorded,
+                # before this was stored): it must learn the new URL, as in a reconnect.
+                log.info("channel.webhook_changed", channel=cid)
+                await self._set(cid, CONNECTING, "the webhook URL changed")
+                self._start_loop(cid)
             log.info("channel.loaded", channel=cid, state=self.state(cid))
 
     async def stop(self) -> None:
@@ -170,13 +176,28 @@ class ChannelManager:
     # --- internals ----------------------------------------------------------------------
 
     async def _set(
-        self, channel_id: str, state: str, error: str | None, *, enabled: bool | None = None
+        self,
+        channel_id: str,
+        state: str,
+        error: str | None,
+        *,
+        enabled: bool | None = None,
+        webhook: str | None = None,
     ) -> None:
+        """`webhook`: the URL a `connect` the messenger accepted gave it (with ACTIVE)."""
         now = self._clock()
         became_active = state == ACTIVE and self.state(channel_id) != ACTIVE
 
         def work(conn: sqlite3.Connection) -> None:
-            repo.set_state(conn, channel_id, state, now, last_error=error, enabled=enabled)
+            repo.set_state(
+                conn,
+                channel_id,
+                state,
+                now,
+                last_error=error,
+                enabled=enabled,
+                connected_webhook=webhook,
+            )
             if became_active:
                 outbox.release_channel(conn, channel_id, now)
 
@@ -188,12 +209,13 @@ class ChannelManager:
             now if state != old.state else old.since,
             error,
             old.enabled if enabled is None else enabled,
+            old.connected_webhook if webhook is None else webhook,
         )
         self._active = None
         if state != old.state:
-            log.info(
-                "channel.state", channel=channel_id, state=state, previous=old.state, error=error
-            )
+            # Rejected needs an admin: louder than the other changes.
+            level = log.warning if state == REJECTED else log.info
+            level("channel.state", channel=channel_id, state=state, previous=old.state, error=error)
         if became_active:
             self._failures[channel_id] = 0
             self._wake()
@@ -225,11 +247,12 @@ class ChannelManager:
                     await asyncio.sleep(backoff(attempt, delivery.retry_base, delivery.retry_cap))
                 attempt += 1
                 try:
-                    result = await self.clients[channel_id].connect(self.webhook_url(channel_id))
+                    webhook = self.webhook_url(channel_id)
+                    result = await self.clients[channel_id].connect(webhook)
                     if isinstance(result, Delivered):
-                        await self._set(channel_id, ACTIVE, None)
+                        await self._set(channel_id, ACTIVE, None, webhook=webhook)
                         return
-                    if isinstance(result, Unauthorized):
+                    if isinstance(result, Unauthorized):  # a 401 or a 404: see the connector
                         await self._set(channel_id, REJECTED, result.error)
                         return
                     await self._set(channel_id, INTERRUPTED, f"connect failed: {_err(result)}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from bridge.app import create_app
+from bridge.listen import listening_sockets
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
 from bridge.settings import (
@@ -103,12 +106,14 @@ def serve(settings: Settings) -> int:
     log = structlog.get_logger("bridge")
     loop = new_event_loop(settings.server.event_loop)
     log.info("bridge.starting", event_loop=type(loop).__module__.split(".")[0])
+    sockets: list[socket.socket] = []
     try:
+        # Listening before start-up, which tells the messengers our URL (see bridge.listen).
+        sockets = listening_sockets(settings.server.host, settings.server.port)
         web.run_app(
             create_app(settings),
             loop=loop,
-            host=settings.server.host,
-            port=settings.server.port,
+            sock=sockets,
             access_log=None,
             print=None,
             shutdown_timeout=5,
@@ -117,6 +122,12 @@ def serve(settings: Settings) -> int:
     except (DatabaseInUse, SchemaTooNew, OSError) as exc:
         log.error("bridge.cannot_start", error=str(exc))
         return 1
+    except sqlite3.Error as exc:  # locked by another program past busy_timeout, unreadable...
+        log.error("bridge.cannot_start", error=f"{settings.storage.path}: {exc}")
+        return 1
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 

@@ -1,15 +1,20 @@
-"""The delivery process: `python -m bridge.deliverer <fd> <event loop>`, started by `bridge.remote` only.
+"""The delivery process's work, run by `bridge.delivery_process` (its entry point) only.
 
 Reads the settings, then items, from the socket it was handed; performs each item in its own
 task (the serving process sends a lane's next item only after the last one settled, so order
-holds); answers with what each attempt did. It only reads the database. It exits when the
-socket closes: the serving process stopped or died.
+holds); answers with what each attempt did. It only reads the database. Once it can take items
+(the database and the outside HTTP session open) it says READY; the serving process sends none
+before that.
+
+It exits as soon as the socket closes (the serving process stopped or died), whatever it is
+doing: waiting for the settings, opening the database, or performing items. Settings that do
+not arrive within SETTINGS_TIMEOUT end it too (exit code EXIT_NO_SETTINGS).
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
+import contextlib
 import socket
 import sys
 from collections.abc import Collection
@@ -21,7 +26,7 @@ from bridge.dispatch import Performed, Performer
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
 from bridge.model import Retry
-from bridge.remote import Link, connect
+from bridge.remote import READY, Link, connect
 from bridge.settings import Settings
 from connectors import http as outside
 from storage.database import Database
@@ -29,10 +34,17 @@ from storage.outbox import OutboxItem
 
 log = structlog.get_logger("delivery.process")
 
+SETTINGS_TIMEOUT = 30.0  # seconds; the serving process sends them right after starting us
+EXIT_NO_SETTINGS = 4
+
+
+class NoSettings(Exception):
+    """The settings did not arrive within SETTINGS_TIMEOUT."""
+
 
 class Deliverer:
     """Takes the serving process's messages: the settings first, then items and the set of
-    active channels. Items that arrive before the settings are set up wait for them."""
+    active channels (which come only after this process said READY)."""
 
     def __init__(self) -> None:
         self.settings: asyncio.Future[Settings] = asyncio.get_running_loop().create_future()
@@ -40,28 +52,16 @@ class Deliverer:
         self.performer: Performer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._active: Collection[str] = frozenset()
-        self._waiting: list[tuple[int, OutboxItem]] = []
 
     def received(self, message: Any) -> None:
         if isinstance(message, Settings):
             self.settings.set_result(message)
         elif message[0] == "active":
             self._active = message[1]
-        elif self.performer is None:
-            self._waiting.append((message[1], message[2]))
         else:
-            self._start(message[1], message[2])
-
-    def ready(self, performer: Performer) -> None:
-        self.performer = performer
-        waiting, self._waiting = self._waiting, []
-        for seq, item in waiting:
-            self._start(seq, item)
-
-    def _start(self, seq: int, item: OutboxItem) -> None:
-        task = asyncio.create_task(self._one(seq, item, self._active))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+            task = asyncio.create_task(self._one(message[1], message[2], self._active))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _one(self, seq: int, item: OutboxItem, active: Collection[str]) -> None:
         assert self.performer is not None and self.link is not None
@@ -73,40 +73,50 @@ class Deliverer:
         # Dropped if the serving process is gone: the item stays in its outbox, to be sent again.
         self.link.send((seq, done))
 
+    async def run(self, link: Link) -> None:
+        """Every stage of the work, until cancelled (the socket closed)."""
+        try:
+            async with asyncio.timeout(SETTINGS_TIMEOUT):
+                settings = await self.settings
+        except TimeoutError:
+            raise NoSettings from None
+        configure_logging(settings.logging, settings.secrets())
+        db = Database(settings.storage.path, settings.storage.synchronous)
+        try:
+            await db.open_reader()
+            async with outside.session(settings.delivery) as http:
+                self.performer = Performer(db, settings, http)
+                link.send(READY)
+                try:
+                    await asyncio.get_running_loop().create_future()  # until cancelled
+                finally:  # before the session closes under them
+                    for task in list(self.tasks):
+                        task.cancel()
+                    await asyncio.gather(*self.tasks, return_exceptions=True)
+        finally:
+            await db.close()
+
 
 async def serve(sock: socket.socket) -> None:
+    """Runs the work until the socket closes. Raises NoSettings."""
     deliverer = Deliverer()
     link = deliverer.link = await connect(sock, deliverer.received)
-    settings = await deliverer.settings
-    configure_logging(settings.logging, settings.secrets())
-    db = Database(settings.storage.path, settings.storage.synchronous)
-    await db.open_reader()
+    work = asyncio.ensure_future(deliverer.run(link))
     try:
-        async with outside.session(settings.delivery) as http:
-            deliverer.ready(Performer(db, settings, http))
-            try:
-                await link.closed
-            finally:  # before the session closes under them
-                for task in list(deliverer.tasks):
-                    task.cancel()
-                await asyncio.gather(*deliverer.tasks, return_exceptions=True)
+        await asyncio.wait([work, link.closed], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await db.close()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        link.close()
 
 
-def main() -> None:
-    # Ctrl-C and a service manager's SIGTERM reach the whole process group: the serving
-    # process handles them, and closing the socket is what stops this one, after in-flight
-    # answers were sent.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    loop = new_event_loop(sys.argv[2])
+def main(fd: int, event_loop: str) -> None:
+    sock = socket.socket(fileno=fd)
+    loop = new_event_loop(event_loop)
     try:
         loop.run_until_complete(serve(sock))
+    except NoSettings:
+        sys.exit(EXIT_NO_SETTINGS)
     finally:
         loop.close()
-
-
-if __name__ == "__main__":
-    main()

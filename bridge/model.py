@@ -229,7 +229,8 @@ class Failed:
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.
 @dataclass(frozen=True)
 class Unauthorized:
-    """The other side refused our credentials: nothing for it will pass until an admin acts."""
+    """The other side refused our credentials, or has no such channel (a messenger's 404):
+    nothing for it will pass until an admin acts."""
 
     error: str
 

@@ -8,9 +8,13 @@ one writer; the child only reads and calls out.
 
 The two talk over a socket pair in length-prefixed pickles (both ends are this program, never
 anything from outside). One way go the settings first, then ("item", seq, item), and
-("active", channel ids) whenever the set of active channels changed; the other way go
-(seq, what was done). A child that dies fails what it had in flight as retries and is started
-again; a parent that dies closes the socket, and the child exits when it sees that.
+("active", channel ids) whenever the set of active channels changed; the other way go READY
+once the child can take items, then (seq, what was done). Items are sent only after READY:
+until then (a second or two after every start) `running` is False and the serving process
+performs deliveries itself, as it does while the child is down. A child that dies fails what
+it had in flight as retries; one not ready within READY_TIMEOUT is killed; either is started
+again. A parent that dies closes the socket, and the child exits when it sees that, at any
+stage of its start (see `bridge.delivery_process` and `bridge.deliverer`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import pickle
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Collection
+from functools import partial
 from typing import Any, cast
 
 import structlog
@@ -38,6 +45,9 @@ log = structlog.get_logger("delivery.process")
 
 _HEADER = struct.Struct("!I")
 STOP_GRACE = 5.0  # seconds a stopping child gets to finish before it is killed
+READY_TIMEOUT = 60.0  # seconds a starting child gets to say READY before it is killed
+READY_WAIT = 10.0  # seconds `perform` waits for a starting child before answering Retry
+READY = "ready"  # the child's first message: it can take items
 
 
 class Link(asyncio.Protocol):
@@ -118,15 +128,19 @@ class DeliveryProcess:
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._spawned = asyncio.Event()
         self.pid: int | None = None
         self.starts = 0
+        self.ready_at: float | None = None  # time.monotonic() of the last READY
 
     async def start(self) -> None:
+        """Start the child and return once it was spawned (not once it is ready: until then
+        the serving process performs deliveries itself). Raises OSError if it cannot be
+        spawned at all."""
         self._task = asyncio.create_task(self._supervise(), name="delivery-process")
-        # The first start is awaited, so a child that cannot start at all shows at once.
-        ready = asyncio.ensure_future(self._ready.wait())
-        await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
+        spawned = asyncio.ensure_future(self._spawned.wait())
+        await asyncio.wait([spawned, self._task], return_when=asyncio.FIRST_COMPLETED)
+        spawned.cancel()
         if self._task.done():
             self._task.result()
 
@@ -136,10 +150,18 @@ class DeliveryProcess:
 
     @property
     def running(self) -> bool:
+        """True once the child said READY, until it exits."""
         return self._link is not None
 
     async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
         link = self._link
+        if link is None and self._task is not None:
+            # Starting (or started again): only reached with share_after = 0, where nobody else
+            # performs it; a short wait beats a retry's back-off.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_WAIT):
+                    await self._ready.wait()
+            link = self._link
         if link is None:
             return Performed(Retry("the delivery process is not running"))
         if active is not self._sent_active:  # the channel manager hands out a new set on change
@@ -165,8 +187,13 @@ class DeliveryProcess:
         failures = 0
         while True:
             started = asyncio.get_running_loop().time()
-            code = await self._run_child()
-            self._ready.clear()
+            try:
+                code = await self._run_child()
+            except OSError:
+                if not self.starts:
+                    raise  # the first start: `start` shows it
+                log.exception("delivery.process_not_started")
+                code = None
             # A child that ran a while and then died starts again at once; one that keeps dying
             # at start-up waits longer each time rather than spin.
             ran = asyncio.get_running_loop().time() - started
@@ -177,28 +204,42 @@ class DeliveryProcess:
 
     async def _run_child(self) -> int | None:
         ours, theirs = socket.socketpair()
+        spawned = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bridge.deliverer",
+                "bridge.delivery_process",
                 str(theirs.fileno()),
                 self._settings.server.event_loop,
+                str(os.getpid()),
                 pass_fds=(theirs.fileno(),),
             )
         finally:
             theirs.close()
         self.pid, self.starts = proc.pid, self.starts + 1
+        self._spawned.set()
         self._metrics.delivery_process_starts.inc()
-        link = await connect(ours, self._answered)
+        log.info("delivery.process_started", pid=proc.pid)
+        ready: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        link = await connect(ours, partial(self._received, ready))
         try:
             link.send(self._settings)
-            self._link, self._sent_active = link, None
-            self._ready.set()
-            log.info("delivery.process_started", pid=proc.pid)
-            await link.closed
+            either: list[asyncio.Future[Any]] = [ready, link.closed]
+            await asyncio.wait(either, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                self._link, self._sent_active = link, None
+                self.ready_at = ready.result()
+                self._ready.set()
+                seconds = round(self.ready_at - spawned, 3)
+                log.info("delivery.process_ready", pid=proc.pid, seconds=seconds)
+                await link.closed
+            elif not link.closed.done():
+                log.error("delivery.process_not_ready", pid=proc.pid, timeout=READY_TIMEOUT)
+                proc.kill()
         finally:
             self._link = None
+            self._ready.clear()
             link.close()
             for fut in self._pending.values():
                 if not fut.done():
@@ -206,7 +247,11 @@ class DeliveryProcess:
             code = await _reap(proc)
         return code
 
-    def _answered(self, message: tuple[int, Performed]) -> None:
+    def _received(self, ready: asyncio.Future[float], message: Any) -> None:
+        if isinstance(message, str):  # READY, once
+            if not ready.done():
+                ready.set_result(time.monotonic())
+            return
         seq, done = message
         fut = self._pending.get(seq)
         if fut is not None and not fut.done():

@@ -233,14 +233,17 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _read_answer(outcome: outside.Response | outside.NoResponse) -> DeliveryResult:
-    # The messenger contract: 200 accepted, 401 codes differ; anything else is worth retrying,
-    # a 3xx included ("No side follows HTTP redirects: a 3xx is a failed call").
+    # The messenger contract: 200 accepted, 401 codes differ, 404 the channel does not exist
+    # (both need an admin: the channel is rejected); anything else is worth retrying, a 3xx
+    # included ("No side follows HTTP redirects: a 3xx is a failed call").
     if isinstance(outcome, outside.NoResponse):
         return Retry(outcome.error)
     if outcome.status == 200:
         return Delivered()
     if outcome.status == 401:
         return Unauthorized("the messenger refused the confirmation code (HTTP 401)")
+    if outcome.status == 404:
+        return Unauthorized("the messenger has no such channel (HTTP 404)")
     return Retry(outside.describe(outcome), after=outcome.retry_after)
 
 

@@ -15,11 +15,17 @@ class ChannelRow:
     since: float
     last_error: str | None
     enabled: bool
+    connected_webhook: str | None = None  # the URL the messenger accepted in its last `connect`
 
 
 def _row(row: sqlite3.Row) -> ChannelRow:
     return ChannelRow(
-        row["id"], row["state"], row["since"], row["last_error"], bool(row["enabled"])
+        row["id"],
+        row["state"],
+        row["since"],
+        row["last_error"],
+        bool(row["enabled"]),
+        row["connected_webhook"],
     )
 
 
@@ -53,13 +59,16 @@ def set_state(
     *,
     last_error: str | None = None,
     enabled: bool | None = None,
+    connected_webhook: str | None = None,
 ) -> None:
+    """`enabled` and `connected_webhook` are left as they are when None."""
     conn.execute(
         """UPDATE channels SET
                since = CASE WHEN state != ? THEN ? ELSE since END,
-               state = ?, last_error = ?, enabled = coalesce(?, enabled)
+               state = ?, last_error = ?, enabled = coalesce(?, enabled),
+               connected_webhook = coalesce(?, connected_webhook)
            WHERE id = ?""",
-        (state, now, state, last_error, enabled, channel_id),
+        (state, now, state, last_error, enabled, connected_webhook, channel_id),
     )
 
 

@@ -152,11 +152,18 @@ V4 = [
     "CREATE INDEX outbox_ref ON outbox (ref_id)",
 ]
 
+V5 = [
+    # The webhook URL the messenger was last given in a `connect` it accepted: a channel whose
+    # URL changed since (public_url edited) is connected again at start-up.
+    "ALTER TABLE channels ADD COLUMN connected_webhook TEXT",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
     (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),
     (3, "operator messages kept until their customer is linked", V3),
     (4, "retention: pruning marks, indexes for what pruning looks up", V4),
+    (5, "the webhook URL each channel was last connected with", V5),
 ]
 LATEST = MIGRATIONS[-1][0]
 

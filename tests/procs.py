@@ -87,6 +87,20 @@ class BridgeProcess:
         return bool(self.runs) and self.runs[-1].proc.returncode is None
 
     async def start(self, http: aiohttp.ClientSession, timeout: float = 30.0) -> None:
+        run = await self.spawn()
+        proc = run.proc
+        deadline = time.monotonic() + timeout
+        while not await self.ready(http):
+            if proc.returncode is not None:
+                raise AssertionError(
+                    f"bridge exited with {proc.returncode} before it was ready:\n{run.text()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"bridge not ready after {timeout} s:\n{run.text()}")
+            await asyncio.sleep(0.05)
+
+    async def spawn(self) -> Run:
+        """Start the process and return at once, without waiting for it to be ready."""
         assert not self.running, "already running"
         log = self.directory / f"{self.name}.{len(self.runs) + 1}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -106,15 +120,7 @@ class BridgeProcess:
             )
         run = Run(log, proc)
         self.runs.append(run)
-        deadline = time.monotonic() + timeout
-        while not await self.ready(http):
-            if proc.returncode is not None:
-                raise AssertionError(
-                    f"bridge exited with {proc.returncode} before it was ready:\n{run.text()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"bridge not ready after {timeout} s:\n{run.text()}")
-            await asyncio.sleep(0.05)
+        return run
 
     async def ready(self, http: aiohttp.ClientSession) -> bool:
         try:

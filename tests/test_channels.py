@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import structlog
 
 from storage.migrations import LATEST
 from tests.conftest import World, eventually
@@ -63,6 +66,25 @@ async def test_wrong_code_at_connect_rejects_the_channel(world: World) -> None:
     assert body["state"] == "active"
 
 
+async def test_a_messenger_without_the_channel_rejects_it_at_connect(world: World) -> None:
+    # The contract: 404 = "the channel does not exist": an admin must act; retrying cannot help.
+    m = world.messenger
+    m.fail_types["connect"] = 404
+    with structlog.testing.capture_logs() as logs:
+        bridge = await world.start_bridge(wait_active=False)
+        await eventually(lambda: bridge.state() == "rejected", what="rejected")
+        await asyncio.sleep(0.5)  # dozens of retries at this back-off, were there any
+    assert m.attempts["connect"] == 1
+    _, listing = await admin(world, "GET", "/admin/channels")
+    assert "404" in listing["channels"][0]["last_error"]
+    (line,) = [e for e in logs if e.get("state") == "rejected"]
+    assert line["log_level"] == "warning" and "404" in line["error"]
+
+    del m.fail_types["connect"]  # the messenger's admin created the channel
+    _, body = await admin(world, "POST", "/admin/messengers/acme/reconnect")
+    assert body["state"] == "active"
+
+
 async def test_unreachable_messenger_is_interrupted_and_retried(world: World) -> None:
     await world.messenger_server.stop()
     bridge = await world.start_bridge(wait_active=False)
@@ -82,6 +104,21 @@ async def test_messenger_answering_401_to_a_message_rejects_the_channel(running:
     m.code = running.config()["messengers"]["acme"]["confirmation_code"]
     await admin(running, "POST", "/admin/messengers/acme/reconnect")
     await eventually(lambda: m.chat_log["k3"] == ["kept"], what="delivered after reconnect")
+
+
+async def test_messenger_answering_404_to_a_message_rejects_the_channel(running: World) -> None:
+    m, cv, http = running.messenger, running.chatvisor, running.http
+    await m.send_message(http, "k4", "x")
+    customer = await running.customer_id("k4")
+    await eventually(lambda: m.outcomes, what="outcome")
+    m.fail_types["message"] = 404  # the messenger's admin deleted the channel
+    await cv.agent_reply(http, customer, "kept")
+    await eventually(lambda: running.bridge.state() == "rejected", what="rejected")
+    await asyncio.sleep(0.3)
+    assert m.attempts["message"] == 1  # held, not retried
+    del m.fail_types["message"]
+    await admin(running, "POST", "/admin/messengers/acme/reconnect")
+    await eventually(lambda: m.chat_log["k4"] == ["kept"], what="delivered after reconnect")
 
 
 async def test_config_disabled_channel_starts_disconnected(world: World) -> None:

@@ -1,22 +1,39 @@
 """The delivery process (`delivery.worker = "process"`): killed, it is started again, and what
 it had in flight is delivered by the next one; nothing lost, nothing out of order. Falling
-behind, it shares the calls with the serving process; gone, the serving process stands in."""
+behind, it shares the calls with the serving process; gone, or not ready yet, the serving
+process stands in. It never outlives the serving process, whatever stage it is at."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from bridge.keys import DELIVERY_PROCESS
+from bridge.remote import READY, connect
+from bridge.settings import settings_from_dict
 from tests.conftest import World, eventually
+from tests.procs import ROOT, BridgeProcess
 from tests.test_metrics import scrape, value
+
+
+async def delivery_process_ready(world: World) -> None:
+    assert world.bridge is not None and world.bridge.app is not None
+    process = world.bridge.app[DELIVERY_PROCESS]
+    await eventually(lambda: process.running, timeout=60, what="the delivery process ready")
 
 
 async def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(running: World) -> None:
     m, cv, http = running.messenger, running.chatvisor, running.http
     process = running.bridge.app[DELIVERY_PROCESS]
     assert process.starts == 1 and process.pid is not None
+    await delivery_process_ready(running)  # so that the calls are its own
     chats = ["k1", "k2", "k3"]
     cv.delay = 0.5  # so that the kill finds calls in flight
     for i in range(5):
@@ -48,6 +65,7 @@ async def test_the_serving_process_shares_deliveries_once_the_process_falls_behi
     world: World,
 ) -> None:
     await world.start_bridge(delivery={"share_after": 2})
+    await delivery_process_ready(world)
     m, cv, http = world.messenger, world.chatvisor, world.http
     cv.delay = 0.3  # calls pile up in the delivery process: the serving process takes some
     chats = [f"s{n}" for n in range(8)]
@@ -90,3 +108,130 @@ async def test_while_the_delivery_process_is_down_the_serving_process_delivers(
     await eventually(lambda: len(m.outcomes) == 3 and all(m.outcomes.values()), what="outcomes")
     text = await scrape(running)
     assert value(text, 'bridge_delivery_performed_total{process="serving"}') >= 3
+
+
+async def test_the_first_message_after_a_start_does_not_wait_for_the_delivery_process(
+    world: World,
+) -> None:
+    # The delivery process takes a second or more to start (imports): until it says it is
+    # ready, the serving process delivers, rather than queue the calls behind its start.
+    m, cv, http = world.messenger, world.chatvisor, world.http
+    bridge = await world.start_bridge()
+    assert bridge.app is not None
+    process = bridge.app[DELIVERY_PROCESS]
+    assert (await m.send_message(http, "f1", "first", message_id="f1-1"))[0] == 200
+    await eventually(lambda: cv.all_texts() == ["first"], interval=0.001, what="delivered")
+    delivered_at = time.monotonic()
+    text = await scrape(world)
+    assert value(text, 'bridge_delivery_performed_total{process="serving"}') >= 1
+    assert value(text, 'bridge_delivery_performed_total{process="delivery"}') == 0
+    await delivery_process_ready(world)
+    assert process.ready_at is not None and delivered_at < process.ready_at
+    await eventually(lambda: m.outcomes == {"f1-1": True}, what="outcome")
+
+
+# --- it never outlives the serving process ----------------------------------------------
+
+
+def is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def delivery_child(parent: int) -> int | None:
+    try:
+        pids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"bridge.delivery_process" in cmdline:
+            return int(pid)
+    return None
+
+
+async def spawn_child(parent: int) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """The delivery process as `bridge.remote` starts it, with `parent` named as its parent."""
+    ours, theirs = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bridge.delivery_process",
+            str(theirs.fileno()),
+            "auto",
+            str(parent),
+            pass_fds=(theirs.fileno(),),
+            cwd=ROOT,
+        )
+    finally:
+        theirs.close()
+    return proc, ours
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.005, 0.01, 0.02, 0.2, 1.0, None])
+async def test_the_delivery_process_exits_when_the_serving_process_is_killed(
+    world: World, tmp_path: Path, delay: float | None
+) -> None:
+    """kill -9 of the serving process at every stage of the delivery process's start (None:
+    once it is ready): the delivery process is gone within a few seconds."""
+    bridge = BridgeProcess(world.config(), tmp_path)
+    child = None
+    try:
+        if delay is None:
+            await bridge.start(world.http)
+            await eventually(lambda: bridge.events("delivery.process_ready"), what="ready")
+        else:
+            await bridge.spawn()
+        parent = bridge.runs[-1].proc.pid
+        child = await eventually(
+            lambda: delivery_child(parent), interval=0.0005, what="the delivery process"
+        )
+        if delay:
+            await asyncio.sleep(delay)
+        await bridge.kill()
+        await eventually(lambda: is_gone(child), timeout=5, what=f"pid {child} gone")
+    finally:
+        await bridge.stop_quietly()
+        if child is not None and not is_gone(child):
+            os.kill(child, signal.SIGKILL)  # the test failed: leave nothing behind
+
+
+@pytest.mark.parametrize("stage", ["before the settings", "while starting", "running"])
+async def test_the_delivery_process_exits_when_its_socket_closes(world: World, stage: str) -> None:
+    """The socket alone (the serving process is alive: no signal from the kernel) ends it,
+    whatever stage it is at."""
+    proc, ours = await spawn_child(os.getpid())
+    try:
+        if stage == "before the settings":
+            ours.close()
+        else:
+            said: list[object] = []
+            link = await connect(ours, said.append)
+            link.send(settings_from_dict(world.config()))
+            if stage == "running":
+                await eventually(lambda: said == [READY], timeout=60, what="READY")
+            else:
+                await asyncio.sleep(0.01)
+            link.close()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_delivery_process_whose_parent_is_already_gone_exits(world: World) -> None:
+    proc, ours = await spawn_child(os.getpid() + 1_000_000)  # not its parent
+    try:
+        assert await asyncio.wait_for(proc.wait(), 10) == 3
+    finally:
+        ours.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ class MessengerSim:
     def __init__(self, code: str) -> None:
         self.code = code
         self.calls: list[dict[str, Any]] = []  # every authenticated call, in arrival order
+        self.attempts: Counter[str] = Counter()  # every call by type, refused ones too
         self.messages: dict[str, dict[str, Any]] = {}  # operator messages by the bridge's id
         self.chat_log: dict[str, list[str]] = defaultdict(list)  # texts per chat, in order
         self.duplicates = 0
@@ -47,6 +48,7 @@ class MessengerSim:
         if self.delay:
             await asyncio.sleep(self.delay)
         body = await request.json()
+        self.attempts[str(body.get("type"))] += 1
         if not hmac.compare_digest(str(body.get("token", "")), self.code):
             return web.Response(status=401, text="confirmation code differs")
         kind = body["type"]
