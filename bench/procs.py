@@ -177,18 +177,19 @@ class WalSampler:
             return 0
 
     @contextlib.contextmanager
-    def phase(self) -> Iterator[list[int]]:
-        """Yields a one-element list that holds the peak size in bytes, when the block ends."""
-        peak = [self._size()]
+    def phase(self) -> Iterator[dict[str, int]]:
+        """Yields {"start": bytes, "peak": bytes}; "peak" is final when the block ends."""
+        sizes = {"start": self._size()}
+        sizes["peak"] = sizes["start"]
 
         async def sample() -> None:
             while True:
-                peak[0] = max(peak[0], self._size())
+                sizes["peak"] = max(sizes["peak"], self._size())
                 await asyncio.sleep(self.INTERVAL)
 
         task = asyncio.get_running_loop().create_task(sample())
         try:
-            yield peak
+            yield sizes
         finally:
             task.cancel()
-            peak[0] = max(peak[0], self._size())
+            sizes["peak"] = max(sizes["peak"], self._size())

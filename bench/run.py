@@ -255,12 +255,12 @@ async def paused_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> d
     await sinks.clear()
     await sinks.hold()
     cpu0 = bridge.proc.cpu()
-    with wal.phase() as wal_peak:
+    with wal.phase() as wal_sizes:
         load = await ctx.closed(bridge.url, f"{tag}p")
     cpu1 = bridge.proc.cpu()
     held = (await sinks.stats())["held"]
     released = time.time()
-    with wal.phase() as drain_wal_peak:
+    with wal.phase() as drain_wal_sizes:
         await sinks.release()
         await ctx.until_arrived("outcomes", load.ok)
     cpu2 = bridge.proc.cpu()
@@ -276,8 +276,8 @@ async def paused_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> d
         "cpu_ms": per_message(cpu1 - cpu0, load.ok),
         "drain": load.ok / (last - released) if last > released else float("nan"),
         "drain_cpu_ms": per_message(cpu2 - cpu1, load.ok),
-        "wal_peak_mb": wal_peak[0] / MB,
-        "drain_wal_peak_mb": drain_wal_peak[0] / MB,
+        "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
+        "drain_wal_mb": {k: v / MB for k, v in drain_wal_sizes.items()},
         **closed_loss(load.ok, stats),
     }
 
@@ -288,7 +288,7 @@ async def on_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[
     await sinks.clear()
     cpu0, sinks0 = bridge.proc.cpu(), ctx.sinks_cpu()
     started = time.time()
-    with wal.phase() as wal_peak:
+    with wal.phase() as wal_sizes:
         load = await ctx.closed(bridge.url, f"{tag}o")
         await ctx.until_arrived("outcomes", load.ok)
     cpu1, sinks1 = bridge.proc.cpu(), ctx.sinks_cpu()
@@ -305,7 +305,7 @@ async def on_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[
         "cpu_ms": per_message(cpu1 - cpu0, n),
         "sinks_cpu_ms": (sinks1 - sinks0) * 1000 / n if n else float("nan"),
         "wrk_cpu_ms": load.wrk_cpu_s * 1000 / n if n else float("nan"),
-        "wal_peak_mb": wal_peak[0] / MB,
+        "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
         **closed_loss(n, stats),
     }
 
@@ -322,7 +322,7 @@ async def fixed_phase(
         await ctx.until_arrived("outcomes", len(warm.acked))
     await sinks.clear()
     cpu0 = bridge.proc.cpu()
-    with wal.phase() as wal_peak:
+    with wal.phase() as wal_sizes:
         paced = await ctx.paced(bridge.url, tag, rate, args.seconds)
         await ctx.until_arrived("outcomes", len(paced.acked))
     cpu1 = bridge.proc.cpu()
@@ -345,9 +345,10 @@ async def fixed_phase(
         "delivery_p50_ms": wrk.pct(delivery_ms, 50),
         "delivery_p99_ms": wrk.pct(delivery_ms, 99),
         "generator_late_p99_ms": wrk.pct(paced.late_ms, 99),
+        "generator_cpu_ms": paced.wrk_cpu_s * 1000 / len(acked) if acked else float("nan"),
         "busy_past_due": paced.busy_past_due,
         "cpu_ms": per_message(cpu1 - cpu0, len(acked)),
-        "wal_peak_mb": wal_peak[0] / MB,
+        "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
         "lost": len(acked - stats["livechat"]["ids"]) + len(acked - stats["outcomes"]["ids"]),
         "duplicated": stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"],
     }
@@ -522,6 +523,7 @@ def parse_args() -> argparse.Namespace:
     add("--synchronous", nargs="+", default=["normal", "full"])
     add("--log-level", default="info")
     add("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    add("--report", type=Path, help="print the report of a saved run (bench/results/*.json)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -573,8 +575,17 @@ async def environment(args: argparse.Namespace, tmp: Path) -> AsyncIterator[Ctx]
             proc.stop()
 
 
+def reprint(path: Path) -> None:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    args = argparse.Namespace(**saved["args"])
+    print(report(summarise(saved, args), args, saved.get("started", path.stem)))
+
+
 async def main() -> None:
     args = parse_args()
+    if args.report:
+        reprint(args.report)
+        return
     wrk.wrk_binary()  # fail early, with the install hint
     os.environ["BRIDGE_DELIVERY__WORKER"] = args.worker  # the bridges inherit it
     os.environ["BENCH_EVENT_LOOP"] = args.event_loop  # and the baselines this
@@ -589,7 +600,11 @@ async def main() -> None:
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (results / f"{stamp}.json").write_text(
-        json.dumps({"args": vars(args), **raw, "summary": summary}, indent=2, default=str),
+        json.dumps(
+            {"args": vars(args), "started": started, **raw, "summary": summary},
+            indent=2,
+            default=str,
+        ),
         encoding="utf-8",
     )
     (results / f"{stamp}.txt").write_text(text + "\n", encoding="utf-8")
