@@ -20,7 +20,8 @@ Traffic port:
 While held (POST /hold on the control port), the live chat's two calls are not answered until
 POST /release: the bridge's deliveries then wait, and acks are measured alone.
 
-Control port: GET /stats (`?arrival=1`: first-arrival times too), POST /clear, /hold, /release.
+Control port: GET /stats (`?arrival=1`: first-arrival times too), GET /totals (distinct ids
+per kind, cheap to poll), POST /clear, /hold, /release.
 """
 
 from __future__ import annotations
