@@ -2,18 +2,24 @@
 
 - `forward PORT TARGET`: parses the messenger's JSON and forwards it with one POST; no storage.
 - `sqlite PORT DB SYNCHRONOUS`: parses the JSON, inserts it and commits, per request (WAL).
+
+`BENCH_EVENT_LOOP` (auto, uvloop, asyncio) picks their event loop the way the bridge's
+`server.event_loop` picks its own, so that both sides of a ratio run on the same loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
 import aiosqlite
 from aiohttp import web
+
+from bridge.loop import new_event_loop
 
 
 def forward(target: str) -> web.Application:
@@ -69,4 +75,5 @@ def sqlite(path: str, synchronous: str) -> web.Application:
 if __name__ == "__main__":
     kind, port = sys.argv[1], int(sys.argv[2])
     application = forward(sys.argv[3]) if kind == "forward" else sqlite(sys.argv[3], sys.argv[4])
-    web.run_app(application, host="127.0.0.1", port=port, access_log=None, print=None)
+    loop = new_event_loop(os.environ.get("BENCH_EVENT_LOOP", "auto"))
+    web.run_app(application, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)

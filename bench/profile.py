@@ -1,7 +1,10 @@
-"""`python -m bench.profile`: py-spy samples the bridge process while the ingest load runs.
+"""`python -m bench.profile`: py-spy samples a bridge process while wrk's closed-loop load runs.
 
+The same load as `bench.run` (wrk, distinct messages; see bench/wrk.py). `--paused` holds the
+live chat's calls during the load, as the bench's first phase does, so that the samples show the
+ack path alone; `--process delivery` samples the delivery process instead of the serving one.
 Prints the functions with the most samples, self and inclusive, and keeps the raw collapsed
-stacks (bench/results/profile-*.txt) for a flame graph.
+stacks (bench/results/profile-*.txt) for a flame graph. py-spy is in the `dev` extra.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import collections
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
-from bench.run import ROOT, Proc, closed_loop, free_port, start_bridge, until_delivered, wait_http
+from bench.procs import ROOT, descendants
+from bench.run import environment, start_bridge
 
 
 def summarise(raw: Path, top: int) -> str:
@@ -36,6 +39,8 @@ def summarise(raw: Path, top: int) -> str:
         self_samples[frames[-1]] += n
         for frame in set(frames):
             inclusive[frame] += n
+    if not total:
+        return "no samples"
     out = [f"{total} samples", "", "self:"]
     out += [f"  {n / total:6.1%}  {f}" for f, n in self_samples.most_common(top)]
     out += ["", "inclusive:"]
@@ -43,58 +48,65 @@ def summarise(raw: Path, top: int) -> str:
     return "\n".join(out)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=8000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--synchronous", default="normal")
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--top", type=int, default=30)
-    parser.add_argument(
-        "--cpu", action="store_true", help="leave out idle samples: where the CPU time goes"
-    )
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add = parser.add_argument
+    add("--duration", type=float, default=10.0, help="seconds of load")
+    add("--connections", type=int, default=32)
+    add("--threads", type=int, default=1)
+    add("--chats", type=int, default=500)
+    add("--synchronous", default="normal")
+    add("--log-level", default="info")
+    add("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    add("--paused", action="store_true", help="hold the live chat's calls: the ack path alone")
+    add("--process", default="serving", choices=["serving", "delivery"])
+    add("--top", type=int, default=30)
+    add("--cpu", action="store_true", help="leave out idle samples: where the CPU time goes")
     args = parser.parse_args()
-    py_spy = shutil.which("py-spy") or str(
-        Path(__file__).resolve().parent.parent / ".venv/bin/py-spy"
-    )
+    # What bench.run's environment reads and this tool does not vary.
+    args.paced_connections, args.stall, args.sink_processes = 32, 30.0, 2
+    return args
+
+
+async def main() -> None:
+    args = parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        raise SystemExit("bench.profile: py-spy is missing: pip install -e '.[dev]'")
+    raw = ROOT / "bench" / "results" / f"profile-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+    raw.parent.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="profile-") as tmpdir:
-        tmp = Path(tmpdir)
-        sink_port = free_port()
-        sink = f"http://127.0.0.1:{sink_port}"
-        sinks = Proc(["-m", "bench.sinks", str(sink_port)], tmp / "sinks.log")
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as http:
-            await wait_http(http, f"{sink}/stats")
-            bridge = await start_bridge(
-                tmp, sink, str(tmp / "p.sqlite3"), args.synchronous, args.log_level, http
-            )
-            raw = ROOT / "bench" / "results" / f"profile-{time.strftime('%Y%m%dT%H%M%S')}.txt"
-            raw.parent.mkdir(exist_ok=True)
-            spy = subprocess.Popen(
-                [
-                    py_spy,
-                    "record",
-                    "--pid",
-                    str(bridge.proc.popen.pid),
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                    "--rate",
-                    "200",
-                    "--threads",
-                    *([] if args.cpu else ["--idle"]),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            await asyncio.sleep(1)
-            result = await closed_loop(http, bridge.url, "prof", args.n, args.concurrency, 500)
-            await until_delivered(http, sink, "outcomes", result.ok)
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
-            spy.wait()
-            bridge.proc.stop()
-            sinks.stop()
-    print(f"ingest {result.rate:.0f} msg/s while profiled")
+        async with environment(args, Path(tmpdir)) as ctx:
+            bridge = await start_bridge(ctx, str(Path(tmpdir) / "p.sqlite3"), args.synchronous)
+            try:
+                pid = bridge.proc.pid
+                if args.process == "delivery":
+                    children = descendants(pid)
+                    if not children:
+                        raise SystemExit("bench.profile: the bridge has no delivery process")
+                    pid = children[0]
+                if args.paused:
+                    await ctx.sinks.hold()
+                spy = subprocess.Popen(
+                    [py_spy, "record", "--pid", str(pid), "--format", "raw"]
+                    + ["--output", str(raw), "--rate", "200", "--threads"]
+                    + ([] if args.cpu else ["--idle"]),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1)
+                load = await ctx.closed(bridge.url, "prof")
+                if not args.paused:
+                    await ctx.until_arrived("outcomes", load.ok)
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+                spy.wait()
+                if args.paused:
+                    await ctx.sinks.release()
+                    await ctx.until_arrived("outcomes", load.ok)
+            finally:
+                bridge.proc.stop()
+    mode = "deliveries paused" if args.paused else "deliveries on"
+    print(f"ingest {load.rate:.0f} msg/s while the {args.process} process was sampled ({mode})")
     print(summarise(raw, args.top))
 
 

@@ -1,23 +1,30 @@
-"""`make bench`: the bridge and its baselines, side by side in one run, on 127.0.0.1.
+"""`make bench`: the bridge, its baselines, the load generator and the sinks, in one run.
 
-Every subject is its own process (as in production); the sinks are another; the load
-generator is this process. Figures printed: ingest and end-to-end throughput with their ratios
-to the baselines, ack and delivery latency at a fixed offered load, CPU time per message, the
-ingest figure on a database already holding many sessions and messages, peak RSS, the peak size
-of the WAL file (sampled every 20 ms through every phase), and loss and duplicates counted at
-the sinks by message id.
+Load comes from wrk (C; see bench/wrk.py and the Lua scripts beside it), each request a
+distinct message. Every subject is its own process (as in production); the sinks playing the
+live chat and the messenger are a pool of processes; nginx gives the load generator a
+fixed-answer target, to measure what it manages alone. The report (`report.py`) begins with a
+paragraph on the method; the raw figures of every round go to bench/results/<time>.json.
 
-The development machine is a VM whose speed changes by up to 2x from minute to minute, so the
-measurements are repeated in rounds (`--repeat`): each round measures the baselines, then each
-bridge in a fresh process on a fresh database. A ratio is computed within one round, from
-measurements minutes apart at most, and the report gives the median of the per-round ratios
-with their range; other figures are medians over the rounds. CPU milliseconds per message (the
-subject and every process it started) is the figure the noise moves least. The filled-database
-run is slow, so it is done once per synchronous mode, after the rounds, and followed at once by
-one more empty-database run; its ratio is to the median of all empty-database ingest figures.
+Each round measures, in this order: the load generator alone and each sink alone; the
+baselines (a bare forwarder; a bare aiohttp + aiosqlite server inserting and committing each
+request, once per synchronous mode); then, per synchronous mode, one bridge on a fresh process
+and database through four phases:
 
-    python -m bench.run                  # the full run (scale: 1,000,000 sessions, 5,000,000 messages)
-    python -m bench.run --quick          # smaller numbers, for a first look
+1. ingest with deliveries paused: the live-chat sink holds every call unanswered, so the
+   delivery slots fill at once and everything else waits in the outbox (the pure ack path);
+   then released, and the backlog's drain is timed (deliveries alone);
+2. ingest with deliveries on, followed until every messageOutcome arrived (end to end);
+3. a fixed offered load of --rate msg/s (500), after --warmup seconds at that rate;
+4. a fixed offered load of 80% of what phase 2 sustained.
+
+The development machine is a VM whose speed drifts from minute to minute, so ratios are
+computed within a round and the report gives their median and range over the rounds. The
+filled-database runs are slow: once per synchronous mode, after the rounds, each followed at once
+by an empty-database run to compare it with.
+
+    python -m bench.run                  # the full run
+    python -m bench.run --quick          # shorter phases and a smaller filled database
     python -m bench.run --repeat 5       # more rounds, for steadier medians
 """
 
@@ -28,240 +35,30 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import sqlite3
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bench import nginx, wrk
+from bench.procs import ROOT, Cpu, Proc, WalSampler, free_port, wait_http
+from bench.report import report, summarise
+from bench.sinks import SinkPool
+
 CODE = "bench-confirmation-code"
-ROOT = Path(__file__).resolve().parent.parent
-DASH = "\u2013"  # an en dash, for ranges: 0.31\u20130.40
-
-
-def _all_proc_stats() -> dict[int, list[str]]:
-    """/proc/<pid>/stat of every process, split into the fields after the command name."""
-    stats = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:  # it exited between the listing and the read
-            continue
-        # The name, in brackets, may hold spaces and brackets: split after the last one.
-        stats[int(entry.name)] = text.rpartition(")")[2].split()
-    return stats
-
-
-def _tree(root: int, stats: dict[int, list[str]]) -> list[int]:
-    """`root` and all its descendants, found through every process's parent id."""
-    children: defaultdict[int, list[int]] = defaultdict(list)
-    for pid, fields in stats.items():
-        children[int(fields[1])].append(pid)  # fields[1] is the ppid (field 4 of stat)
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            found.append(pid)
-            todo.extend(children[pid])
-    return found
-
-
-def tree_peak_rss_mb(root: int) -> float:
-    """The sum of the peak RSS of `root` and of its descendants alive now (the bridge and its
-    delivery process: the memory the service needs)."""
-    total = 0
-    for pid in _tree(root, _all_proc_stats()):
-        try:
-            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        except OSError:
-            continue
-        total += next((int(x.split()[1]) for x in lines if x.startswith("VmHWM:")), 0)
-    return total / 1024
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system, all threads) of `root` and all its descendants.
-
-    Descendants are found by scanning every process's parent id, because
-    /proc/<pid>/task/*/children is missing on kernels built without CONFIG_PROC_CHILDREN (as on
-    the development VM). The children's CPU times that each process has reaped are included, so
-    a descendant that exits between two samples is still counted, through its parent.
-    """
-    stats = _all_proc_stats()
-    ticks = sum(
-        sum(int(t) for t in stats[pid][11:15])  # utime, stime, cutime, cstime
-        for pid in _tree(root, stats)
-    )
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log
-        self._file = log.open("w")
-        self.popen = subprocess.Popen(
-            [sys.executable, *args], stdout=self._file, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-
-    def peak_rss_mb(self) -> float:
-        """Peak RSS of this process plus its children's (the bridge's delivery process)."""
-        return tree_peak_rss_mb(self.popen.pid)
-
-    def cpu_seconds(self) -> float:
-        """CPU time of this process and of every process it started, as far as now."""
-        return tree_cpu_seconds(self.popen.pid)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._file.close()
-
-
-async def wait_http(http: aiohttp.ClientSession, url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            async with http.get(url) as r:
-                if r.status < 500:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {url} did not come up")
-        await asyncio.sleep(0.05)
-
-
-def message(run: str, i: int, chats: int) -> tuple[str, dict[str, Any]]:
-    ext = f"{run}-{i}"
-    return ext, {
-        "type": "message",
-        "token": CODE,
-        "data": {
-            "externalMessageId": ext,
-            "externalChatId": f"{run}-chat-{i % chats}",
-            "externalUserId": f"user-{i % chats}",
-            "text": ext,
-        },
-    }
-
-
-@dataclass
-class LoadResult:
-    sent: int
-    ok: int
-    elapsed: float
-    ack_ms: list[float] = field(default_factory=list)
-    sent_at: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.ok / self.elapsed if self.elapsed else 0.0
-
-
-async def closed_loop(
-    http: aiohttp.ClientSession, url: str, run: str, n: int, concurrency: int, chats: int
-) -> LoadResult:
-    """`concurrency` clients, each sending its next message as soon as the last was answered."""
-    next_i = 0
-    result = LoadResult(sent=n, ok=0, elapsed=0.0)
-
-    async def client() -> None:
-        nonlocal next_i
-        while next_i < n:
-            i, next_i = next_i, next_i + 1
-            ext, body = message(run, i, chats)
-            result.sent_at[ext] = time.time()
-            async with http.post(url, json=body) as r:
-                await r.read()
-                if r.status == 200:
-                    result.ok += 1
-                else:
-                    result.errors[str(r.status)] = result.errors.get(str(r.status), 0) + 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    result.elapsed = time.perf_counter() - started
-    return result
-
-
-async def open_loop(
-    http: aiohttp.ClientSession, url: str, run: str, rate: float, seconds: float, chats: int
-) -> LoadResult:
-    """A fixed offered load: message k leaves at start + k/rate, whether or not others returned."""
-    n = int(rate * seconds)
-    result = LoadResult(sent=n, ok=0, elapsed=0.0)
-
-    async def one(i: int, at: float) -> None:
-        await asyncio.sleep(max(0.0, at - time.perf_counter()))
-        ext, body = message(run, i, chats)
-        result.sent_at[ext] = time.time()
-        t0 = time.perf_counter()
-        async with http.post(url, json=body) as r:
-            await r.read()
-            if r.status == 200:
-                result.ok += 1
-                result.ack_ms.append((time.perf_counter() - t0) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i, started + i / rate) for i in range(n)))
-    result.elapsed = time.perf_counter() - started
-    return result
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return (
-        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-        if q < 100
-        else max(values)
-    )
-
-
-async def sink_stats(http: aiohttp.ClientSession, sink: str, arrival: bool = False) -> Any:
-    async with http.get(f"{sink}/stats" + ("?arrival=1" if arrival else "")) as r:
-        return await r.json()
-
-
-async def until_delivered(
-    http: aiohttp.ClientSession, sink: str, key: str, n: int, seconds: float = 600
-) -> float:
-    """Wait until `n` distinct ids arrived at the sink under `key`; return the time it happened."""
-    deadline = time.monotonic() + seconds
-    while True:
-        stats = await sink_stats(http, sink)
-        if stats[key]["unique"] >= n:
-            return time.time()
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: only {stats[key]['unique']} of {n} arrived at {key}")
-        await asyncio.sleep(0.05)
+WEBHOOK = "/messengers/load/webhook"
+MB = 1e6
 
 
 def bridge_toml(port: int, sink: str, db: str, synchronous: str, log_level: str, loop: str) -> str:
+    # request_timeout outlasts the paused phase, whose calls the live-chat sink holds.
     return f"""
 [server]
 event_loop = "{loop}"
@@ -275,7 +72,7 @@ synchronous = "{synchronous}"
 [admin]
 token = "bench-admin-token"
 [delivery]
-request_timeout = 10
+request_timeout = 300
 retry_base = 0.05
 retry_cap = 1
 concurrency = 128
@@ -344,52 +141,76 @@ def prefill(db: str, sessions: int, messages: int) -> float:
 
 
 @dataclass
-class Subject:
-    name: str
+class Bridge:
     url: str
     proc: Proc
+    db: str
 
 
-class WalSampler:
-    """The largest size the `-wal` file beside `db` reached while sampled (every `every` s):
-    the storage.wal_max_bytes bound, seen from outside."""
+@dataclass
+class Ctx:
+    """What every phase needs: the options, the run's folder, the sinks and a client."""
 
-    def __init__(self, db: str, every: float = 0.02) -> None:
-        self.path, self.every, self.peak = f"{db}-wal", every, 0
-        self._task: asyncio.Task[None] | None = None
+    args: argparse.Namespace
+    tmp: Path
+    http: aiohttp.ClientSession
+    sinks: SinkPool
+    sink_procs: list[Proc]
+    fixed_answer: str  # the URL of the fixed-answer target for the generator alone
+    fixed_answer_kind: str
 
-    async def _run(self) -> None:
+    def sinks_cpu(self) -> float:
+        return sum(p.cpu().total for p in self.sink_procs)
+
+    async def closed(self, url: str, run: str, shape: str = "message") -> wrk.Closed:
+        a = self.args
+        return await wrk.closed(
+            url,
+            run,
+            seconds=a.duration,
+            connections=a.connections,
+            threads=a.threads,
+            chats=a.chats,
+            shape=shape,
+            tmp=self.tmp,
+        )
+
+    async def paced(self, url: str, run: str, rate: float, seconds: float) -> wrk.Paced:
+        a = self.args
+        return await wrk.paced(
+            url,
+            run,
+            rate=rate,
+            seconds=seconds,
+            connections=a.paced_connections,
+            chats=a.chats,
+            tmp=self.tmp,
+        )
+
+    async def until_arrived(self, kind: str, n: int) -> None:
+        """Wait until `n` distinct ids of `kind` arrived at the sinks, or until none more
+        arrived for --stall seconds (what is missing then is counted as lost)."""
+        last, last_change = -1, time.monotonic()
         while True:
-            with contextlib.suppress(FileNotFoundError):
-                self.peak = max(self.peak, os.stat(self.path).st_size)
-            await asyncio.sleep(self.every)
-
-    def __enter__(self) -> WalSampler:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 1e6
+            got = await self.sinks.totals(kind)
+            if got >= n and (await self.sinks.stats())[kind]["unique"] >= n:
+                return
+            if got != last:
+                last, last_change = got, time.monotonic()
+            elif time.monotonic() - last_change > self.args.stall:
+                print(f"bench: {got} of {n} {kind} arrived; giving up", file=sys.stderr)
+                return
+            await asyncio.sleep(0.05)
 
 
-async def start_bridge(
-    tmp: Path,
-    sink: str,
-    db: str,
-    synchronous: str,
-    log_level: str,
-    http: aiohttp.ClientSession,
-    loop: str = "auto",
-) -> Subject:
+async def start_bridge(ctx: Ctx, db: str, synchronous: str) -> Bridge:
+    args, http = ctx.args, ctx.http
     port = free_port()
-    config = tmp / f"bridge-{synchronous}-{port}.toml"
-    config.write_text(bridge_toml(port, sink, db, synchronous, log_level, loop))
-    proc = Proc(["-m", "bridge", "--config", str(config), "serve"], tmp / f"bridge-{port}.log")
+    config = ctx.tmp / f"bridge-{synchronous}-{port}.toml"
+    config.write_text(
+        bridge_toml(port, ctx.sinks.url, db, synchronous, args.log_level, args.event_loop)
+    )
+    proc = Proc(["-m", "bridge", "--config", str(config), "serve"], ctx.tmp / f"bridge-{port}.log")
     base = f"http://127.0.0.1:{port}"
     await wait_http(http, f"{base}/readyz")
     headers = {"Authorization": "Bearer bench-admin-token"}
@@ -401,165 +222,228 @@ async def start_bridge(
         if time.monotonic() > deadline:
             raise SystemExit("bench: the bridge's channel did not become active")
         await asyncio.sleep(0.05)
-    return Subject(f"bridge ({synchronous})", f"{base}/messengers/load/webhook", proc)
+    return Bridge(f"{base}{WEBHOOK}", proc, db)
 
 
 def round_db(tmp: Path, synchronous: str, rnd: int) -> str:
     return str(tmp / f"bridge-{synchronous}-r{rnd}.sqlite3")
 
 
-@dataclass
-class Ingest:
-    """A closed-loop ingest run, followed until every messageOutcome arrived at the sinks."""
-
-    load: LoadResult
-    e2e: float  # messages per second, from the start of the load to the last messageOutcome
-    cpu_ms: float  # per message, of the bridge and every process it started
-    lost: int
-    duplicated: int
+def per_message(cpu: Cpu, n: int) -> dict[str, float]:
+    """CPU ms per message of the serving process and of the delivery process (its children)."""
+    if not n:
+        return {"serving": float("nan"), "delivery": float("nan")}
+    return {"serving": cpu.own * 1000 / n, "delivery": cpu.children * 1000 / n}
 
 
-async def ingest_run(
-    args: argparse.Namespace, http: aiohttp.ClientSession, sink: str, bridge: Subject, run: str
-) -> Ingest:
-    await http.post(f"{sink}/clear")
-    cpu_before = bridge.proc.cpu_seconds()
+def closed_loss(ok: int, stats: dict[str, Any]) -> dict[str, int]:
+    """Loss after a closed-loop run, by counts: wrk cannot say which ids the requests in flight
+    when it stopped carried, so an acknowledged message is lost when fewer distinct ids arrived
+    than were acknowledged; `unacknowledged_arrived` are ids of requests cut off by the end of
+    the run that the subject had taken (at most one per connection)."""
+    lc, oc = stats["livechat"], stats["outcomes"]
+    return {
+        "lost": max(0, ok - lc["unique"]) + max(0, ok - oc["unique"]),
+        "duplicated": lc["duplicates"] + oc["duplicates"],
+        "unacknowledged_arrived": max(0, lc["unique"] - ok),
+    }
+
+
+async def paused_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[str, Any]:
+    """Ingest while the live chat holds every call: the ack path alone. Then the drain."""
+    sinks = ctx.sinks
+    await sinks.clear()
+    await sinks.hold()
+    cpu0 = bridge.proc.cpu()
+    with wal.phase() as wal_sizes:
+        load = await ctx.closed(bridge.url, f"{tag}p")
+    cpu1 = bridge.proc.cpu()
+    held = (await sinks.stats())["held"]
+    released = time.time()
+    with wal.phase() as drain_wal_sizes:
+        await sinks.release()
+        await ctx.until_arrived("outcomes", load.ok)
+    cpu2 = bridge.proc.cpu()
+    stats = await sinks.stats(arrival=True)
+    last = max(stats["outcomes"]["arrival"].values(), default=released)
+    return {
+        "ingest": load.rate,
+        "acked": load.ok,
+        "errors": load.errors,
+        "closed_p50_ms": load.latency_p50_ms,
+        "closed_p99_ms": load.latency_p99_ms,
+        "held_calls": held,
+        "cpu_ms": per_message(cpu1 - cpu0, load.ok),
+        "drain": load.ok / (last - released) if last > released else float("nan"),
+        "drain_cpu_ms": per_message(cpu2 - cpu1, load.ok),
+        "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
+        "drain_wal_mb": {k: v / MB for k, v in drain_wal_sizes.items()},
+        **closed_loss(load.ok, stats),
+    }
+
+
+async def on_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[str, Any]:
+    """Ingest with deliveries on, followed until every messageOutcome arrived."""
+    sinks = ctx.sinks
+    await sinks.clear()
+    cpu0, sinks0 = bridge.proc.cpu(), ctx.sinks_cpu()
     started = time.time()
-    load = await closed_loop(http, bridge.url, run, args.n, args.concurrency, args.chats)
-    last_outcome = await until_delivered(http, sink, "outcomes", load.ok)
-    # Sampled while the bridge still runs: a delivery process it started is still there to count.
-    cpu = bridge.proc.cpu_seconds() - cpu_before
-    stats = await sink_stats(http, sink)
-    return Ingest(
-        load=load,
-        e2e=load.ok / (last_outcome - started),
-        cpu_ms=cpu * 1000 / load.ok if load.ok else float("nan"),
-        lost=(load.ok - stats["livechat"]["unique"]) + (load.ok - stats["outcomes"]["unique"]),
-        duplicated=stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"],
-    )
+    with wal.phase() as wal_sizes:
+        load = await ctx.closed(bridge.url, f"{tag}o")
+        await ctx.until_arrived("outcomes", load.ok)
+    cpu1, sinks1 = bridge.proc.cpu(), ctx.sinks_cpu()
+    stats = await sinks.stats(arrival=True)
+    last = max(stats["outcomes"]["arrival"].values(), default=started)
+    n = load.ok
+    return {
+        "ingest": load.rate,
+        "acked": n,
+        "errors": load.errors,
+        "closed_p50_ms": load.latency_p50_ms,
+        "closed_p99_ms": load.latency_p99_ms,
+        "e2e": n / (last - started) if last > started else float("nan"),
+        "cpu_ms": per_message(cpu1 - cpu0, n),
+        "sinks_cpu_ms": (sinks1 - sinks0) * 1000 / n if n else float("nan"),
+        "wrk_cpu_ms": load.wrk_cpu_s * 1000 / n if n else float("nan"),
+        "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
+        **closed_loss(n, stats),
+    }
 
 
-async def latency_run(
-    args: argparse.Namespace, http: aiohttp.ClientSession, sink: str, bridge: Subject, run: str
+async def fixed_phase(
+    ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str, rate: float
 ) -> dict[str, Any]:
-    # Warm-up at the same load, not recorded: the targets are about the steady state, not the
-    # first second's connection set-up.
+    """A fixed offered load after a warm-up at the same rate (the targets are about the steady
+    state, not the first second's connection set-up). Loss is exact here: wrk's paced script
+    knows which id each answer was for."""
+    args, sinks = ctx.args, ctx.sinks
     if args.warmup > 0:
-        warm = await open_loop(http, bridge.url, f"{run}w", args.rate, args.warmup, args.chats)
-        await until_delivered(http, sink, "livechat", warm.ok)
-    await http.post(f"{sink}/clear")
-    fixed = await open_loop(http, bridge.url, run, args.rate, args.seconds, args.chats)
-    await until_delivered(http, sink, "livechat", fixed.ok)
-    livechat = (await sink_stats(http, sink, arrival=True))["livechat"]
-    arrivals = livechat["arrival"]
-    delivery_ms = [(arrivals[k] - t) * 1000 for k, t in fixed.sent_at.items() if k in arrivals]
+        warm = await ctx.paced(bridge.url, f"{tag}w", rate, args.warmup)
+        await ctx.until_arrived("outcomes", len(warm.acked))
+    await sinks.clear()
+    cpu0 = bridge.proc.cpu()
+    with wal.phase() as wal_sizes:
+        paced = await ctx.paced(bridge.url, tag, rate, args.seconds)
+        await ctx.until_arrived("outcomes", len(paced.acked))
+    cpu1 = bridge.proc.cpu()
+    stats = await sinks.stats(arrival=True)
+    arrivals = stats["livechat"]["arrival"]
+    delivery_ms = [
+        (arrivals[k] - start) * 1000 for k, (start, _) in paced.acked.items() if k in arrivals
+    ]
+    acked = set(paced.acked)
+    ack_ms = paced.ack_ms()
     return {
-        "ack_p50": pct(fixed.ack_ms, 50),
-        "ack_p99": pct(fixed.ack_ms, 99),
-        "delivery_p50": pct(delivery_ms, 50),
-        "delivery_p99": pct(delivery_ms, 99),
-        "fixed_ok": fixed.ok,
-        "fixed_sent": fixed.sent,
-        "fixed_duplicated": livechat["duplicates"],
+        "rate": rate,
+        "offered": paced.offered,
+        "achieved": paced.achieved,
+        "acked": len(acked),
+        "failed": paced.failed,
+        "ack_p50_ms": wrk.pct(ack_ms, 50),
+        "ack_p99_ms": wrk.pct(ack_ms, 99),
+        "ack_max_ms": wrk.pct(ack_ms, 100),
+        "delivery_p50_ms": wrk.pct(delivery_ms, 50),
+        "delivery_p99_ms": wrk.pct(delivery_ms, 99),
+        "generator_late_p99_ms": wrk.pct(paced.late_ms, 99),
+        "generator_cpu_ms": paced.wrk_cpu_s * 1000 / len(acked) if acked else float("nan"),
+        "busy_past_due": paced.busy_past_due,
+        "cpu_ms": per_message(cpu1 - cpu0, len(acked)),
+        "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
+        "lost": len(acked - stats["livechat"]["ids"]) + len(acked - stats["outcomes"]["ids"]),
+        "duplicated": stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"],
     }
 
 
-async def measure_bridge(
-    args: argparse.Namespace,
-    tmp: Path,
-    sink: str,
-    synchronous: str,
-    http: aiohttp.ClientSession,
-    rnd: int,
-) -> dict[str, Any]:
+async def measure_bridge(ctx: Ctx, synchronous: str, rnd: int) -> dict[str, Any]:
     """One round's bridge figures: a fresh process on a fresh database, run ids of its own."""
-    db = round_db(tmp, synchronous, rnd)
-    bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
+    db = round_db(ctx.tmp, synchronous, rnd)
+    bridge = await start_bridge(ctx, db, synchronous)
+    wal = WalSampler(db)
+    tag = f"b{synchronous[0]}r{rnd}"
     try:
-        with WalSampler(db) as wal:
-            ingest = await ingest_run(args, http, sink, bridge, f"ing{synchronous[0]}r{rnd}")
-            latency = await latency_run(args, http, sink, bridge, f"lat{synchronous[0]}r{rnd}")
-        peak_rss_mb = bridge.proc.peak_rss_mb()
+        paused = await paused_phase(ctx, bridge, wal, tag)
+        on = await on_phase(ctx, bridge, wal, tag)
+        fixed = await fixed_phase(ctx, bridge, wal, f"{tag}f", ctx.args.rate)
+        near_max = await fixed_phase(
+            ctx, bridge, wal, f"{tag}m", max(1.0, round(ctx.args.max_fraction * on["ingest"]))
+        )
+        serving_mb, delivery_mb = bridge.proc.peak_rss_mb()
     finally:
         bridge.proc.stop()
     return {
-        "ingest": ingest.load.rate,
-        "ingest_errors": ingest.load.errors,
-        "e2e": ingest.e2e,
-        "cpu_ms_per_message": ingest.cpu_ms,
-        "lost": ingest.lost,
-        "duplicated": ingest.duplicated + latency.pop("fixed_duplicated"),
-        **latency,
-        "peak_rss_mb": peak_rss_mb,
-        "peak_wal_mb": wal.peak_mb,
+        "paused": paused,
+        "on": on,
+        "fixed": fixed,
+        "near_max": near_max,
+        "peak_rss_mb": {"serving": serving_mb, "delivery": delivery_mb},
     }
 
 
-async def measure_scale(
-    args: argparse.Namespace, tmp: Path, sink: str, synchronous: str, http: aiohttp.ClientSession
-) -> dict[str, Any]:
-    """Ingest on a database filled with history, then at once on an empty one again, so that
-    the filled-database figure has an empty-database figure taken close in time."""
-    db = round_db(tmp, synchronous, args.repeat - 1)  # it holds the bridge's schema already
+async def measure_scale(ctx: Ctx, synchronous: str) -> dict[str, Any]:
+    """Ingest (deliveries on) on a database filled with history, then at once on an empty one
+    again, so that the filled-database figure has an empty-database figure taken close in time."""
+    args = ctx.args
+    db = round_db(ctx.tmp, synchronous, args.repeat - 1)  # it holds the bridge's schema already
     prefill_seconds = prefill(db, args.scale_sessions, args.scale_messages)
-    bridge = await start_bridge(tmp, sink, db, synchronous, args.log_level, http, args.event_loop)
-    try:
-        with WalSampler(db) as scale_wal:
-            scale = await ingest_run(args, http, sink, bridge, f"scl{synchronous[0]}")
-        scale_rss_mb = bridge.proc.peak_rss_mb()
-    finally:
-        bridge.proc.stop()
+    out: dict[str, Any] = {"prefill_seconds": prefill_seconds}
+    for name, path in (("filled", db), ("empty", str(ctx.tmp / f"after-{synchronous}.sqlite3"))):
+        bridge = await start_bridge(ctx, path, synchronous)
+        try:
+            on = await on_phase(ctx, bridge, WalSampler(path), f"s{synchronous[0]}{name[0]}")
+            rss = bridge.proc.peak_rss_mb()
+        finally:
+            bridge.proc.stop()
+        out[name] = {**on, "peak_rss_mb": {"serving": rss[0], "delivery": rss[1]}}
+    out["db_mb"] = os.path.getsize(db) / MB
+    return out
 
-    empty_db = str(tmp / f"bridge-{synchronous}-after-scale.sqlite3")
-    bridge = await start_bridge(
-        tmp, sink, empty_db, synchronous, args.log_level, http, args.event_loop
-    )
-    try:
-        with WalSampler(empty_db) as after_wal:
-            after = await ingest_run(args, http, sink, bridge, f"aft{synchronous[0]}")
-        after_rss_mb = bridge.proc.peak_rss_mb()
-    finally:
-        bridge.proc.stop()
-    return {
-        "prefill_seconds": prefill_seconds,
-        "scale_ingest": scale.load.rate,
-        "scale_cpu_ms_per_message": scale.cpu_ms,
-        "empty_ingest_after": after.load.rate,
-        "lost": scale.lost + after.lost,
-        "duplicated": scale.duplicated + after.duplicated,
-        "peak_rss_mb": max(scale_rss_mb, after_rss_mb),
-        "peak_wal_mb": max(scale_wal.peak_mb, after_wal.peak_mb),
-        "db_mb": os.path.getsize(db) / 1e6,
+
+async def measure_alone(ctx: Ctx, rnd: int) -> dict[str, Any]:
+    """What the load generator and each sink manage alone, measured the same way as the
+    subjects (same script, connections and duration), so a reader sees neither caps them."""
+    out: dict[str, Any] = {"fixed_answer": ctx.fixed_answer_kind}
+    gen = await ctx.closed(ctx.fixed_answer + WEBHOOK, f"g{rnd}")
+    out["generator"] = gen.rate
+    out["generator_cpu_ms"] = gen.wrk_cpu_s * 1000 / gen.ok if gen.ok else float("nan")
+    check_rate = ctx.args.paced_check_rate
+    paced = await ctx.paced(ctx.fixed_answer + WEBHOOK, f"gp{rnd}", check_rate, ctx.args.duration)
+    out["paced"] = {
+        "rate": check_rate,
+        "achieved": paced.achieved,
+        "late_p99_ms": wrk.pct(paced.late_ms, 99),
+        "ack_p99_ms": wrk.pct(paced.ack_ms(), 99),
     }
+    for name, path, shape in (
+        ("livechat", "/rest/v1/conversation/c-bench/message", "livechat"),
+        ("messenger", "/hook", "outcome"),
+        ("forward", "/forward", "message"),
+    ):
+        result = await ctx.closed(ctx.sinks.url + path, f"k{name[0]}{rnd}", shape)
+        out[f"sink_{name}"] = result.rate
+    await ctx.sinks.clear()
+    return out
 
 
-async def measure_baselines(
-    args: argparse.Namespace, tmp: Path, sink: str, http: aiohttp.ClientSession, rnd: int
-) -> dict[str, Any]:
+async def measure_baselines(ctx: Ctx, rnd: int) -> dict[str, Any]:
+    args, tmp, http = ctx.args, ctx.tmp, ctx.http
     out: dict[str, Any] = {}
     port = free_port()
     proc = Proc(
-        ["-m", "bench.baselines", "forward", str(port), f"{sink}/forward"],
+        ["-m", "bench.baselines", "forward", str(port), f"{ctx.sinks.url}/forward"],
         tmp / f"forward-r{rnd}.log",
     )
     try:
         await wait_http(http, f"http://127.0.0.1:{port}/")
-        await http.post(f"{sink}/clear")
-        cpu_before = proc.cpu_seconds()
-        result = await closed_loop(
-            http,
-            f"http://127.0.0.1:{port}/messengers/load/webhook",
-            f"fwdr{rnd}",
-            args.n,
-            args.concurrency,
-            args.chats,
-        )
+        await ctx.sinks.clear()
+        cpu0 = proc.cpu()
+        result = await ctx.closed(f"http://127.0.0.1:{port}{WEBHOOK}", f"fwd{rnd}")
         # Each request is forwarded before it is answered: nothing is left to do at this point.
-        cpu = proc.cpu_seconds() - cpu_before
-        stats = await sink_stats(http, sink)
+        cpu = (proc.cpu() - cpu0).total
+        stats = await ctx.sinks.stats()
         out["forward"] = result.rate
-        out["forward_cpu_ms_per_message"] = cpu * 1000 / result.ok if result.ok else float("nan")
-        out["forward_loss"] = result.ok - stats["forwarded"]["unique"]
+        out["forward_cpu_ms"] = cpu * 1000 / result.ok if result.ok else float("nan")
+        out["forward_lost"] = max(0, result.ok - stats["forwarded"]["unique"])
+        out["forward_duplicated"] = stats["forwarded"]["duplicates"]
     finally:
         proc.stop()
     for synchronous in args.synchronous:
@@ -571,213 +455,160 @@ async def measure_baselines(
         )
         try:
             await wait_http(http, f"http://127.0.0.1:{port}/")
-            result = await closed_loop(
-                http,
-                f"http://127.0.0.1:{port}/messengers/load/webhook",
-                f"sql{synchronous[0]}r{rnd}",
-                args.n,
-                args.concurrency,
-                args.chats,
+            cpu0 = proc.cpu()
+            result = await ctx.closed(
+                f"http://127.0.0.1:{port}{WEBHOOK}", f"sql{synchronous[0]}{rnd}"
             )
+            cpu = (proc.cpu() - cpu0).total
             out[f"sqlite_{synchronous}"] = result.rate
+            out[f"sqlite_{synchronous}_cpu_ms"] = (
+                cpu * 1000 / result.ok if result.ok else float("nan")
+            )
         finally:
             proc.stop()
     return out
 
 
-LATENCIES = ("ack_p50", "ack_p99", "delivery_p50", "delivery_p99")
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def summarise(
-    base_rounds: list[dict[str, Any]],
-    bridge_rounds: dict[str, list[dict[str, Any]]],
-    scale: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    """Medians over the rounds; each ratio from the bridge and baseline of the same round."""
-    baselines = {
-        key: spread([b[key] for b in base_rounds])
-        for key in base_rounds[0]
-        if key != "forward_loss"
-    }
-    bridges: dict[str, Any] = {}
-    for synchronous, rounds in bridge_rounds.items():
-        pairs = list(zip(base_rounds, rounds, strict=True))
-        b: dict[str, Any] = {
-            key: spread([r[key] for r in rounds])
-            for key in ("ingest", "e2e", "cpu_ms_per_message", *LATENCIES)
-        }
-        b["ingest_ratio"] = spread(
-            [r["ingest"] / base[f"sqlite_{synchronous}"] for base, r in pairs]
-        )
-        b["e2e_ratio"] = spread([r["e2e"] / base["forward"] for base, r in pairs])
-        b["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
-        b["peak_wal_mb"] = max(r["peak_wal_mb"] for r in rounds)
-        b["lost"] = sum(r["lost"] for r in rounds)
-        b["duplicated"] = sum(r["duplicated"] for r in rounds)
-        if synchronous in scale:
-            s = scale[synchronous]
-            empty = [r["ingest"] for r in rounds] + [s["empty_ingest_after"]]
-            b["scale_ingest"] = s["scale_ingest"]
-            b["scale_ratio"] = s["scale_ingest"] / statistics.median(empty)
-            b["scale_ratio_after"] = s["scale_ingest"] / s["empty_ingest_after"]
-            b["peak_rss_mb"] = max(b["peak_rss_mb"], s["peak_rss_mb"])
-            b["peak_wal_mb"] = max(b["peak_wal_mb"], s["peak_wal_mb"])
-            b["lost"] += s["lost"]
-            b["duplicated"] += s["duplicated"]
-        bridges[synchronous] = b
-    return {"baselines": baselines, "bridge": bridges}
-
-
-def with_range(s: dict[str, float], digits: int = 2, unit: str = "") -> str:
-    """`0.36x (0.31-0.40)`, with an en dash: the median, then the lowest and highest round."""
-    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}{DASH}{s['max']:.{digits}f})"
-
-
-def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
-    base, bridges = summary["baselines"], summary["bridge"]
-    lines = [
-        f"messages per run: {args.n}, clients: {args.concurrency}, chats: {args.chats}; "
-        f"fixed load: {args.rate:.0f} msg/s for {args.seconds:.0f} s; "
-        f"scale: {args.scale_sessions:,} sessions, {args.scale_messages:,} messages; "
-        f"log level {args.log_level}; event loop {args.event_loop}; "
-        f"delivery.worker {args.worker}; {args.warmup:.0f} s warm-up before the fixed load",
-        f"{args.repeat} rounds (baselines, then bridges); figures: the median over the rounds; "
-        f"ratios: computed per round, then the median of the per-round ratios "
-        f"(lowest{DASH}highest round)",
-        "",
-        f"baseline: bare aiohttp forwarding with one POST: {base['forward']['median']:8.0f} msg/s,"
-        f" {base['forward_cpu_ms_per_message']['median']:.2f} CPU ms per message",
-    ]
-    for synchronous in args.synchronous:
-        lines.append(
-            f"baseline: bare aiohttp + SQLite insert and commit per request ({synchronous}):"
-            f" {base[f'sqlite_{synchronous}']['median']:8.0f} msg/s"
-        )
-    lines.append("")
-
-    rows: list[tuple[str, list[str]]] = []
-
-    def row(label: str, fn: Any) -> None:
-        rows.append((label, [fn(b) for b in bridges.values()]))
-
-    row("ingest msg/s (200 = committed)", lambda b: f"{b['ingest']['median']:.0f}")
-    row("  ratio to SQLite-per-request (>=0.8)", lambda b: with_range(b["ingest_ratio"], unit="x"))
-    row("end to end msg/s (outcome sent)", lambda b: f"{b['e2e']['median']:.0f}")
-    row("  ratio to forwarding (>=0.35)", lambda b: with_range(b["e2e_ratio"], unit="x"))
-    row(
-        "bridge CPU ms per message (all processes of the subject)",
-        lambda b: with_range(b["cpu_ms_per_message"]),
-    )
-    row(
-        f"ack p50 / p99 ms @{args.rate:.0f}/s (p99<=15)",
-        lambda b: f"{b['ack_p50']['median']:.1f} / {b['ack_p99']['median']:.1f}",
-    )
-    row(
-        "delivery p50 / p99 ms (p99<=50)",
-        lambda b: f"{b['delivery_p50']['median']:.1f} / {b['delivery_p99']['median']:.1f}",
-    )
-    if args.scale_sessions:
-        row("ingest msg/s on the filled database", lambda b: f"{b['scale_ingest']:.0f}")
-        row("  ratio to the empty database (>=0.8)", lambda b: f"{b['scale_ratio']:.2f}x")
-        row("  to the empty-database run just after", lambda b: f"{b['scale_ratio_after']:.2f}x")
-    row("peak RSS MB, bridge + delivery process (<=150)", lambda b: f"{b['peak_rss_mb']:.0f}")
-    row("peak WAL MB (<=67: wal_max_bytes, 64 MiB)", lambda b: f"{b['peak_wal_mb']:.1f}")
-    row("lost / duplicated at the sinks", lambda b: f"{b['lost']} / {b['duplicated']}")
-
-    width = max(len(label) for label, _ in rows) + 2
-    lines.append(f"{'':{width}}" + "".join(f"{name:>22}" for name in bridges))
-    lines += [f"{label:{width}}" + "".join(f"{v:>22}" for v in values) for label, values in rows]
-    return "\n".join(lines)
-
-
-async def measure_all(
-    args: argparse.Namespace, tmp: Path, sink: str, http: aiohttp.ClientSession
-) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
-    """Rounds of baselines then bridges, interleaved so that each round's ratios compare
-    measurements taken close in time on a machine whose speed drifts; then the slow scale runs."""
-    base_rounds: list[dict[str, Any]] = []
-    bridge_rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in args.synchronous}
+async def measure_all(ctx: Ctx) -> dict[str, Any]:
+    """Rounds of (generator and sinks alone, baselines, bridges), interleaved so that each
+    round's ratios compare measurements minutes apart at most; then the slow scale runs."""
+    args = ctx.args
+    rounds: list[dict[str, Any]] = []
     for rnd in range(args.repeat):
         print(f"bench: round {rnd + 1} of {args.repeat}", file=sys.stderr, flush=True)
-        base_rounds.append(await measure_baselines(args, tmp, sink, http, rnd))
+        one: dict[str, Any] = {
+            "alone": await measure_alone(ctx, rnd),
+            "baselines": await measure_baselines(ctx, rnd),
+            "bridge": {},
+        }
         for synchronous in args.synchronous:
-            bridge_rounds[synchronous].append(
-                await measure_bridge(args, tmp, sink, synchronous, http, rnd)
-            )
-    scale: dict[str, dict[str, Any]] = {}
+            print(f"bench: round {rnd + 1}: bridge ({synchronous})", file=sys.stderr, flush=True)
+            one["bridge"][synchronous] = await measure_bridge(ctx, synchronous, rnd)
+        rounds.append(one)
+    scale: dict[str, Any] = {}
     if args.scale_sessions:
         for synchronous in args.synchronous:
             print(f"bench: filled database ({synchronous})", file=sys.stderr, flush=True)
-            scale[synchronous] = await measure_scale(args, tmp, sink, synchronous, http)
-    return base_rounds, bridge_rounds, scale
+            scale[synchronous] = await measure_scale(ctx, synchronous)
+    return {"rounds": rounds, "scale": scale}
 
 
-async def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smaller numbers for a first look")
-    parser.add_argument("--n", type=int, default=20000, help="messages per throughput run")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--chats", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument(
-        "--warmup", type=float, default=2.0, help="seconds at the fixed load before it is measured"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--quick", action="store_true", help="shorter phases, a smaller filled database")
+    add("--repeat", type=int, default=3, help="rounds (default 3)")
+    add("--duration", type=float, default=10.0, help="seconds of each closed-loop measurement")
+    add("--connections", type=int, default=32, help="wrk connections, closed loop (default 32)")
+    add("--threads", type=int, default=1, help="wrk threads, closed loop (default 1)")
+    add("--chats", type=int, default=500, help="chats the messages are spread over")
+    add("--rate", type=float, default=500.0, help="the first fixed offered load, msg/s")
+    add("--max-fraction", type=float, default=0.8, help="the second: this much of phase 2's")
+    add("--seconds", type=float, default=20.0, help="seconds of each fixed-load measurement")
+    add("--warmup", type=float, default=2.0, help="seconds at a fixed load before it is measured")
+    add("--paced-connections", type=int, default=32, help="wrk connections (threads), paced")
+    add("--paced-check-rate", type=float, default=4000.0, help="paced generator alone, msg/s")
+    add("--sink-processes", type=int, default=2, help="processes of the sink pool")
+    add("--stall", type=float, default=30.0, help="give up waiting after this many idle s")
+    add(
         "--worker",
         default="process",
         choices=["process", "inline"],
         help="the bridge's delivery.worker (set through its environment)",
     )
-    parser.add_argument("--scale-sessions", type=int, default=1_000_000)
-    parser.add_argument("--scale-messages", type=int, default=5_000_000)
-    parser.add_argument("--synchronous", nargs="+", default=["normal", "full"])
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds of baselines and bridges (default 3)"
-    )
+    add("--scale-sessions", type=int, default=1_000_000)
+    add("--scale-messages", type=int, default=5_000_000)
+    add("--synchronous", nargs="+", default=["normal", "full"])
+    add("--log-level", default="info")
+    add("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    add("--report", type=Path, help="print the report of a saved run (bench/results/*.json)")
     args = parser.parse_args()
-    os.environ["BRIDGE_DELIVERY__WORKER"] = args.worker  # the bridges inherit it
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.quick:
-        args.n, args.seconds = min(args.n, 5000), min(args.seconds, 10.0)
+        args.duration = min(args.duration, 4.0)
+        args.seconds = min(args.seconds, 6.0)
+        args.warmup = min(args.warmup, 1.0)
+        args.stall = min(args.stall, 15.0)
         args.scale_sessions = min(args.scale_sessions, 100_000)
         args.scale_messages = min(args.scale_messages, 500_000)
+    return args
 
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        sink_port = free_port()
-        sink = f"http://127.0.0.1:{sink_port}"
-        sinks = Proc(["-m", "bench.sinks", str(sink_port)], tmp / "sinks.log")
-        connector = aiohttp.TCPConnector(limit=max(args.concurrency, 1000))
+
+@contextlib.asynccontextmanager
+async def environment(args: argparse.Namespace, tmp: Path) -> AsyncIterator[Ctx]:
+    """The sink pool and the fixed-answer target running, and a client: what phases need.
+
+    `args` needs what `Ctx` reads: duration, connections, threads, chats, paced_connections,
+    stall, sink_processes, log_level, event_loop.
+    """
+    sink_port = free_port()
+    controls = [free_port() for _ in range(args.sink_processes)]
+    procs = [
+        Proc(["-m", "bench.sinks", str(sink_port), str(c)], tmp / f"sinks-{c}.log")
+        for c in controls
+    ]
+    nginx_port = free_port()
+    target = nginx.start(tmp, nginx_port)
+    try:
         async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+            connector=aiohttp.TCPConnector(limit=100), timeout=aiohttp.ClientTimeout(total=120)
         ) as http:
-            try:
-                await wait_http(http, f"{sink}/stats")
-                base_rounds, bridge_rounds, scale = await measure_all(args, tmp, sink, http)
-            finally:
-                sinks.stop()
-        summary = summarise(base_rounds, bridge_rounds, scale)
-        text = report(summary, args)
-        print(text)
-        results = ROOT / "bench" / "results"
-        results.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        raw = {"baselines": base_rounds, "bridge": bridge_rounds, "scale": scale}
-        (results / f"{stamp}.json").write_text(
-            json.dumps({"args": vars(args), "rounds": raw, "summary": summary}, indent=2),
-            encoding="utf-8",
-        )
-        (results / f"{stamp}.txt").write_text(text + "\n", encoding="utf-8")
+            sinks = SinkPool(sink_port, controls, http)
+            for c in controls:
+                await wait_http(http, f"http://127.0.0.1:{c}/")
+            if target is not None:
+                fixed, kind = f"http://127.0.0.1:{nginx_port}", "nginx"
+                await wait_http(http, fixed + "/")
+            else:
+                print(
+                    "bench: nginx is not installed (apt-get install nginx-light): the generator "
+                    "alone is measured against the sinks' fixed answer, a Python bound",
+                    file=sys.stderr,
+                )
+                fixed, kind = sinks.url, f"the sinks' fixed answer ({len(controls)} processes)"
+            yield Ctx(args, tmp, http, sinks, procs, fixed, kind)
+    finally:
+        for proc in [*procs, *([target] if target else [])]:
+            proc.stop()
+
+
+def reprint(path: Path) -> None:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    args = argparse.Namespace(**saved["args"])
+    print(report(summarise(saved, args), args, saved.get("started", path.stem)))
+
+
+async def main() -> None:
+    args = parse_args()
+    if args.report:
+        reprint(args.report)
+        return
+    wrk.wrk_binary()  # fail early, with the install hint
+    os.environ["BRIDGE_DELIVERY__WORKER"] = args.worker  # the bridges inherit it
+    os.environ["BENCH_EVENT_LOOP"] = args.event_loop  # and the baselines this
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
+        async with environment(args, Path(tmpdir)) as ctx:
+            raw = await measure_all(ctx)
+    summary = summarise(raw, args)
+    text = report(summary, args, started)
+    print(text)
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (results / f"{stamp}.json").write_text(
+        json.dumps(
+            {"args": vars(args), "started": started, **raw, "summary": summary},
+            indent=2,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
+    (results / f"{stamp}.txt").write_text(text + "\n", encoding="utf-8")
+    print(f"\nraw results: bench/results/{stamp}.json", file=sys.stderr)
 
 
 if __name__ == "__main__":
