@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,8 @@ from storage.outbox import TO_SUBSCRIBER as TO_SUBSCRIBER
 
 log = structlog.get_logger("relay")
 
+SESSION_REFUSED = "no open session and the messenger does not allow operator-started sessions"
+
 
 def livechat_lane(chat_id: int) -> str:
     return f"lc:{chat_id}"
@@ -79,6 +81,11 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
 
 def _operator(operator_id: str | None, operator_name: str | None) -> Operator | None:
     return Operator(operator_id, operator_name) if operator_id or operator_name else None
+
+
+def _kept_lane(livechat_id: str, ref: ChatRef) -> str:
+    """The lane of the dead letters keeping one chat's undeliverable replies."""
+    return f"reply:{livechat_id}:{ref.client_key or ref.customer_id}"
 
 
 def _reply_fields(event: AgentMessage) -> dict[str, Any]:
@@ -247,21 +254,26 @@ class Relay:
             return Applied(self._record(conn, livechat_id, event.name, event.raw, session_id))
         if isinstance(event, Lifecycle):
             return self._on_lifecycle(conn, livechat_id, event)
+        if isinstance(event, AgentMessage):
+            found = self._reply_chat(conn, livechat_id, event.chat)
+            if isinstance(found, str):
+                return self._on_unlinked_reply(conn, livechat_id, event, found)
+            return self._on_agent_message(conn, livechat_id, found, event)
         chat = chats.find_chat(conn, livechat_id, event.chat)
         if chat is None:
-            log.warning("relay.unlinked_event", livechat=livechat_id, kind=type(event).__name__)
-            if isinstance(event, AgentMessage) and event.chat.customer_id is not None:
-                self._keep_orphan(conn, livechat_id, event.chat.customer_id, event)
+            log.warning(
+                "relay.unlinked_event",
+                livechat=livechat_id,
+                kind=type(event).__name__,
+                customer_id=event.chat.customer_id,
+                client_key=event.chat.client_key,
+            )
             payload: dict[str, Any] = {
                 "kind": type(event).__name__,
                 "customer_id": event.chat.customer_id,
                 "client_key": event.chat.client_key,
             }
-            if isinstance(event, AgentMessage):  # the operator's words, not only who wrote
-                payload.update(_reply_fields(event))
             return Applied(self._record(conn, livechat_id, "unlinked", payload, None))
-        if isinstance(event, AgentMessage):
-            return self._on_agent_message(conn, livechat_id, chat, event)
         if isinstance(event, ConversationState):
             return self._on_conversation(conn, livechat_id, chat, event)
         return self._on_read(conn, chat, event)
@@ -297,6 +309,84 @@ class Relay:
                 )
                 queued = True
         return queued
+
+    # --- an operator's reply: delivered, kept until its chat is linked, or a dead letter ------
+
+    def _reply_chat(
+        self, conn: sqlite3.Connection, livechat_id: str, ref: ChatRef
+    ) -> chats.ChatRow | str:
+        """The chat an operator's reply is for, or why there is none.
+
+        Found by our client key or the live chat's customer id (`chats.find_chat`). Failing
+        that, a client key (JivoChat's `recipient.id`: the `sender.id` the bridge sent, which is
+        `<messenger id>:<externalChatId>`) is read back into its messenger chat, and the chat is
+        stored again when that messenger is configured for this live chat: its row was lost (a
+        restored or a fresh database), not the chat. A customer id cannot be read back."""
+        chat = chats.find_chat(conn, livechat_id, ref)
+        if chat is not None:
+            return chat
+        if ref.client_key is None:
+            return f"no chat is linked to customer {ref.customer_id!r} of live chat {livechat_id!r}"
+        key = ref.client_key
+        parsed = chats.parse_client_key(key)
+        if parsed is None:
+            return f"no chat is stored for key {key!r}, and it names no messenger chat"
+        channel_id, external_chat_id = parsed
+        messenger = self._settings.messengers.get(channel_id)
+        if messenger is None:
+            return f"no chat is stored for key {key!r}: messenger {channel_id!r} is not configured"
+        if messenger.livechat != livechat_id:
+            return (
+                f"no chat is stored for key {key!r}: messenger {channel_id!r} belongs to"
+                f" live chat {messenger.livechat!r}, not {livechat_id!r}"
+            )
+        chat = chats.recover_chat(
+            conn,
+            channel_id=channel_id,
+            external_chat_id=external_chat_id,
+            livechat_id=livechat_id,
+            now=self._clock(),
+        )
+        if chat is None:
+            return f"the chat of key {key!r} is stored under another live chat"
+        log.warning("relay.chat_recovered", livechat=livechat_id, client_key=key, chat=chat.id)
+        return chat
+
+    def _on_unlinked_reply(
+        self, conn: sqlite3.Connection, livechat_id: str, event: AgentMessage, reason: str
+    ) -> Applied:
+        """A reply no chat was found for. One naming a live chat's customer id is kept as an
+        orphan: the live chat may have answered before the bridge stored that id, and it is
+        delivered once it is (`adopt_orphans`), or made a dead letter after
+        `retention.orphan_after` (`bury_orphans`). Any other (a client key that names no
+        chat this live chat can reach) is a dead letter at once, and a repeat of it (the same
+        message id) is dropped: it is kept once. Either way the event log keeps an `unlinked`
+        event with the operator's words, for subscribers (an orphan's repeat too: the orphans
+        table keeps it once)."""
+        ref = event.chat
+        if ref.customer_id is None and self._kept_already(conn, livechat_id, event) is not None:
+            return Applied()  # a repeat of a reply kept already: nothing new to keep or tell
+        log.warning(
+            "relay.unlinked_event",
+            livechat=livechat_id,
+            kind=type(event).__name__,
+            customer_id=ref.customer_id,
+            client_key=ref.client_key,
+        )
+        payload: dict[str, Any] = {
+            "kind": type(event).__name__,
+            "customer_id": ref.customer_id,
+            "client_key": ref.client_key,
+            **_reply_fields(event),
+        }
+        if ref.customer_id is not None:
+            self._keep_orphan(conn, livechat_id, ref.customer_id, event)
+        else:
+            parsed = chats.parse_client_key(ref.client_key) if ref.client_key else None
+            payload["dead_letter"] = self.bury_reply(
+                conn, livechat_id, event, reason, channel_id=parsed[0] if parsed else None
+            )
+        return Applied(self._record(conn, livechat_id, "unlinked", payload, None))
 
     def _keep_orphan(
         self, conn: sqlite3.Connection, livechat_id: str, customer_id: str, event: AgentMessage
@@ -348,13 +438,18 @@ class Relay:
         received_at: float | None = None,
     ) -> int:
         """Keep an operator's reply that cannot be delivered as a dead letter with its text
-        (outbox kind `KEPT_REPLY`), for an admin to retry or purge; return its outbox id.
+        (outbox kind `KEPT_REPLY`), for an admin to retry or purge; return its outbox id. A
+        repeat (the same live-chat message id, for the same chat) is kept once: the id of the
+        dead letter already holding it is returned.
 
         The payload: {"livechat_id", "customer_id", "client_key", "channel_id", "message_id",
         "text", "files": [{"name", "url", "size"}], "operator_id", "operator_name",
         "received_at" (Unix time)}."""
         now = self._clock()
         ref = event.chat
+        kept = self._kept_already(conn, livechat_id, event)
+        if kept is not None:
+            return kept
         payload = {
             "livechat_id": livechat_id,
             "customer_id": ref.customer_id,
@@ -366,7 +461,7 @@ class Relay:
         item_id = outbox.bury_new(
             conn,
             kind=KEPT_REPLY,
-            lane=f"reply:{livechat_id}:{ref.client_key or ref.customer_id}",
+            lane=_kept_lane(livechat_id, ref),
             payload=payload,
             error=reason,
             now=now,
@@ -381,6 +476,18 @@ class Relay:
             reason=reason,
         )
         return item_id
+
+    @staticmethod
+    def _kept_already(
+        conn: sqlite3.Connection, livechat_id: str, event: AgentMessage
+    ) -> int | None:
+        """The dead letter already holding this reply (the live chat sent it again), if any."""
+        if event.message_id is None:
+            return None
+        kept = outbox.find_kept_reply(conn, _kept_lane(livechat_id, event.chat), event.message_id)
+        if kept is not None:
+            log.info("relay.reply_dead_repeat", livechat=livechat_id, item=kept)
+        return kept
 
     def bury_orphans(self, conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
         """Orphans received before `cutoff` whose customer was never linked become dead
@@ -403,17 +510,16 @@ class Relay:
 
     def route_kept_reply(self, conn: sqlite3.Connection, payload: dict[str, Any]) -> str | None:
         """Try a dead letter of kind `KEPT_REPLY` again: None when it is now queued for its
-        chat's messenger (or was delivered before), else why it still cannot be."""
+        chat's messenger (or was delivered before), else why it still cannot be. Its chat is
+        found, or recovered from its client key, as when it first came (`_reply_chat`)."""
         livechat_id = str(payload["livechat_id"])
         ref = ChatRef(customer_id=payload.get("customer_id"), client_key=payload.get("client_key"))
-        chat = chats.find_chat(conn, livechat_id, ref)
-        if chat is None:
-            who = f"customer {ref.customer_id!r}" if ref.customer_id else f"key {ref.client_key!r}"
-            return f"no chat is linked to {who} of live chat {livechat_id!r}"
-        if chat.channel_id not in self._settings.messengers:
-            return f"messenger {chat.channel_id!r} is not configured"
-        if chats.open_session_id(conn, chat.id) is None and not self._operator_sessions(chat):
-            return "no open session and the messenger does not allow operator-started sessions"
+        chat = self._reply_chat(conn, livechat_id, ref)
+        if isinstance(chat, str):
+            return chat
+        reason = self._undeliverable(conn, chat)
+        if reason is not None:
+            return reason
         event = AgentMessage(
             chat=ref,
             message_id=payload.get("message_id"),
@@ -428,25 +534,37 @@ class Relay:
         messenger = self._settings.messengers.get(chat.channel_id)
         return messenger is not None and messenger.operator_sessions
 
+    def _undeliverable(self, conn: sqlite3.Connection, chat: chats.ChatRow) -> str | None:
+        """Why a reply for this chat cannot be queued for its messenger now, or None. A
+        messenger that is configured but not active (disconnected, interrupted) is no reason:
+        its replies are queued and held."""
+        if chat.channel_id not in self._settings.messengers:
+            return f"messenger {chat.channel_id!r} is not configured (removed from the config?)"
+        if chats.open_session_id(conn, chat.id) is None and not self._operator_sessions(chat):
+            return SESSION_REFUSED
+        return None
+
     def _on_agent_message(
         self, conn: sqlite3.Connection, livechat_id: str, chat: chats.ChatRow, event: AgentMessage
     ) -> Applied:
+        """Store an operator's reply and queue it for the chat's messenger, in the chat's open
+        session or in one the operator opens (when the messenger allows it).
+
+        A reply that cannot be queued (`_undeliverable`: its messenger was removed from the
+        config, or there is no open session and the messenger allows no operator-started one)
+        becomes a dead letter with its text, and a `message.refused` event says so to
+        subscribers (docs/decisions.md, "Operator replies that cannot be delivered"). A repeat
+        of a live-chat message id already stored (`out:<live chat>:<id>`) is dropped on
+        purpose: that reply is delivered or on its way, and a second copy would reach the user
+        twice."""
         now = self._clock()
         dedupe_key = f"out:{livechat_id}:{event.message_id}" if event.message_id else None
         if dedupe_key and messages.seen(conn, dedupe_key):
             return Applied()
-        session_id = chats.open_session_id(conn, chat.id)
-        if session_id is None:
-            if not self._operator_sessions(chat):
-                log.warning("relay.operator_session_refused", channel=chat.channel_id)
-                payload = {
-                    "reason": "no open session and the messenger does not allow"
-                    " operator-started sessions",
-                    "chat_id": chat.id,
-                    "message_id": event.message_id,
-                }
-                return Applied(self._record(conn, livechat_id, "message.refused", payload, None))
-            session_id, _ = chats.open_session(conn, chat.id, livechat_id, "operator", now)
+        reason = self._undeliverable(conn, chat)
+        if reason is not None:
+            return self._refuse_reply(conn, livechat_id, chat, event, reason)
+        session_id, _ = chats.open_session(conn, chat.id, livechat_id, "operator", now)
         uid = messages.new_uid()
         files = self._keep_files(conn, livechat_id, chat, session_id, uid, event)
         operator = event.operator
@@ -473,6 +591,32 @@ class Relay:
             now=now,
         )
         return Applied(queued=True)
+
+    def _refuse_reply(
+        self,
+        conn: sqlite3.Connection,
+        livechat_id: str,
+        chat: chats.ChatRow,
+        event: AgentMessage,
+        reason: str,
+    ) -> Applied:
+        """Keep a reply for a known chat that cannot be queued as a dead letter, named by the
+        chat's client key so a retry finds the chat again, and record `message.refused`:
+        {"reason", "chat_id", "message_id", "dead_letter" (its outbox id)}. A repeat of a reply
+        kept already is dropped: it is kept once, and told once."""
+        event = replace(
+            event, chat=ChatRef(customer_id=event.chat.customer_id, client_key=chat.client_key)
+        )
+        if self._kept_already(conn, livechat_id, event) is not None:
+            return Applied()  # a repeat of a reply kept already: nothing new to keep or tell
+        item_id = self.bury_reply(conn, livechat_id, event, reason, channel_id=chat.channel_id)
+        payload = {
+            "reason": reason,
+            "chat_id": chat.id,
+            "message_id": event.message_id,
+            "dead_letter": item_id,
+        }
+        return Applied(self._record(conn, livechat_id, "message.refused", payload, None))
 
     def _keep_files(
         self,

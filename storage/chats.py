@@ -44,6 +44,43 @@ def client_key(channel_id: str, external_chat_id: str) -> str:
     return f"{channel_id}:{external_chat_id}"
 
 
+def parse_client_key(key: str) -> tuple[str, str] | None:
+    """The (channel id, external chat id) a `client_key` was made of, or None when `key` is
+    not one of ours. A channel id never holds ':' (`bridge.settings.CHANNEL_ID`), so the first
+    ':' splits it; the chat id may hold more."""
+    channel_id, sep, external_chat_id = key.partition(":")
+    if not sep or not channel_id or not external_chat_id:
+        return None
+    return channel_id, external_chat_id
+
+
+def recover_chat(
+    conn: sqlite3.Connection,
+    *,
+    channel_id: str,
+    external_chat_id: str,
+    livechat_id: str,
+    now: float,
+) -> ChatRow | None:
+    """Store again a chat known only from its client key (its row was lost: a restored or a
+    fresh database) and return it. Its user id is unknown until the user writes: '' until
+    then (`upsert_chat` sets it). None when a row for that messenger chat exists under
+    another live chat."""
+    conn.execute(
+        """INSERT INTO chats (channel_id, external_chat_id, name, user_id, client_key,
+                              livechat_id, created_at)
+           VALUES (?, ?, NULL, '', ?, ?, ?) ON CONFLICT DO NOTHING""",
+        (channel_id, external_chat_id, client_key(channel_id, external_chat_id), livechat_id, now),
+    )
+    row = conn.execute(
+        "SELECT * FROM chats WHERE channel_id = ? AND external_chat_id = ?",
+        (channel_id, external_chat_id),
+    ).fetchone()
+    if row is None or row["livechat_id"] != livechat_id:
+        return None
+    return _chat(row)
+
+
 def upsert_chat(
     conn: sqlite3.Connection,
     *,

@@ -291,6 +291,19 @@ def bury_new(
     return int(row[0])
 
 
+def find_kept_reply(conn: sqlite3.Connection, lane: str, message_id: str) -> int | None:
+    """The id of the dead letter of kind `KEPT_REPLY` in `lane` that holds the live chat's
+    message `message_id`, if any (uses the partial index outbox_kept_replies: hence the
+    kind written out)."""
+    row = conn.execute(
+        """SELECT id FROM outbox WHERE kind = 'operator.reply' AND lane = ?
+             AND status = 'dead' AND json_extract(payload, '$.message_id') = ?
+           ORDER BY id LIMIT 1""",
+        (lane, message_id),
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
 def requeue(conn: sqlite3.Connection, item: OutboxItem, now: float) -> int:
     """A dead item pending again: a fresh count of attempts and a fresh give-up horizon, at the
     end of its lane. A new row, not the old one revived: an older id would jump the lane's

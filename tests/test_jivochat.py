@@ -329,7 +329,11 @@ async def test_bad_token_and_malformed_bodies(world: World, jivo: Jivo) -> None:
 
 
 async def test_agent_message_for_unknown_client_is_recorded(world: World, jivo: Jivo) -> None:
+    # A key that is not the bridge's (an `acme:...` key would be recovered: tests/test_replies.py).
     await jivo.start()
-    assert (await jivo.sim.agent_message(jivo.http, "acme:nobody", "hello?"))[0] == 200
+    assert (await jivo.sim.agent_message(jivo.http, "nobody", "hello?"))[0] == 200
     assert await world.bridge.query("SELECT name FROM events") == [("unlinked",)]
+    assert await world.bridge.query("SELECT kind, status FROM outbox") == [
+        ("operator.reply", "dead")
+    ]
     await asyncio.sleep(0)

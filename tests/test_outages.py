@@ -188,7 +188,10 @@ async def test_storage_locked_answers_503_then_recovers(world: World) -> None:
     )
 
 
-async def test_channel_removed_from_config_holds_its_items(running: World) -> None:
+async def test_channel_removed_from_config_is_disconnected_and_a_reply_kept_dead(
+    running: World,
+) -> None:
+    # A reply that comes after the removal is a dead letter with its text (tests/test_replies.py).
     m, cv, http = running.messenger, running.chatvisor, running.http
     await m.send_message(http, "gone", "x")
     customer = await running.customer_id("gone")
@@ -204,4 +207,4 @@ async def test_channel_removed_from_config_holds_its_items(running: World) -> No
     assert await bridge.query("SELECT state, last_error FROM channels WHERE id = 'acme'") == [
         ("disconnected", "no longer in the configuration")
     ]
-    assert await bridge.query("SELECT status FROM outbox") == [("pending",)]
+    assert await bridge.query("SELECT kind, status FROM outbox") == [("operator.reply", "dead")]
