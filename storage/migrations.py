@@ -158,7 +158,7 @@ V5 = [
     "ALTER TABLE channels ADD COLUMN connected_webhook TEXT",
 ]
 
-V7 = [
+V6 = [
     # Operator replies kept as dead letters: a repeat of one (the same live-chat message id)
     # is looked up among its chat's kept replies instead of being kept twice.
     "CREATE INDEX outbox_kept_replies ON outbox (lane) WHERE kind = 'operator.reply'",
@@ -170,7 +170,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (3, "operator messages kept until their customer is linked", V3),
     (4, "retention: pruning marks, indexes for what pruning looks up", V4),
     (5, "the webhook URL each channel was last connected with", V5),
-    (7, "an index of the operator replies kept as dead letters", V7),
+    (6, "an index of the operator replies kept as dead letters", V6),
 ]
 LATEST = MIGRATIONS[-1][0]
 
