@@ -76,9 +76,12 @@ async def test_resend_after_a_refusal_is_delivered_once_with_its_id(running: Wor
     assert cv.conversations[customer][1]["id"] == uid
     await eventually(lambda: outcomes(running, "e1") == [False, True], what="second outcome")
     assert await stored_uid(running, "e1") == uid
-    assert await bridge.query("SELECT status FROM messages WHERE uid = ?", (uid,)) == [
-        ("delivered",)
-    ]
+
+    async def settled() -> bool:  # the outcome goes with the delivery, a moment before its settle
+        status = await bridge.query("SELECT status FROM messages WHERE uid = ?", (uid,))
+        return status == [("delivered",)]
+
+    await eventually(settled, what="the resend's settle")
     assert value(await scrape(running), "bridge_outbox_dead") == 0
 
     # Delivered now: a further repeat is a true repeat.
