@@ -193,9 +193,13 @@ class Relay:
             )
             chats.ensure_user(conn, channel_id, msg.external_user_id)
             session_id, _ = chats.open_session(conn, chat_id, livechat_id, "user", now)
+            progress = 0
             if stored is not None:
                 uid, message_id = stored.uid, stored.id
                 messages.requeue(conn, message_id, session_id)
+                # The parts the live chat already took are not sent again: the new attempt
+                # starts where the given-up one stopped.
+                progress = outbox.dead_progress(conn, ref_id=message_id, kind=TO_LIVECHAT)
                 # The failure it was given up with, and a failure outcome that never reached
                 # the messenger, are superseded: the new attempt ends with an outcome of its own.
                 outbox.drop_dead(conn, ref_id=message_id, kinds=(TO_LIVECHAT, OUTCOME))
@@ -215,7 +219,12 @@ class Relay:
                     user_id=msg.external_user_id,
                 )
             outbox.enqueue(
-                conn, kind=TO_LIVECHAT, lane=livechat_lane(chat_id), ref_id=message_id, now=now
+                conn,
+                kind=TO_LIVECHAT,
+                lane=livechat_lane(chat_id),
+                ref_id=message_id,
+                now=now,
+                payload={"parts_done": progress} if progress else None,
             )
             return Accepted(
                 duplicate=False, uid=uid, session_id=session_id, requeued=stored is not None

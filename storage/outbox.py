@@ -129,6 +129,17 @@ def has_pending(conn: sqlite3.Connection, *, lane: str, kind: str, ref_id: int) 
     return row is not None
 
 
+def dead_progress(conn: sqlite3.Connection, *, ref_id: int, kind: str) -> int:
+    """How many parts of a multi-part delivery reached the receiver before this row's dead item
+    of `kind` was given up (its payload's `parts_done`; 0 when none is dead)."""
+    row = conn.execute(
+        """SELECT max(coalesce(json_extract(payload, '$.parts_done'), 0)) FROM outbox
+           WHERE status = 'dead' AND ref_id = ? AND kind = ?""",
+        (ref_id, kind),
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def drop_dead(conn: sqlite3.Connection, *, ref_id: int, kinds: tuple[str, ...]) -> int:
     """Delete the dead items of these kinds for this row (superseded: the row was queued
     again); return how many there were."""

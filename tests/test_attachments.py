@@ -108,3 +108,25 @@ async def test_an_agent_typing_is_recorded_not_an_error(world: World, jivo: Jivo
     rows = await world.bridge.query("SELECT name, session_id FROM events")
     assert [(name, session is not None) for name, session in rows] == [("chat_api.typein", True)]
     assert world.messenger.count("message") == 0  # the messenger protocol has no typing message
+
+
+async def test_a_resend_after_a_part_refused_for_good_starts_at_that_part(
+    world: World, jivo: Jivo
+) -> None:
+    """The messenger resends a message whose delivery failed part way (it was told `success:
+    false`): the parts JivoChat already took are not sent again."""
+    refusing = True
+    jivo.sim.refuse = lambda body: (
+        400 if refusing and body["message"]["id"].endswith("-1") else None
+    )
+    await jivo.start()
+    sent = files(2)
+    await jivo.user_says("again", "caption", message_id="a-1", files=sent)
+    m = world.messenger
+    await eventually(lambda: m.outcomes.get("a-1") is False, what="failure outcome")
+    refusing = False
+    await jivo.user_says("again", "caption", message_id="a-1", files=sent)
+    await eventually(lambda: m.outcomes.get("a-1") is True, what="the resend delivered")
+    uid = jivo.sim.client_messages[0]["message"]["id"]
+    assert dict(jivo.sim.calls_by_id) == {uid: 1, f"{uid}-1": 2, f"{uid}-2": 1}
+    assert [b["message"]["id"] for b in jivo.sim.client_messages] == [uid, f"{uid}-1", f"{uid}-2"]
