@@ -7,6 +7,7 @@ included: a safety net behind the rule that secrets are never passed to a logger
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -22,15 +23,19 @@ REDACTED = "[redacted]"
 
 class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is replaced whole.
+        # Longest first, so a secret that contains another is replaced whole; without regard to
+        # case, because some reach a line changed in case (a host name is lower-cased).
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join(map(re.escape, self._secrets)), re.IGNORECASE)
+            if self._secrets
+            else None
+        )
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            assert self._pattern is not None
+            return self._pattern.sub(REDACTED, value)
         if isinstance(value, dict):
             return {k: self._clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

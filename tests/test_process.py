@@ -109,13 +109,15 @@ def test_redactor_catches_a_secret_logged_by_mistake() -> None:
     configure_logging(LoggingSettings(format="json"), [CODE], stream=buf)
     try:
         structlog.get_logger().info("oops", detail=f"token={CODE}", nested={"k": [CODE]})
+        # A host name in a redirect's Location comes back lower-cased.
+        structlog.get_logger().info("retry", error=f"redirect to {CODE.upper()}.example")
         try:
             raise ValueError(CODE)
         except ValueError:
             structlog.get_logger().exception("failed")
     finally:
         structlog.reset_defaults()
-    assert CODE not in buf.getvalue()
+    assert CODE.lower() not in buf.getvalue().lower()
     assert "[redacted]" in buf.getvalue()
 
 
