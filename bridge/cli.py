@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sqlite3
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -78,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{args.command}: give an item id, --channel/--livechat, or --all")
 
     path = resolve_config_path(args.config)
+    if args.config is None and not os.environ.get("BRIDGE_CONFIG") and not path.exists():
+        print(
+            f"no configuration: neither ./config.toml nor config.example.toml in {Path.cwd()};"
+            " give --config PATH or set BRIDGE_CONFIG",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     try:
         settings = load_settings(path)
     except ConfigError as exc:
@@ -163,13 +172,20 @@ async def admin_command(
         return 1
     rows = body["channels"] if command == "channels" else [body]
     _print_channels(rows)
+    if command in ("connect", "reconnect") and body.get("state") != "active":
+        # The admin API answers 200 once it has tried; the messenger may still refuse.
+        print(
+            f"{channel_id} is {body.get('state')}: {body.get('last_error') or 'not connected'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def _print_channels(rows: list[dict[str, Any]]) -> None:
     columns = ("id", "name", "livechat", "state", "since", "held_messages", "last_error")
     table = [[str(r.get(c) if r.get(c) is not None else "") for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -83,6 +83,10 @@ async def test_serve_and_channel_commands(world: World, tmp_path: Path) -> None:
         assert code == 0 and "disconnected" in out
         code, out, _ = await cli(path, "reconnect", "acme")
         assert code == 0 and "active" in out
+        world.messenger.fail_types["connect"] = 500  # the messenger refuses: the command says so
+        code, out, err = await cli(path, "reconnect", "acme")
+        assert code == 1 and "interrupted" in out and "acme is interrupted" in err
+        del world.messenger.fail_types["connect"]
         code, _, err = await cli(path, "connect", "nope")
         assert code == 1 and "404" in err
     finally:

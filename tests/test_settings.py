@@ -302,3 +302,10 @@ def test_the_example_config_shows_every_setting() -> None:
         if key not in keys
     )
     assert not missing, f"not in config.example.toml: {missing}"
+
+
+def test_no_config_anywhere_says_where_it_looked(tmp_path: Path) -> None:
+    result = run_cli("channels", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "neither ./config.toml nor config.example.toml" in result.stderr
+    assert "--config" in result.stderr and "BRIDGE_CONFIG" in result.stderr
