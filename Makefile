@@ -22,8 +22,9 @@ $(BIN)/.installed: $(BIN)/.installed-run
 run: $(BIN)/.installed-run
 	$(BIN)/messenger-bridge $(if $(CONFIG),--config $(CONFIG)) serve
 
-demo: $(BIN)/.installed
-	$(BIN)/python -m connectors.sim.demo
+# The simulators need only what the service does.
+demo: $(BIN)/.installed-run
+	$(BIN)/python -m connectors.sim.demo $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
+import structlog
 from aiohttp import web
 
 from bridge.balance import Shared
@@ -31,12 +32,14 @@ from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.remote import DeliveryProcess
 from bridge.retention import Pruner
-from bridge.settings import Settings
+from bridge.settings import Settings, config_warnings
 from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
 from connectors import http as outside
 from connectors.base import build_livechat
 from storage.database import Database
+
+log = structlog.get_logger("bridge")
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -68,6 +71,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         db, http = app[DATABASE], app[HTTP]
+        # What works but should not stay so (`check-config` prints the same), at every start.
+        for warning in config_warnings(settings):
+            log.warning("config.warning", warning=warning)
 
         def wake() -> None:
             worker.wake()

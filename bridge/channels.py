@@ -31,6 +31,7 @@ log = structlog.get_logger("channels")
 
 STATES = ("connecting", "active", "interrupted", "rejected", "disconnected")
 CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = STATES
+NEED_AN_ADMIN = (INTERRUPTED, REJECTED)  # logged at warning when a channel enters one
 
 
 class ChannelManager:
@@ -88,14 +89,8 @@ class ChannelManager:
                     last_error="no longer in the configuration",
                 )
                 await self._db.write(stale_set)
+        # An empty confirmation_code is warned about with the other config warnings (app.py).
         for cid, messenger in self._settings.messengers.items():
-            if not messenger.confirmation_code.get_secret_value():
-                log.warning(
-                    "channel.empty_confirmation_code",
-                    channel=cid,
-                    hint="any token is accepted from this messenger; set confirmation_code",
-                )
-
             sync = partial(
                 repo.sync_from_config, channel_id=cid, config_enabled=messenger.enabled, now=now
             )
@@ -213,8 +208,8 @@ class ChannelManager:
         )
         self._active = None
         if state != old.state:
-            # Rejected needs an admin: louder than the other changes.
-            level = log.warning if state == REJECTED else log.info
+            # Rejected and interrupted need an admin (or at least a look): louder than the rest.
+            level = log.warning if state in NEED_AN_ADMIN else log.info
             level("channel.state", channel=channel_id, state=state, previous=old.state, error=error)
         if became_active:
             self._failures[channel_id] = 0
@@ -240,12 +235,24 @@ class ChannelManager:
         self, channel_id: str, first: asyncio.Future[None], first_delay: bool
     ) -> None:
         delivery = self._settings.delivery
-        attempt = 1 if first_delay else 0
+        attempt = 1 if first_delay else 0  # the back-off's step
+        tries = 0  # the connects this loop sent
         try:
             while True:
                 if attempt:
-                    await asyncio.sleep(backoff(attempt, delivery.retry_base, delivery.retry_cap))
+                    delay = backoff(attempt, delivery.retry_base, delivery.retry_cap)
+                    # Each reconnect is announced with why the last try failed: the log shows
+                    # a channel that keeps failing, and when it tries next.
+                    log.info(
+                        "channel.reconnect",
+                        channel=channel_id,
+                        attempt=tries + 1,
+                        next_try_in=round(delay, 2),
+                        last_error=self.row(channel_id).last_error,
+                    )
+                    await asyncio.sleep(delay)
                 attempt += 1
+                tries += 1
                 try:
                     webhook = self.webhook_url(channel_id)
                     result = await self.clients[channel_id].connect(webhook)

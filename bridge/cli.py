@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from bridge.app import create_app
+from bridge.keys import CHANNELS
 from bridge.listen import listening_sockets
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.command == "serve":
-        return serve(settings)
+        return serve(settings, path)
     if args.command in ("dead-letters", "retry", "purge"):
         return asyncio.run(dead_letter_command(settings, args))
     return asyncio.run(
@@ -110,17 +112,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, config_path: Path | None = None) -> int:
+    """Run the service until SIGTERM or SIGINT: 0 after a clean stop, 1 when it cannot start.
+
+    The log tells an operator what runs: `bridge.starting` (version, config file), then
+    (from start-up) each config warning, `bridge.started` (the addresses it listens on, each channel's state) and
+    `bridge.stopped` (how long it ran, in seconds)."""
     configure_logging(settings.logging, settings.secrets())
     log = structlog.get_logger("bridge")
     loop = new_event_loop(settings.server.event_loop)
-    log.info("bridge.starting", event_loop=type(loop).__module__.split(".")[0])
+    config = str(config_path.resolve()) if config_path is not None else None
+    log.info(
+        "bridge.starting",
+        version=version(),
+        config=config,
+        event_loop=type(loop).__module__.split(".")[0],
+    )
     sockets: list[socket.socket] = []
+    began = time.monotonic()
     try:
         # Listening before start-up, which tells the messengers our URL (see bridge.listen).
         sockets = listening_sockets(settings.server.host, settings.server.port)
+        app = create_app(settings)
+
+        async def started(app: web.Application) -> None:
+            # After every start-up context (on_startup runs them first): the channels are loaded.
+            channels = app[CHANNELS]
+            log.info(
+                "bridge.started",
+                version=version(),
+                config=config,
+                listening=[_address(sock) for sock in sockets],
+                public_url=settings.server.public_url,
+                channels={cid: channels.state(cid) for cid in channels.channel_ids()},
+            )
+
+        app.on_startup.append(started)
         web.run_app(
-            create_app(settings),
+            app,
             loop=loop,
             sock=sockets,
             access_log=None,
@@ -137,7 +166,14 @@ def serve(settings: Settings) -> int:
     finally:
         for sock in sockets:
             sock.close()
+    log.info("bridge.stopped", version=version(), ran_for=round(time.monotonic() - began, 1))
     return 0
+
+
+def _address(sock: socket.socket) -> str:
+    """`http://host:port` of a listening socket (an IPv6 host in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _admin_base(settings: Settings) -> str:

@@ -93,6 +93,47 @@ async def test_unreachable_messenger_is_interrupted_and_retried(world: World) ->
     await eventually(lambda: bridge.state() == "active", what="reconnected by itself")
 
 
+async def test_an_interrupted_channel_is_warned_and_each_reconnect_logged(world: World) -> None:
+    m = world.messenger
+    m.fail_types["connect"] = 503
+    with structlog.testing.capture_logs() as logs:
+        bridge = await world.start_bridge(wait_active=False)
+        await eventually(lambda: m.attempts["connect"] >= 4, what="four connects")
+        del m.fail_types["connect"]
+        await eventually(lambda: bridge.state() == "active", what="reconnected by itself")
+    states = [e for e in logs if e["event"] == "channel.state"]
+    interrupted = [e for e in states if e["state"] == "interrupted"]
+    assert interrupted and all(e["log_level"] == "warning" for e in interrupted)
+    assert "503" in interrupted[0]["error"]
+    assert [e["log_level"] for e in states if e["state"] == "active"] == ["info"]
+    reconnects = [e for e in logs if e["event"] == "channel.reconnect"]
+    # One line before each connect after the first: its number, when, and why the last failed.
+    assert [e["attempt"] for e in reconnects] == list(range(2, m.attempts["connect"] + 1))
+    for line in reconnects:
+        assert line["log_level"] == "info" and line["channel"] == "acme"
+        assert 0 <= line["next_try_in"] <= 0.2  # the tests' retry_cap
+        assert "503" in line["last_error"]
+
+
+async def test_deliveries_failing_interrupt_the_channel_at_warning(running: World) -> None:
+    m, cv, http = running.messenger, running.chatvisor, running.http
+    await m.send_message(http, "k9", "x")
+    customer = await running.customer_id("k9")
+    m.fail_with = 503
+    with structlog.testing.capture_logs() as logs:
+        await cv.agent_reply(http, customer, "held")
+        await eventually(lambda: running.bridge.state() == "interrupted", what="interrupted")
+        await eventually(
+            lambda: any(e["event"] == "channel.reconnect" for e in logs), what="a reconnect"
+        )
+        m.fail_with = None
+        await eventually(lambda: m.chat_log["k9"] == ["held"], what="delivered after reconnect")
+    (line,) = [e for e in logs if e.get("state") == "interrupted"]
+    assert line["log_level"] == "warning" and "deliveries failed" in line["error"]
+    first = next(e for e in logs if e["event"] == "channel.reconnect")
+    assert first["attempt"] == 1 and "deliveries failed" in first["last_error"]
+
+
 async def test_messenger_answering_401_to_a_message_rejects_the_channel(running: World) -> None:
     m, cv, http = running.messenger, running.chatvisor, running.http
     await m.send_message(http, "k3", "x")

@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
-import pytest
 import structlog
 
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
-from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN, World, eventually
+from tests.conftest import (
+    ADMIN_TOKEN,
+    API_TOKEN,
+    CODE,
+    HOOK_TOKEN,
+    World,
+    eventually,
+    free_port,
+)
 from tests.procs import toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,10 +148,9 @@ async def test_message_path_log_lines_carry_ids_and_empty_code_is_warned(world: 
     finally:
         structlog.reset_defaults()
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
-    assert any(
-        line["event"] == "channel.empty_confirmation_code" and line["level"] == "warning"
-        for line in lines
-    )
+    (warning,) = [line for line in lines if line["event"] == "config.warning"]
+    assert warning["level"] == "warning"
+    assert warning["warning"].startswith("messengers.acme.confirmation_code: empty")
     accepted = next(line for line in lines if line["event"] == "messenger.message_accepted")
     assert {"channel", "session", "message"} <= accepted.keys()
     done = [line for line in lines if line["event"] == "delivery.done"]
@@ -157,23 +164,58 @@ async def test_message_path_log_lines_carry_ids_and_empty_code_is_warned(world: 
             assert line["session"] == accepted["session"] and line["message"]
 
 
-async def test_the_demo_runs() -> None:
-    import socket
-
-    for port in (8080, 8090, 8091, 8092, 8093, 8094):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                pytest.skip(f"port {port} is taken on this machine")
+async def demo(config: Path) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "connectors.sim.demo",
+        "--config",
+        str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
+        env=env,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
-    assert [line.split(".")[0] for line in lines] == [str(i) for i in range(1, 9)]
-    assert "subscriber got a signed 'chat_finished'" in lines[-1]
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_demo_runs_on_the_ports_of_its_config(tmp_path: Path) -> None:
+    # The example with every port moved to a free one: the demo must listen where it says.
+    example = (ROOT / "config.example.toml").read_text()
+    ports = {old: free_port() for old in (8080, 8090, 8091, 8092, 8093)}
+    for old, new in ports.items():
+        example = example.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    example = example.replace("port = 8080", f"port = {ports[8080]}")
+    config = tmp_path / "demo.toml"
+    config.write_text(example)
+    code, out, err = await demo(config)
+    assert code == 0, err
+    for port in ports.values():
+        assert f"127.0.0.1:{port}" in out
+    assert ":8094" not in out  # the added messenger: a free port, not a fixed one
+    lines = [line.strip() for line in out.splitlines()]
+    trip = lines[lines.index("Round trip 1: messenger acme <-> live chat support") :]
+    assert [line.split(".")[0] for line in trip[1:7]] == [str(i) for i in range(1, 7)]
+    assert trip[2].startswith("2. user") and "(the bridge: 200)" in trip[2]
+    assert trip[3].startswith("3. live chat support got 'Hi! My order has not arrived.'")
+    assert (
+        trip[5] == "5. messenger acme got it for chat chat-1: 'Sorry about that! It ships today.'"
+    )
+    assert trip[6] == "6. outcome: messenger acme was told the user's message was delivered"
+    assert any("subscriber 0 got a signed 'chat_finished'" in line for line in lines)
+    assert lines[-1].startswith("Done: 2 round trip(s)")
+
+
+async def test_the_demo_refuses_a_party_it_cannot_play(tmp_path: Path) -> None:
+    example = (ROOT / "config.example.toml").read_text()
+    config = tmp_path / "demo.toml"
+    config.write_text(example.replace("127.0.0.1:8091", "messenger.example.com:8091"))
+    code, out, err = await demo(config)
+    assert code == 2, out
+    assert err.strip() == (
+        "demo: messengers.acme.webhook: messenger.example.com is not this machine;"
+        " the demo plays it locally"
+    )

@@ -1,5 +1,6 @@
 """Start-up and the messenger: a start that fails tells no messenger a URL (it fails before
-`connect`), and a `public_url` changed since the last run is told to every active channel."""
+`connect`), and a `public_url` changed since the last run is told to every active channel.
+What the start and the stop log."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import sqlite3
 from pathlib import Path
 
+from bridge.version import version
 from tests.conftest import World, eventually, make_config
 from tests.procs import BridgeProcess
 
@@ -101,3 +103,35 @@ async def test_a_changed_public_url_is_told_to_the_messenger_at_start(world: Wor
     bridge = await world.start_bridge(server={**world.config()["server"], "public_url": moved})
     assert m.count("connect") == 2  # stored: not told again
     assert (await m.send_message(world.http, "p1", "reaches the new URL"))[0] == 200
+
+
+async def test_the_start_and_stop_are_logged(world: World, tmp_path: Path) -> None:
+    config = config_on(world, tmp_path, world.bridge_port)
+    config["messengers"]["acme"]["confirmation_code"] = ""  # a config warning
+    world.messenger.code = ""
+    bridge = BridgeProcess(config, tmp_path)
+    try:
+        await bridge.start(world.http)
+        await eventually(lambda: world.messenger.count("connect") == 1, what="connect")
+    finally:
+        code = await bridge.terminate()
+    assert code == 0
+    bridge.assert_clean_logs()
+    names = [line["event"] for line in bridge.log_lines()]
+    order = ["bridge.starting", "config.warning", "bridge.started", "bridge.stopped"]
+    assert [name for name in names if name in order] == order
+    (starting,) = bridge.events("bridge.starting")
+    assert starting["version"] == version()
+    assert starting["config"] == str(bridge.config_path.resolve())
+    (warning,) = bridge.events("config.warning")
+    assert warning["level"] == "warning"
+    assert warning["warning"].startswith("messengers.acme.confirmation_code: empty")
+    (started,) = bridge.events("bridge.started")
+    assert started["level"] == "info" and started["version"] == version()
+    assert started["config"] == starting["config"]
+    assert started["listening"] == [f"http://127.0.0.1:{world.bridge_port}"]
+    assert started["public_url"] == config["server"]["public_url"]
+    assert started["channels"] in ({"acme": "connecting"}, {"acme": "active"})
+    (stopped,) = bridge.events("bridge.stopped")
+    assert stopped["level"] == "info" and isinstance(stopped["ran_for"], float | int)
+    assert stopped["ran_for"] >= 0

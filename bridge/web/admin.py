@@ -36,9 +36,15 @@ def _require_admin(request: web.Request) -> None:
 
 
 def _iso(ts: float | None) -> str | None:
-    return (
-        None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    )
+    """Unix seconds (as stored) as the API gives every time: ISO 8601, UTC, milliseconds
+    (`2026-11-21T14:03:05.120+00:00`). None for none, and for a time a live chat sent that no
+    calendar holds (an infinite or absurd JivoChat transcript timestamp)."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _limit(request: web.Request, default: int = 100) -> int:
@@ -99,6 +105,8 @@ async def session_detail(request: web.Request) -> web.Response:
         detail[key] = _iso(detail[key])
     for message in detail["messages"]:
         message["created_at"] = _iso(message["created_at"])
+    for line in detail["transcript"] or ():
+        line["timestamp"] = _iso(line["timestamp"])
     return web.json_response(detail)
 
 
@@ -127,7 +135,9 @@ async def list_outbox(request: web.Request) -> web.Response:
     for row in rows:
         for key in ("next_attempt_at", "created_at", "updated_at"):
             row[key] = _iso(row[key])
-    return web.json_response({"depth": await outbox.depth(db), "items": rows})
+    depth = await outbox.depth(db)
+    depth["oldest_created_at"] = _iso(depth["oldest_created_at"])
+    return web.json_response({"depth": depth, "items": rows})
 
 
 @routes.get("/admin/events")

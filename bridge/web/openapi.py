@@ -511,7 +511,10 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
         ("sender", "text", "timestamp", "agent_id"),
         sender={**STRING, "description": "visitor, agent, or what the live chat said"},
         text=STRING,
-        timestamp=_nullable("number"),
+        timestamp={
+            **OPT_TIMESTAMP,
+            "description": "JivoChat's time of the line; null when it sent none or none valid",
+        },
         agent_id=OPT_STRING,
     ),
     "SessionDetail": _obj(
@@ -654,8 +657,8 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
             pending={"type": "integer", "minimum": 0},
             dead={"type": "integer", "minimum": 0},
             oldest_created_at={
-                **_nullable("number"),
-                "description": "Unix time of the oldest pending item",
+                **OPT_TIMESTAMP,
+                "description": "when the oldest pending item was queued",
             },
         ),
         items={"type": "array", "items": _ref("OutboxItem")},

@@ -1,17 +1,24 @@
-"""`make demo`: the bridge on config.example.toml between simulated parties, two round trips.
+"""`make demo`: the bridge on a config between simulated parties, a round trip per live chat.
 
-The simulators listen where the example config points: the messenger at its webhook, the
-Chatvisor-style live chat at its api_url, JivoChat at its chat_api_url and the subscriber at
-its url. A second messenger, "shop", is attached to JivoChat for the demo. The database goes
-to a temporary directory.
+`python -m connectors.sim.demo [--config FILE]` reads the config the service would
+(`--config`, else $BRIDGE_CONFIG, else ./config.toml, else config.example.toml) and plays every
+other party where that config points: each messenger at its `webhook`, each Chatvisor-style
+live chat at its `api_url`, each JivoChat at its `chat_api_url`, each subscriber at its `url`
+(their hosts must be this machine's loopback). A live chat no messenger uses gets a demo
+messenger of its own, on a free port. The bridge listens on `[server]`'s host and port; the
+database goes to a temporary directory. It prints each round trip (a user's message to the
+live chat, the operator's reply back to the user, the delivery outcome the messenger is told)
+and exits 0, or says what failed and exits 1 (2 for a config it cannot play).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 import tempfile
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -19,121 +26,296 @@ from yarl import URL
 
 from bridge.app import create_app
 from bridge.logs import configure_logging
-from bridge.settings import ChatvisorSettings, JivochatSettings, LoggingSettings, load_settings
+from bridge.settings import (
+    ChatvisorSettings,
+    ConfigError,
+    JivochatSettings,
+    LoggingSettings,
+    MessengerSettings,
+    Settings,
+    load_settings,
+    resolve_config_path,
+)
 from connectors.sim.chatvisor import ChatvisorSim
 from connectors.sim.jivochat import JivochatSim
 from connectors.sim.messenger import MessengerSim
 from connectors.sim.server import SimServer
 from connectors.sim.subscriber import SubscriberSim
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+WAIT = 15.0  # seconds the demo waits for each step
 
-async def wait_for(check: Callable[[], object], what: str, seconds: float = 10.0) -> None:
+
+class DemoError(Exception):
+    """What the demo cannot do, said to the user (exit code 1)."""
+
+
+class CannotPlay(DemoError):
+    """A config the demo cannot play the parties of (exit code 2)."""
+
+
+async def wait_for(check: Callable[[], object], what: str, seconds: float = WAIT) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while not check():
         if asyncio.get_running_loop().time() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
+            raise DemoError(f"timed out after {seconds:.0f} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
-async def main() -> None:
-    example = load_settings(Path("config.example.toml"))
-    with tempfile.TemporaryDirectory() as tmp:
-        shop = example.messengers["acme"].model_copy(
-            update={
-                "name": "Web shop",
-                "livechat": "sales",
-                "webhook": "http://127.0.0.1:8094/hook",
-            }
-        )
-        settings = example.model_copy(
-            update={
-                "storage": example.storage.model_copy(update={"path": f"{tmp}/demo.sqlite3"}),
-                "messengers": {**example.messengers, "shop": shop},
-            }
-        )
-        configure_logging(LoggingSettings(level="warning"), settings.secrets())
-        acme = settings.messengers["acme"]
-        support = settings.livechats["support"]
-        sales = settings.livechats["sales"]
-        assert isinstance(support, ChatvisorSettings) and isinstance(sales, JivochatSettings)
-        subscription = settings.subscriptions[0]
-        messenger = MessengerSim(acme.confirmation_code.get_secret_value())
-        chatvisor = ChatvisorSim(support.api_token.get_secret_value())
-        chatvisor.hook_url = f"{settings.server.public_url}/livechats/support/webhook/{support.hook_token.get_secret_value()}"
-        jivo_url = URL(sales.chat_api_url.get_secret_value())
-        jivochat = JivochatSim(path=jivo_url.path)
-        jivochat.hook_url = f"{settings.server.public_url}/livechats/sales/webhook/{sales.hook_token.get_secret_value()}"
-        shop_messenger = MessengerSim(shop.confirmation_code.get_secret_value())
-        subscriber = SubscriberSim()
-        servers = [
-            SimServer(messenger.app, port=URL(acme.webhook).port or 80),
-            SimServer(chatvisor.app, port=URL(support.api_url).port or 80),
-            SimServer(jivochat.app, port=jivo_url.port or 80),
-            SimServer(shop_messenger.app, port=URL(shop.webhook).port or 80),
-            SimServer(subscriber.app, port=URL(subscription.url).port or 80),
-        ]
-        for server in servers:
-            await server.start()
-        runner = web.AppRunner(create_app(settings), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, settings.server.host, settings.server.port).start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                await wait_for(lambda: messenger.bridge_webhook, "the bridge's connect")
-                print(f"1. bridge connected the messenger; it posts to {messenger.bridge_webhook}")
-                await messenger.send_message(
-                    http, "chat-42", "Hi! My order has not arrived.", user_id="alice"
-                )
-                await wait_for(lambda: chatvisor.customer_by_key, "the customer at the live chat")
-                customer = next(iter(chatvisor.customer_by_key.values()))
-                await wait_for(lambda: chatvisor.texts(customer), "the message at the live chat")
-                print(f"2. live chat got {chatvisor.texts(customer)!r} from customer {customer}")
-                await chatvisor.agent_reply(http, customer, "Sorry about that! It ships today.")
-                await wait_for(lambda: messenger.chat_log["chat-42"], "the reply at the messenger")
-                print(f"3. messenger got the operator's reply {messenger.chat_log['chat-42']!r}")
-                print(f"4. delivery outcomes sent to the messenger: {messenger.outcomes}")
+@dataclass
+class Party:
+    """One simulated party: what it is, and its server."""
 
-                await wait_for(
-                    lambda: shop_messenger.bridge_webhook, "the shop messenger's connect"
+    label: str
+    server: SimServer
+
+    @property
+    def address(self) -> str:
+        """Where it listens (host and port: a JivoChat URL's path is a secret)."""
+        host = self.server.host
+        return f"{f'[{host}]' if ':' in host else host}:{self.server.port}"
+
+
+def place(key: str, url: str, app: web.Application, own_path: str) -> SimServer:
+    """A server for `app` at `url`'s host and port, answering `own_path` (the simulator's
+    route) at `url`'s path. Raises CannotPlay when `url` is not on this machine or its path
+    cannot be served."""
+    parsed = URL(url)
+    if parsed.host not in LOOPBACK:
+        raise CannotPlay(f"{key}: {parsed.host} is not this machine; the demo plays it locally")
+    path = parsed.path.rstrip("/")
+    if path != own_path:
+        if not path.endswith(own_path):
+            raise CannotPlay(f"{key}: the simulator answers at a path ending in {own_path}")
+        outer = web.Application()
+        outer.add_subapp(path[: -len(own_path)], app)
+        app = outer
+    port = parsed.port if parsed.port is not None else (443 if parsed.scheme == "https" else 80)
+    host = parsed.host.strip("[]")
+    return SimServer(app, host=host, port=port)
+
+
+class Demo:
+    def __init__(self, settings: Settings, config_name: str) -> None:
+        self.settings = settings
+        self.config_name = config_name
+        self.parties: list[Party] = []
+        self.messengers: dict[str, MessengerSim] = {}
+        self.chatvisors: dict[str, ChatvisorSim] = {}
+        self.jivochats: dict[str, JivochatSim] = {}
+        self.subscribers: list[SubscriberSim] = []
+        self.messenger_settings: dict[str, MessengerSettings] = {}
+        self.bridge_url = ""
+        self.tmp = ""
+
+    def build(self, tmp: str) -> None:
+        """The simulated parties from the config, and the settings the bridge runs on (the
+        database in `tmp`, public_url where it listens here, the added demo messengers)."""
+        settings = self.settings
+        host = settings.server.host
+        local = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+        bridge_url = f"http://{f'[{local}]' if ':' in local else local}:{settings.server.port}"
+        messengers = dict(settings.messengers)
+        used = {m.livechat for m in messengers.values() if m.enabled}
+        for lc_id in settings.livechats:
+            if lc_id not in used:
+                # The first messenger's code and options, on a port the OS gives.
+                template = next(iter(messengers.values()), None)
+                if template is None:
+                    raise CannotPlay("messengers: the config has none")
+                messengers[f"demo-{lc_id}"] = template.model_copy(
+                    update={
+                        "name": f"Demo messenger for {lc_id}",
+                        "livechat": lc_id,
+                        "webhook": "http://127.0.0.1:0/hook",
+                        "enabled": True,
+                    }
                 )
-                await shop_messenger.send_message(
-                    http, "order-7", "Where is order 7?", user_id="bob"
+        for m_id, messenger in messengers.items():
+            sim = self.messengers[m_id] = MessengerSim(
+                messenger.confirmation_code.get_secret_value()
+            )
+            server = place(f"messengers.{m_id}.webhook", messenger.webhook, sim.app, "/hook")
+            self.parties.append(Party(f"messenger {m_id}", server))
+        for lc_id, lc in settings.livechats.items():
+            hook = f"{bridge_url}/livechats/{lc_id}/webhook/{lc.hook_token.get_secret_value()}"
+            if isinstance(lc, ChatvisorSettings):
+                cv = self.chatvisors[lc_id] = ChatvisorSim(lc.api_token.get_secret_value())
+                cv.hook_url = hook
+                server = place(f"livechats.{lc_id}.api_url", lc.api_url, cv.app, "/rest/v1")
+            else:
+                assert isinstance(lc, JivochatSettings)
+                url = lc.chat_api_url.get_secret_value()
+                jv = self.jivochats[lc_id] = JivochatSim(path=URL(url).path)
+                jv.hook_url = hook
+                server = place(f"livechats.{lc_id}.chat_api_url", url, jv.app, URL(url).path)
+            self.parties.append(Party(f"live chat {lc_id} ({lc.kind})", server))
+        for index, sub in enumerate(settings.subscriptions):
+            subscriber = SubscriberSim()
+            self.subscribers.append(subscriber)
+            server = place(f"subscriptions.{index}.url", sub.url, subscriber.app, "/events")
+            self.parties.append(Party(f"subscriber {index}", server))
+        self.messenger_settings = messengers
+        self.bridge_url = bridge_url
+        self.tmp = tmp
+
+    def bridge_settings(self) -> Settings:
+        settings = self.settings
+        messengers = dict(self.messenger_settings)
+        for m_id in messengers:
+            if m_id not in settings.messengers:  # its port is known once its server listens
+                server = next(p.server for p in self.parties if p.label == f"messenger {m_id}")
+                messengers[m_id] = messengers[m_id].model_copy(
+                    update={"webhook": f"http://127.0.0.1:{server.port}/hook"}
                 )
-                await wait_for(lambda: jivochat.client_messages, "the message at JivoChat")
-                sent = jivochat.client_messages[0]
-                print(
-                    f"5. JivoChat got {sent['message']['text']!r} from client {sent['sender']['id']}"
-                )
-                _, answer = await jivochat.event(
-                    http,
-                    {
-                        "event_name": "chat_accepted",
-                        "chat_id": 9001,
-                        "user_token": sent["sender"]["id"],
-                        "agent": {"id": 2224, "name": "Thomas Anderson"},
-                    },
-                )
-                print(
-                    f"6. chat_accepted answered with contact {answer['contact_info']} and {answer['crm_link']}"
-                )
-                await jivochat.agent_message(
-                    http, sent["sender"]["id"], "It left the warehouse today."
-                )
-                await wait_for(lambda: shop_messenger.chat_log["order-7"], "the agent's reply")
-                print(f"7. shop messenger got {shop_messenger.chat_log['order-7']!r}")
-                await jivochat.event(
-                    http, {"event_name": "chat_finished", "chat_id": 9001, "agents": []}
-                )
-                await wait_for(lambda: subscriber.events, "the subscriber's event")
-                headers, _ = subscriber.deliveries[0]
-                print(
-                    f"8. subscriber got a signed {subscriber.events[0]['type']!r} ({headers['webhook-signature'][:12]}...)"
-                )
-        finally:
-            await runner.cleanup()
-            for server in servers:
-                await server.stop()
+        return settings.model_copy(
+            update={
+                "server": settings.server.model_copy(update={"public_url": self.bridge_url}),
+                "storage": settings.storage.model_copy(update={"path": f"{self.tmp}/demo.sqlite3"}),
+                "messengers": messengers,
+            }
+        )
+
+    async def start_parties(self) -> None:
+        for party in self.parties:
+            try:
+                await party.server.start()
+            except OSError as exc:
+                raise DemoError(
+                    f"cannot listen on {party.address} for {party.label}: {exc}"
+                ) from None
+
+    async def stop_parties(self) -> None:
+        for party in self.parties:
+            await party.server.stop()
+
+    def print_parties(self) -> None:
+        print(f"messenger-bridge demo on {self.config_name}; every other party is simulated here")
+        print(f"  {'the bridge':<30}{self.bridge_url}")
+        for party in self.parties:
+            added = " (added by the demo)" if party.label.split()[-1].startswith("demo-") else ""
+            print(f"  {party.label:<30}{party.address}{added}")
+
+    async def round_trip(self, http: aiohttp.ClientSession, lc_id: str, number: int) -> None:
+        """A user's message through a messenger of `lc_id` to it, and the operator's reply back."""
+        m_id = next(
+            m for m, s in self.messenger_settings.items() if s.livechat == lc_id and s.enabled
+        )
+        messenger = self.messengers[m_id]
+        chat, user, message_id = f"chat-{number}", f"user-{number}", f"demo-{number}"
+        text, reply = "Hi! My order has not arrived.", "Sorry about that! It ships today."
+        print(f"\nRound trip {number}: messenger {m_id} <-> live chat {lc_id}")
+        await wait_for(lambda: messenger.bridge_webhook, f"the bridge's connect to {m_id}")
+        print(
+            f"  1. the bridge connected messenger {m_id}, which posts to {messenger.bridge_webhook}"
+        )
+        status, answer = await messenger.send_message(
+            http, chat, text, user_id=user, message_id=message_id
+        )
+        if status != 200:
+            raise DemoError(f"the bridge answered the user's message {status}: {answer}")
+        print(f"  2. user {user} wrote in {m_id}, chat {chat}: {text!r} (the bridge: 200)")
+        key = f"{m_id}:{chat}"
+        if lc_id in self.chatvisors:
+            cv = self.chatvisors[lc_id]
+            await wait_for(lambda: cv.texts(cv.customer_by_key.get(key, "")), "the live chat")
+            customer = cv.customer_by_key[key]
+            print(f"  3. live chat {lc_id} got {cv.texts(customer)[-1]!r} from customer {customer}")
+            await cv.agent_reply(http, customer, reply)
+        else:
+            jv = self.jivochats[lc_id]
+            await wait_for(lambda: jv.texts(key), "JivoChat")
+            print(f"  3. JivoChat {lc_id} got {jv.texts(key)[-1]!r} from client {key}")
+            accepted = {
+                "event_name": "chat_accepted",
+                "chat_id": 9000 + number,
+                "user_token": key,
+                "agent": {"id": 2224, "name": "Thomas Anderson"},
+            }
+            await jv.event(http, accepted)
+            await jv.agent_message(http, key, reply)
+        print(f"  4. the operator answered: {reply!r}")
+        await wait_for(lambda: messenger.chat_log[chat], f"the reply at messenger {m_id}")
+        print(f"  5. messenger {m_id} got it for chat {chat}: {messenger.chat_log[chat][-1]!r}")
+        await wait_for(lambda: message_id in messenger.outcomes, "the delivery outcome")
+        outcome = "delivered" if messenger.outcomes[message_id] else "FAILED"
+        print(f"  6. outcome: messenger {m_id} was told the user's message was {outcome}")
+        if not messenger.outcomes[message_id]:
+            raise DemoError(f"the user's message was not delivered to live chat {lc_id}")
+        if lc_id in self.jivochats:
+            await self.jivochats[lc_id].event(
+                http, {"event_name": "chat_finished", "chat_id": 9000 + number, "agents": []}
+            )
+            await self.tell_subscribers(lc_id)
+
+    async def tell_subscribers(self, lc_id: str) -> None:
+        """After a JivoChat `chat_finished`: each subscriber that wants it got it, signed."""
+        subscriptions = self.settings.subscriptions
+        for index, subscriber in enumerate(self.subscribers):
+            if not subscriptions[index].wants(lc_id, "chat_finished"):
+                continue
+
+            def finished(subscriber: SubscriberSim = subscriber) -> bool:
+                return any(event["type"] == "chat_finished" for event in subscriber.events)
+
+            await wait_for(finished, f"subscriber {index}'s chat_finished")
+            headers = subscriber.deliveries[-1][0]
+            print(
+                f"  7. the chat finished; subscriber {index} got a signed 'chat_finished'"
+                f" ({headers['webhook-signature'][:12]}...)"
+            )
+
+    async def run(self) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.build(tmp)
+            await self.start_parties()
+            runner: web.AppRunner | None = None
+            try:
+                settings = self.bridge_settings()
+                configure_logging(LoggingSettings(level="error"), settings.secrets())
+                self.print_parties()
+                runner = web.AppRunner(create_app(settings), access_log=None)
+                await runner.setup()
+                try:
+                    await web.TCPSite(runner, settings.server.host, settings.server.port).start()
+                except OSError as exc:
+                    raise DemoError(
+                        f"the bridge cannot listen on {self.bridge_url}: {exc}"
+                    ) from None
+                async with aiohttp.ClientSession() as http:
+                    for number, lc_id in enumerate(settings.livechats, 1):
+                        await self.round_trip(http, lc_id, number)
+            finally:
+                if runner is not None:
+                    await runner.cleanup()
+                await self.stop_parties()
+        print(f"\nDone: {len(self.settings.livechats)} round trip(s), each delivered both ways.")
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m connectors.sim.demo", description=__doc__)
+    parser.add_argument("--config", help="TOML file (default: as `messenger-bridge serve`)")
+    args = parser.parse_args(argv)
+    path = resolve_config_path(args.config)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if not settings.livechats:
+        print("demo: livechats: the config has none", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(Demo(settings, str(path)).run())
+    except CannotPlay as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())
