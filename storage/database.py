@@ -146,13 +146,17 @@ class Database:
         try:
             self._writer = await self._in_writer(self._connect_writer)
             self.schema_version = await self._in_writer(migrate, self._writer)
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self._busy_ms / 1000
+            )
             self._reader.row_factory = aiosqlite.Row
             for pragma in [*self._pragmas(), "query_only=ON"]:
                 # Closed at once: an open statement would pin a snapshot or hold a lock.
                 async with self._reader.execute(f"PRAGMA {pragma}"):
                     pass
-            self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+            self._checkpointer = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self._busy_ms / 1000
+            )
             for pragma in self._pragmas():
                 async with self._checkpointer.execute(f"PRAGMA {pragma}"):
                     pass
@@ -171,7 +175,12 @@ class Database:
         `Database` opened the file fully first). A delivery's reads are point lookups of a few
         microseconds, which under WAL never wait for the writer, so they run on the event loop
         itself: cheaper than a hop to a thread and back."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_ms / 1000,
+        )
         conn.row_factory = sqlite3.Row
         for pragma in [f"busy_timeout={self._busy_ms}", "query_only=ON"]:
             conn.execute(f"PRAGMA {pragma}").close()
@@ -228,7 +237,9 @@ class Database:
 
     def _connect_writer(self) -> sqlite3.Connection:
         # isolation_level=None: the module opens no transactions of its own; we BEGIN explicitly.
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        # The connect's own timeout covers the pragmas run before busy_timeout is set
+        # (journal_mode=WAL waits for a lock too): storage.busy_timeout from the first statement.
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
         conn.row_factory = sqlite3.Row
         for pragma in self._pragmas():
             conn.execute(f"PRAGMA {pragma}").close()
