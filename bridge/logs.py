@@ -35,7 +35,9 @@ class Redactor:
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
             assert self._pattern is not None
-            return self._pattern.sub(REDACTED, value)
+            if self._pattern.search(value) is None:
+                return value  # as it was: a str subclass (Jinja's Markup) keeps its type
+            return type(value)(self._pattern.sub(REDACTED, value))
         if isinstance(value, dict):
             return {k: self._clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
