@@ -1,7 +1,8 @@
-"""`messenger-bridge` (also `python -m bridge`): serve, check-config and the channel commands.
+"""`messenger-bridge` (also `python -m bridge`): serve, check-config, the channel commands and
+link-event.
 
-The channel commands talk to the running service's admin API, so what they change is what
-the service does, at once.
+The channel commands and link-event talk to the running service's admin API, so what they
+change is what the service does, at once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for action in ("connect", "disconnect", "reconnect"):
         cmd = sub.add_parser(action, parents=[admin_args], help=f"{action} a messenger channel")
         cmd.add_argument("channel_id")
+    link = sub.add_parser(
+        "link-event",
+        parents=[admin_args],
+        help="link an unlinked live-chat event (and its JivoChat chat id) to a session",
+    )
+    link.add_argument("event_id", type=int)
+    link.add_argument("session_id", type=int)
     args = parser.parse_args(argv)
 
     path = resolve_config_path(args.config)
@@ -62,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return serve(settings)
+    if args.command == "link-event":
+        return asyncio.run(link_event(settings, args.event_id, args.session_id, args.url))
     return asyncio.run(
         admin_command(settings, args.command, getattr(args, "channel_id", None), args.url)
     )
@@ -98,32 +108,55 @@ def _admin_base(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
-async def admin_command(
-    settings: Settings, command: str, channel_id: str | None, url: str | None
-) -> int:
+async def _call_admin(
+    settings: Settings, url: str | None, method: str, path: str, body: Any = None
+) -> Any:
+    """The admin API's answer to one call, or None (what went wrong is printed)."""
     base = (url or _admin_base(settings)).rstrip("/")
     headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
-    if command == "channels":
-        method, path = "GET", "/admin/channels"
-    else:
-        method, path = "POST", f"/admin/messengers/{channel_id}/{command}"
     timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(method, base + path, headers=headers) as resp,
+            http.request(method, base + path, headers=headers, json=body) as resp,
         ):
-            body: Any = await resp.json(content_type=None)
+            answer: Any = await resp.json(content_type=None)
             status = resp.status
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         print(f"cannot reach the bridge at {base}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return None
     if status != 200:
-        message = body.get("error", body) if isinstance(body, dict) else body
+        message = answer.get("error", answer) if isinstance(answer, dict) else answer
         print(f"error ({status}): {message}", file=sys.stderr)
+        return None
+    return answer
+
+
+async def admin_command(
+    settings: Settings, command: str, channel_id: str | None, url: str | None
+) -> int:
+    if command == "channels":
+        method, path = "GET", "/admin/channels"
+    else:
+        method, path = "POST", f"/admin/messengers/{channel_id}/{command}"
+    body = await _call_admin(settings, url, method, path)
+    if body is None:
         return 1
     rows = body["channels"] if command == "channels" else [body]
     _print_channels(rows)
+    return 0
+
+
+async def link_event(settings: Settings, event_id: int, session_id: int, url: str | None) -> int:
+    body = await _call_admin(
+        settings, url, "POST", f"/admin/events/{event_id}/link", {"session_id": session_id}
+    )
+    if body is None:
+        return 1
+    linked = ", ".join(str(e) for e in body["events"])
+    remote = body.get("remote_chat_id")
+    tail = f"; later events of live-chat chat {remote} link to it too" if remote else ""
+    print(f"linked event(s) {linked} to session {body['session_id']}{tail}")
     return 0
 
 

@@ -48,7 +48,7 @@ class FollowUps:
             done.result,
             on_delivered=on_delivered,
             on_dead=on_dead,
-            always=_save_profile(done),
+            always=self._save_profile(done),
             channel_id=done.channel_id,
             notified=done.notified,
         )
@@ -84,6 +84,19 @@ class FollowUps:
 
         return work
 
+    def _save_profile(self, done: Performed) -> Work | None:
+        fetch = done.profile
+        if fetch is None:
+            return None
+
+        def work(conn: sqlite3.Connection) -> None:
+            if fetch.profile is not None:
+                self._relay.save_profile(conn, fetch.channel_id, fetch.profile, fetch.at)
+            else:
+                chats.mark_profile_tried(conn, fetch.channel_id, fetch.user_id, fetch.at)
+
+        return work
+
 
 def _news(found: str | None, known: str | None) -> bool:
     """The live chat named something we did not hold (None: it named nothing)."""
@@ -93,19 +106,5 @@ def _news(found: str | None, known: str | None) -> bool:
 def _status(message_id: int, value: str) -> Work:
     def work(conn: sqlite3.Connection) -> None:
         messages.set_status(conn, message_id, value)
-
-    return work
-
-
-def _save_profile(done: Performed) -> Work | None:
-    fetch = done.profile
-    if fetch is None:
-        return None
-
-    def work(conn: sqlite3.Connection) -> None:
-        if fetch.profile is not None:
-            chats.save_profile(conn, fetch.channel_id, fetch.profile, fetch.at)
-        else:
-            chats.mark_profile_tried(conn, fetch.channel_id, fetch.user_id, fetch.at)
 
     return work

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from yarl import URL
 
+from bridge.contacts import known_region
 from bridge.errors import error_path
 
 CHANNEL_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -62,6 +63,16 @@ def _not_blank(value: SecretStr) -> SecretStr:
 
 
 RequiredSecret = Annotated[SecretStr, AfterValidator(_not_blank)]
+
+
+def _phone_region(value: str) -> str:
+    region = value.strip().upper()
+    if not known_region(region):
+        raise ValueError(
+            f'unknown region {value!r} (a two-letter ISO 3166 country code such as "RU" or'
+            ' "US", or leave the key out)'
+        )
+    return region
 
 
 class _Section(BaseModel):
@@ -129,6 +140,9 @@ class JivochatSettings(_Section):
     ]
     hook_token: RequiredSecret
     status_timeout: float = Field(default=2.0, gt=0)
+    # Reads phone numbers written without "+" (in events and profiles) as national numbers of
+    # this country when linking events to chats; None: such numbers are read as international.
+    default_region: Annotated[str, AfterValidator(_phone_region)] | None = None
 
 
 LiveChatSettings = Annotated[ChatvisorSettings | JivochatSettings, Field(discriminator="kind")]
