@@ -7,7 +7,8 @@ one key before they are stored or compared, and the originals are kept for displ
 
 from __future__ import annotations
 
-import phonenumbers
+# phonenumbers is imported where it is used: the settings import this module, and the
+# delivery process, which never compares contacts, need not load it.
 
 
 def phone_key(raw: str | None, region: str | None = None) -> str | None:
@@ -16,6 +17,8 @@ def phone_key(raw: str | None, region: str | None = None) -> str | None:
     `region` (ISO 3166 alpha-2, e.g. "RU") reads numbers written without a `+` in that
     country's national format (`8 999 123-45-67`). A number without a `+` that is no possible
     number there, or with no region at all, is read as international (`79991234567`)."""
+    import phonenumbers
+
     if not raw or not raw.strip():
         return None
     candidates = [(raw, region)]
@@ -41,4 +44,6 @@ def email_key(raw: str | None) -> str | None:
 
 def known_region(value: str) -> bool:
     """Whether `phone_key` understands `value` as a default region."""
+    import phonenumbers
+
     return value in phonenumbers.SUPPORTED_REGIONS

@@ -145,6 +145,7 @@ V5 = [
     # and case-folded, '' when there is nothing to compare. The originals stay for display.
     # Rows from before are keyed at start-up (their partial indexes find them).
     "ALTER TABLE users ADD COLUMN phone_key TEXT",
+    "DROP INDEX IF EXISTS users_phone",  # phones are compared by their keys now
     "CREATE INDEX users_phone_key ON users (phone_key) WHERE phone_key <> ''",
     "CREATE INDEX users_unkeyed ON users (channel_id) WHERE phone IS NOT NULL AND phone_key IS NULL",
     "ALTER TABLE chats ADD COLUMN contact_phone_key TEXT",
