@@ -130,6 +130,8 @@ WEIGHTS = {
     ("GET", "/admin/sessions/{session_id}"): 5,
     ("GET", "/admin/outbox"): 4,
     ("GET", "/admin/events"): 5,
+    ("POST", "/admin/events/{event_id}/link"): 3,
+    ("GET", "/c/{key}"): 1,
     ("GET", "/healthz"): 2,
     ("GET", "/readyz"): 3,
     ("GET", "/metrics"): 2,
@@ -191,6 +193,10 @@ def _credentials(case: Any, draw: Callable[..., Any], customer_ids: list[str]) -
             params["channel_id"] = draw(st.sampled_from(CHANNELS))
         if "session_id" in params and _often(draw):
             params["session_id"] = draw(st.integers(1, 12))
+        if "event_id" in params and _often(draw):
+            params["event_id"] = draw(st.integers(1, 40))
+        if body is not None and "session_id" in body and _often(draw):
+            body["session_id"] = draw(st.integers(1, 12))
         query = case.query or {}
         if "messenger" in query and _often(draw):
             query["messenger"] = draw(st.sampled_from(CHANNELS))
