@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.migrations import LATEST
 from tests.conftest import World, eventually
 
 
@@ -138,4 +139,4 @@ async def test_health_and_readiness(running: World) -> None:
         assert r.status == 200
     async with running.http.get(f"{running.bridge.url}/readyz") as r:
         body = await r.json()
-    assert r.status == 200 and body["status"] == "ready" and body["schema_version"] == 3
+    assert r.status == 200 and body["status"] == "ready" and body["schema_version"] == LATEST
