@@ -270,22 +270,23 @@ async def test_unlinked_event_is_listed_with_why_and_linked_by_hand(
     # By hand, through the CLI, which calls the running bridge's admin API.
     path = tmp_path / "bridge.toml"
     path.write_text(toml(config(jivo)))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "--config",
-        str(path),
-        "link-event",
-        str(event["id"]),
-        str(session_id),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert f"to session {session_id}" in out.decode() and "777" in out.decode()
+
+    async def link_event(*ids: int) -> tuple[int | None, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bridge", "--config", str(path), "link-event"),
+            *(str(i) for i in ids),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+
+    code, _, err = await link_event(event["id"] + 1000, session_id)
+    assert code == 1 and "error (404): no event with this id" in err
+    code, out, err = await link_event(event["id"], session_id)
+    assert code == 0, err
+    assert f"to session {session_id}" in out and "777" in out
     assert (await admin_get(world, "/admin/events?unlinked=1"))["events"] == []
     ((_, state, remote, agent, _, _),) = await jivo.sessions("h1")
     assert (state, remote, agent) == ("open", "777", "Thomas Anderson")  # its effects applied
