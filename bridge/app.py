@@ -83,6 +83,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         }
         channels = ChannelManager(db, settings, http, wake, clock)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
+        await relay.key_old_contacts()  # once after an upgrade; then an index lookup
         # A delivery's reads run on the loop, on a connection of their own: they are point
         # lookups, which under WAL never wait for the writer, and a hop to aiosqlite's thread
         # and back costs more than the lookups themselves.

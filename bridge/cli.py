@@ -1,7 +1,8 @@
 """`messenger-bridge` (also `python -m bridge`): serve, check-config, the channel commands and
-the dead-letter commands.
+the dead-letter commands and link-event.
 
-The channel and dead-letter commands talk to the running service's admin API, so what they
+The channel commands, the dead-letter commands and link-event talk to the running service's
+admin API, so what they
 change is what the service does, at once.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import sqlite3
@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import structlog
@@ -75,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         cmd.add_argument("item_id", nargs="?", type=int, help="the dead item's id")
         cmd.add_argument("--all", action="store_true", help="every dead item")
+    link = sub.add_parser(
+        "link-event",
+        parents=[admin_args],
+        help="link an unlinked live-chat event (and its JivoChat chat id) to a session",
+    )
+    link.add_argument("event_id", type=int)
+    link.add_argument("session_id", type=int)
     args = parser.parse_args(argv)
     if args.command in ("retry", "purge"):
         scoped = args.channel is not None or args.livechat is not None
@@ -107,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings, path)
     if args.command in ("dead-letters", "retry", "purge"):
         return asyncio.run(dead_letter_command(settings, args))
+    if args.command == "link-event":
+        return asyncio.run(link_event(settings, args.event_id, args.session_id, args.url))
     return asyncio.run(
         admin_command(settings, args.command, getattr(args, "channel_id", None), args.url)
     )
@@ -185,29 +195,49 @@ def _admin_base(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
+async def _call_admin(
+    settings: Settings,
+    url: str | None,
+    method: str,
+    path: str,
+    params: dict[str, str] | None = None,
+    body: Any = None,
+) -> Any:
+    """The admin API's JSON answer to one call, or None (what went wrong is printed).
+
+    Through the bridge's own HTTP client: a redirect is not followed (it would carry the
+    admin token elsewhere)."""
+    base = (url or _admin_base(settings)).rstrip("/")
+    target = base + path + (f"?{urlencode(params)}" if params else "")
+    headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
+    timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
+    async with outside.client_session(timeout) as http:
+        answer = await outside.request(http, method, target, body, headers=headers)
+    if isinstance(answer, outside.NoResponse):
+        print(f"cannot reach the bridge at {base}: {answer.error}", file=sys.stderr)
+        return None
+    found: Any = answer.json()
+    if answer.status != 200 or not isinstance(found, dict):
+        message = found.get("error", found) if isinstance(found, dict) else outside.describe(answer)
+        print(f"error ({answer.status}): {message}", file=sys.stderr)
+        return None
+    return found
+
+
 async def admin_command(
     settings: Settings, command: str, channel_id: str | None, url: str | None
 ) -> int:
-    base = (url or _admin_base(settings)).rstrip("/")
-    headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
+    """`channels`, `connect`, `disconnect`, `reconnect`: the channels' table after the action;
+    exit code 1 when a connect was not taken by the messenger."""
     if command == "channels":
         method, path = "GET", "/admin/channels"
     else:
         method, path = "POST", f"/admin/messengers/{channel_id}/{command}"
-    timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
-    # Through the bridge's own client: a redirect is not followed (it would carry the token).
-    async with outside.client_session(timeout) as http:
-        answer = await outside.request(http, method, base + path, headers=headers)
-    if isinstance(answer, outside.NoResponse):
-        print(f"cannot reach the bridge at {base}: {answer.error}", file=sys.stderr)
-        return 1
-    body: Any = answer.json()
-    if answer.status != 200 or not isinstance(body, dict):
-        message = body.get("error", body) if isinstance(body, dict) else outside.describe(answer)
-        print(f"error ({answer.status}): {message}", file=sys.stderr)
+    body = await _call_admin(settings, url, method, path)
+    if body is None:
         return 1
     rows = body["channels"] if command == "channels" else [body]
-    _print_channels(rows)
+    _print_table(rows, ("id", "name", "livechat", "state", "since", "held_messages", "last_error"))
     if command in ("connect", "reconnect") and body.get("state") != "active":
         # The admin API answers 200 once it has tried; the messenger may still refuse.
         print(
@@ -218,45 +248,17 @@ async def admin_command(
     return 0
 
 
-def _print_channels(rows: list[dict[str, Any]]) -> None:
-    columns = ("id", "name", "livechat", "state", "since", "held_messages", "last_error")
-    table = [[str(r.get(c) if r.get(c) is not None else "") for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    if not rows:
-        print(json.dumps({"channels": []}))
-
-
-async def _call_admin(
-    settings: Settings,
-    url: str | None,
-    method: str,
-    path: str,
-    params: dict[str, str] | None = None,
-) -> Any:
-    """The admin API's JSON answer, or None (the problem printed) when there is none."""
-    base = (url or _admin_base(settings)).rstrip("/")
-    headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
-    timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(
-                method, base + path, headers=headers, params=params, allow_redirects=False
-            ) as resp,
-        ):
-            body: Any = await resp.json(content_type=None)
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        print(f"cannot reach the bridge at {base}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
-    if status != 200:
-        message = body.get("error", body) if isinstance(body, dict) else body
-        print(f"error ({status}): {message}", file=sys.stderr)
-        return None
-    return body
+async def link_event(settings: Settings, event_id: int, session_id: int, url: str | None) -> int:
+    body = await _call_admin(
+        settings, url, "POST", f"/admin/events/{event_id}/link", body={"session_id": session_id}
+    )
+    if body is None:
+        return 1
+    linked = ", ".join(str(e) for e in body["events"])
+    remote = body.get("remote_chat_id")
+    tail = f"; later events of live-chat chat {remote} link to it too" if remote else ""
+    print(f"linked event(s) {linked} to session {body['session_id']}{tail}")
+    return 0
 
 
 async def dead_letter_command(settings: Settings, args: argparse.Namespace) -> int:

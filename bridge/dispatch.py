@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 
-from bridge import relay
+from bridge import chat_links, relay
 from bridge.model import (
     Customer,
     Delivered,
@@ -148,6 +148,9 @@ class Performer:
             chat_name=chat.name,
             customer_id=chat.customer_id,
             customer_tag=chat.customer_tag,
+            url=chat_links.chat_url(self._settings.server.public_url, chat.url_key)
+            if chat.url_key
+            else None,
         )
         parts_done = int(item.payload.get("parts_done", 0))  # see followups._progress
         result = await connector.deliver(

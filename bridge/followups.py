@@ -48,7 +48,7 @@ class FollowUps:
             done.result,
             on_delivered=on_delivered,
             on_dead=on_dead,
-            always=_both(_save_profile(done), _progress(item, done.result)),
+            always=_both(self._save_profile(done), _progress(item, done.result)),
             channel_id=done.channel_id,
             notified=done.notified,
         )
@@ -81,6 +81,19 @@ class FollowUps:
                 payload={"external_id": msg.external_id, "success": success},
                 now=self._clock(),
             )
+
+        return work
+
+    def _save_profile(self, done: Performed) -> Work | None:
+        fetch = done.profile
+        if fetch is None:
+            return None
+
+        def work(conn: sqlite3.Connection) -> None:
+            if fetch.profile is not None:
+                self._relay.save_profile(conn, fetch.channel_id, fetch.profile, fetch.at)
+            else:
+                chats.mark_profile_tried(conn, fetch.channel_id, fetch.user_id, fetch.at)
 
         return work
 
@@ -118,19 +131,5 @@ def _both(first: Work | None, second: Work | None) -> Work | None:
     def work(conn: sqlite3.Connection) -> None:
         first(conn)
         second(conn)
-
-    return work
-
-
-def _save_profile(done: Performed) -> Work | None:
-    fetch = done.profile
-    if fetch is None:
-        return None
-
-    def work(conn: sqlite3.Connection) -> None:
-        if fetch.profile is not None:
-            chats.save_profile(conn, fetch.channel_id, fetch.profile, fetch.at)
-        else:
-            chats.mark_profile_tried(conn, fetch.channel_id, fetch.user_id, fetch.at)
 
     return work

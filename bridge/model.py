@@ -67,13 +67,15 @@ MessengerRequest = UserMessage | UserInfoQuery | MessengerDisconnect | UserRead
 @dataclass(frozen=True, slots=True)
 class ChatRef:
     """How a live chat names a messenger chat: by its own customer id, by our client key, by
-    its own conversation id, or only by the visitor's contact details."""
+    its own conversation id, by the page URL the bridge gave the chat, or only by the
+    visitor's contact details (as the live chat spelt them)."""
 
     customer_id: str | None = None
     client_key: str | None = None
     conversation_id: str | None = None
     email: str | None = None
     phone: str | None = None
+    page_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,10 @@ class ConversationState:
     name: str
     url: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    # The live chat sent a bare conversation object, not a named event: `name` is inferred
+    # from its status, and a customer the bridge does not know makes it "conversation.new".
+    inferred: bool = False
+    last_text: str | None = None  # the conversation's last message, if the live chat said
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,7 @@ class Customer:
     chat_name: str | None = None
     customer_id: str | None = None
     customer_tag: str | None = None
+    url: str | None = None  # the chat's own URL at the bridge (bridge/chat_links.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from yarl import URL
 
+from bridge.contacts import known_region
 from bridge.errors import error_path
 
 CHANNEL_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -63,6 +64,16 @@ def _not_blank(value: SecretStr) -> SecretStr:
 
 
 RequiredSecret = Annotated[SecretStr, AfterValidator(_not_blank)]
+
+
+def _phone_region(value: str) -> str:
+    region = value.strip().upper()
+    if not known_region(region):
+        raise ValueError(
+            f'unknown region {value!r} (a two-letter ISO 3166 country code such as "RU" or'
+            ' "US", or leave the key out)'
+        )
+    return region
 
 
 class _Section(BaseModel):
@@ -166,6 +177,9 @@ class JivochatSettings(_Section):
     # Seconds /readyz reuses the answer of the Chat API's /status (0: probe on every /readyz,
     # still one probe at a time).
     status_cache: float = Field(default=30.0, ge=0)
+    # Reads phone numbers written without "+" (in events and profiles) as national numbers of
+    # this country when linking events to chats; None: such numbers are read as international.
+    default_region: Annotated[str, AfterValidator(_phone_region)] | None = None
 
 
 LiveChatSettings = Annotated[ChatvisorSettings | JivochatSettings, Field(discriminator="kind")]

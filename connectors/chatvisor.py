@@ -1,4 +1,26 @@
-"""The Chatvisor-style live chat (shared/protocols/chatvisor.md): REST calls out, hooks in."""
+"""The Chatvisor-style live chat (shared/protocols/chatvisor.md): REST calls out, hooks in.
+
+The hook takes two shapes, told apart by the `event` field:
+
+- The contract's named events (`conversation.new`, `conversation.status`, `message.new`,
+  `message.read`), as a live chat or a relay in front of one sends them.
+- Chatvisor's own WebHooks (its public developer documentation, v1.9: a new conversation, a
+  status change, a new customer message) POST a bare Conversation object, `{"customerId",
+  "status", "lastMessage", "url"}`, with no `event`. Its status decides: `DONE` closes the
+  session; `UNREAD` is a new or reopened conversation (the docs fire "new conversation" for a
+  new customer or one going from `DONE` back to `UNREAD`); anything else is a status change,
+  which reopens a closed session as `UNRESOLVED` does. A customer the bridge does not know is
+  a new conversation too (the relay decides that: see `ConversationState.inferred`). The
+  docs' example spells `lastMessage`'s text key `test`; `text` and `test` are read alike.
+
+Chatvisor sends no webhook for an agent's message: operator replies arrive only from a live
+chat that posts `message.new`, which stays supported as it is.
+
+Tagging (`POST <api_url>/customer`) sends the bridge's client key as `id`, a stable unique
+string (the docs' example has a number; a string is what stays unique across messengers), and
+leaves out `email`, `firstname`, `lastname` and `phone` when there is no value: the public body
+has strings there, never null.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +54,8 @@ from bridge.settings import ChatvisorSettings
 from connectors import http as outside
 from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
 
-OPEN_STATUSES = {"UNREAD", "UNRESOLVED"}
+CLOSED_STATUS = "DONE"
+NEW_STATUS = "UNREAD"
 
 
 class _File(WireModel):
@@ -75,23 +98,56 @@ class _MessageRead(WireModel):
     _ids = field_validator("customerId", "messageId", mode="before")(id_str)
 
 
+def _last_text(value: Any) -> Any:
+    """`lastMessage` as its text: an object with `text` (or `test`, as Chatvisor's docs spell
+    it), a bare string, or nothing; anything else is no text rather than an error."""
+    if isinstance(value, dict):
+        value = value.get("text", value.get("test"))
+    return value if isinstance(value, str) else None
+
+
 class _Conversation(WireModel):
     customerId: str = Field(min_length=1)
-    status: str = "UNREAD"
+    status: str = NEW_STATUS
     url: str | None = None
+    lastMessage: str | None = None
 
     _ids = field_validator("customerId", mode="before")(id_str)
+    _status = field_validator("status", mode="before")(lambda v: NEW_STATUS if v is None else v)
+    _last = field_validator("lastMessage", mode="before")(_last_text)
 
 
 class _ConversationEvent(WireModel):
     conversation: _Conversation
 
 
+def _conversation(conv: _Conversation, doc: dict[str, Any], name: str | None) -> ConversationState:
+    """`name` None: a bare Conversation object, whose name follows from its status."""
+    status = conv.status.upper()
+    inferred = name is None
+    if name is None:
+        name = "conversation.new" if status == NEW_STATUS else "conversation.status"
+    return ConversationState(
+        chat=ChatRef(customer_id=conv.customerId),
+        open=status != CLOSED_STATUS,
+        name=name,
+        url=conv.url,
+        raw=doc,
+        inferred=inferred,
+        last_text=conv.lastMessage,
+    )
+
+
 def parse_hook(body: bytes) -> list[LiveChatEvent]:
     doc = json_object(body)
     name = doc.get("event")
+    if name is None and "customerId" in doc:
+        return [_conversation(validate(_Conversation, doc), doc, None)]
     if not isinstance(name, str) or not name:
-        raise BadRequest("missing_field", "event: required string is missing")
+        raise BadRequest(
+            "missing_field",
+            "event: required string is missing (or customerId, for a bare conversation)",
+        )
 
     if name == "message.new":
         event = validate(_MessageNew, doc)
@@ -115,16 +171,7 @@ def parse_hook(body: bytes) -> list[LiveChatEvent]:
             )
         ]
     if name in ("conversation.new", "conversation.status"):
-        conv = validate(_ConversationEvent, doc).conversation
-        return [
-            ConversationState(
-                chat=ChatRef(customer_id=conv.customerId),
-                open=conv.status.upper() in OPEN_STATUSES,
-                name=name,
-                url=conv.url,
-                raw=doc,
-            )
-        ]
+        return [_conversation(validate(_ConversationEvent, doc).conversation, doc, name)]
     if name == "message.read":
         read = validate(_MessageRead, doc)
         return [AgentRead(ChatRef(customer_id=read.customerId), read.messageId)]
@@ -132,15 +179,16 @@ def parse_hook(body: bytes) -> list[LiveChatEvent]:
 
 
 def customer_body(customer: Customer) -> dict[str, Any]:
+    """The tagging body: `id` the client key; a field with no value is left out, never null."""
     profile = customer.profile
-    return {
+    body: dict[str, Any] = {
         "id": customer.client_key,
         "firstname": profile.username or customer.chat_name or profile.user_id,
-        "lastname": "",
-        "email": None,
-        "phone": profile.phone,
         "labels": [f"messenger:{customer.channel_id}"],
     }
+    if profile.phone:
+        body["phone"] = profile.phone
+    return body
 
 
 def customer_tag(body: dict[str, Any]) -> str:

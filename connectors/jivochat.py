@@ -4,6 +4,14 @@ Both of JivoChat's APIs post to the same bridge URL; a body with `event_name` is
 event, a body with `recipient` and `message` is a Chat-API agent message. The models are
 tolerant on purpose: ids come as strings or numbers, optional fields may be null or absent,
 unknown fields are ignored and unknown events are kept, never refused.
+
+What links a Webhooks-API event to the bridge's chat (decided in `bridge.relay.Relay._link`;
+shared/protocols/jivochat.md, "Linking Webhooks-API events"): JivoChat documents no key common
+to its two APIs, and an event for a Chat-API client usually has no `user_token`. So every
+client message carries `sender.url`, the chat's own URL at the bridge (bridge/chat_links.py),
+and an event's `page.url` is read as the page its visitor is on. **Inferred** (from public
+client code, not documented): JivoChat reports the client's `sender.url` as that `page.url`.
+The other ways stay: `user_token`, the visitor's phone and email, a `chat_id` linked before.
 """
 
 from __future__ import annotations
@@ -234,11 +242,13 @@ def _lifecycle(doc: dict[str, Any]) -> LiveChatEvent:
         if visitor
         else None
     )
+    page_url = event.page.get("url") if event.page else None
     chat = ChatRef(
         client_key=event.user_token,
         conversation_id=event.chat_id,
         email=visitor.email if visitor else None,
         phone=visitor.phone if visitor else None,
+        page_url=page_url if isinstance(page_url, str) else None,
     )
     agent: Agent | None = None
     if isinstance(event, AgentEvent):
@@ -315,6 +325,8 @@ def client_messages(customer: Customer, message: OutgoingMessage) -> list[dict[s
         sender["phone"] = profile.phone
     if profile.avatar and profile.avatar.startswith(("http://", "https://")):
         sender["photo"] = profile.avatar
+    if customer.url:
+        sender["url"] = customer.url  # comes back as events' page.url (inferred: see above)
     parts: list[dict[str, Any]] = [
         {"type": _file_type(file), "file": file.url, "file_name": file.name}
         for file in message.files

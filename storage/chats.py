@@ -22,6 +22,7 @@ class ChatRow:
     livechat_id: str
     customer_id: str | None
     customer_tag: str | None
+    url_key: str | None = None  # of the chat's URL sent as JivoChat's sender.url
 
 
 def _chat(row: sqlite3.Row) -> ChatRow:
@@ -35,6 +36,7 @@ def _chat(row: sqlite3.Row) -> ChatRow:
         row["livechat_id"],
         row["customer_id"],
         row["customer_tag"],
+        row["url_key"],
     )
 
 
@@ -90,26 +92,33 @@ def upsert_chat(
     user_id: str,
     livechat_id: str,
     now: float,
+    url_key: str,
 ) -> int:
+    """The chat's id, created or brought up to date. `url_key` is stored only if the chat has
+    none yet (a chat from before keys existed gets it here, before its next delivery)."""
     # Nearly always the chat exists unchanged: a read then, where the upsert would rewrite
     # the row (and its page in the WAL) for every message.
     known = conn.execute(
-        """SELECT id, name, user_id, livechat_id FROM chats
+        """SELECT id, name, user_id, livechat_id, url_key FROM chats
            WHERE channel_id = ? AND external_chat_id = ?""",
         (channel_id, external_chat_id),
     ).fetchone()
     if known is not None and (
-        (name is None or name == known[1]) and known[2] == user_id and known[3] == livechat_id
+        (name is None or name == known[1])
+        and known[2] == user_id
+        and known[3] == livechat_id
+        and known[4] is not None
     ):
         return int(known[0])
     row = conn.execute(
         """INSERT INTO chats (channel_id, external_chat_id, name, user_id, client_key,
-                              livechat_id, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?)
+                              livechat_id, created_at, url_key)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (channel_id, external_chat_id) DO UPDATE SET
                name = coalesce(excluded.name, name),
                user_id = excluded.user_id,
-               livechat_id = excluded.livechat_id
+               livechat_id = excluded.livechat_id,
+               url_key = coalesce(url_key, excluded.url_key)
            RETURNING id""",
         (
             channel_id,
@@ -119,6 +128,7 @@ def upsert_chat(
             client_key(channel_id, external_chat_id),
             livechat_id,
             now,
+            url_key,
         ),
     ).fetchone()
     assert row is not None
@@ -184,16 +194,39 @@ def _user(row: sqlite3.Row) -> tuple[UserProfile, float | None]:
 
 
 def save_profile(
-    conn: sqlite3.Connection, channel_id: str, profile: UserProfile, now: float
+    conn: sqlite3.Connection,
+    channel_id: str,
+    profile: UserProfile,
+    now: float,
+    phone_key: str | None,
 ) -> None:
+    """Store a fetched profile; `phone_key` is its phone as bridge.contacts keys it."""
     conn.execute(
-        """INSERT INTO users (channel_id, user_id, username, phone, avatar, fetched_at)
-           VALUES (?, ?, ?, ?, ?, ?)
+        """INSERT INTO users (channel_id, user_id, username, phone, avatar, fetched_at,
+                              phone_key)
+           VALUES (?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (channel_id, user_id) DO UPDATE SET
                username = excluded.username, phone = excluded.phone,
-               avatar = excluded.avatar, fetched_at = excluded.fetched_at""",
-        (channel_id, profile.user_id, profile.username, profile.phone, profile.avatar, now),
+               avatar = excluded.avatar, fetched_at = excluded.fetched_at,
+               phone_key = excluded.phone_key""",
+        (
+            channel_id,
+            profile.user_id,
+            profile.username,
+            profile.phone,
+            profile.avatar,
+            now,
+            _stored_key(profile.phone, phone_key),
+        ),
     )
+
+
+def _stored_key(raw: str | None, key: str | None) -> str | None:
+    """What a key column holds: the key; '' for a value with no key (so it is not keyed
+    again at every start); NULL only for no value at all."""
+    if raw is None:
+        return None
+    return key or ""
 
 
 def mark_profile_tried(conn: sqlite3.Connection, channel_id: str, user_id: str, now: float) -> None:
@@ -295,19 +328,43 @@ async def list_sessions(
 
 
 def find_chat_by_contact(
-    conn: sqlite3.Connection, livechat_id: str, email: str | None, phone: str | None
+    conn: sqlite3.Connection, livechat_id: str, email_key: str | None, phone_key: str | None
 ) -> ChatRow | None:
-    """The latest chat whose user's profile or stored contact has this email or phone."""
-    if not email and not phone:
-        return None
+    """The latest chat of this live chat whose user's profile phone, or whose stored contact's
+    phone or email, has this key (bridge.contacts); each way an index lookup."""
+    found: list[int] = []
+    if phone_key:
+        found += [
+            r[0]
+            for r in conn.execute(
+                """SELECT max(c.id) FROM users u JOIN chats c
+                       ON c.channel_id = u.channel_id AND c.user_id = u.user_id
+                   WHERE u.phone_key = ? AND c.livechat_id = ?""",
+                (phone_key, livechat_id),
+            )
+        ]
+        found += [
+            r[0]
+            for r in conn.execute(
+                "SELECT max(id) FROM chats WHERE livechat_id = ? AND contact_phone_key = ?",
+                (livechat_id, phone_key),
+            )
+        ]
+    if email_key:
+        found += [
+            r[0]
+            for r in conn.execute(
+                "SELECT max(id) FROM chats WHERE livechat_id = ? AND contact_email_key = ?",
+                (livechat_id, email_key),
+            )
+        ]
+    ids = [i for i in found if i is not None]
+    return get_chat(conn, max(ids)) if ids else None
+
+
+def find_chat_by_url_key(conn: sqlite3.Connection, livechat_id: str, key: str) -> ChatRow | None:
     row = conn.execute(
-        """SELECT c.* FROM chats c
-           LEFT JOIN users u ON u.channel_id = c.channel_id AND u.user_id = c.user_id
-           WHERE c.livechat_id = ?1 AND (
-               (?2 IS NOT NULL AND json_extract(c.contact, '$.email') = ?2)
-               OR (?3 IS NOT NULL AND (u.phone = ?3 OR json_extract(c.contact, '$.phone') = ?3)))
-           ORDER BY c.id DESC LIMIT 1""",
-        (livechat_id, email or None, phone or None),
+        "SELECT * FROM chats WHERE url_key = ? AND livechat_id = ?", (key, livechat_id)
     ).fetchone()
     return _chat(row) if row else None
 
@@ -322,6 +379,14 @@ def find_session_by_remote(
         (livechat_id, remote_chat_id),
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else None
+
+
+def session_chat(conn: sqlite3.Connection, session_id: int) -> tuple[int, str] | None:
+    """(chat id, live chat id) of a session."""
+    row = conn.execute(
+        "SELECT chat_id, livechat_id FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    return (int(row[0]), row[1]) if row else None
 
 
 def last_session_id(conn: sqlite3.Connection, chat_id: int) -> int | None:
@@ -342,6 +407,15 @@ def link_session(
     agent_id: str | None,
     agent_name: str | None,
 ) -> None:
+    """Store what the live chat told of a session. A live-chat chat id names one session:
+    linked here, it is unlinked from any other of the same live chat."""
+    if remote_chat_id is not None:
+        conn.execute(
+            """UPDATE sessions SET remote_chat_id = NULL
+               WHERE livechat_id = (SELECT livechat_id FROM sessions WHERE id = ?1)
+                 AND remote_chat_id = ?2 AND id <> ?1""",
+            (session_id, remote_chat_id),
+        )
     conn.execute(
         """UPDATE sessions SET remote_chat_id = coalesce(?, remote_chat_id),
                                agent_id = coalesce(?, agent_id),
@@ -370,10 +444,59 @@ def finish_session(
     )
 
 
-def set_contact(conn: sqlite3.Connection, chat_id: int, contact: dict[str, Any]) -> None:
+def set_contact(
+    conn: sqlite3.Connection,
+    chat_id: int,
+    contact: dict[str, Any],
+    phone_key: str | None,
+    email_key: str | None,
+) -> None:
+    """Store the contact the live chat holds for the chat's visitor, with its keys."""
     conn.execute(
-        "UPDATE chats SET contact = ? WHERE id = ?",
-        (json.dumps(contact, ensure_ascii=False), chat_id),
+        """UPDATE chats SET contact = ?, contact_phone_key = ?, contact_email_key = ?
+           WHERE id = ?""",
+        (json.dumps(contact, ensure_ascii=False), phone_key or "", email_key or "", chat_id),
+    )
+
+
+# --- keys for rows stored before they existed (storage/migrations.py V5) ------------------
+
+
+def unkeyed_users(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str]]:
+    """(channel id, user id, phone) of users whose phone has no key yet."""
+    rows = conn.execute(
+        """SELECT channel_id, user_id, phone FROM users
+           WHERE phone IS NOT NULL AND phone_key IS NULL LIMIT ?""",
+        (limit,),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def set_user_phone_key(
+    conn: sqlite3.Connection, channel_id: str, user_id: str, phone: str, key: str | None
+) -> None:
+    conn.execute(
+        "UPDATE users SET phone_key = ? WHERE channel_id = ? AND user_id = ?",
+        (_stored_key(phone, key), channel_id, user_id),
+    )
+
+
+def unkeyed_contacts(conn: sqlite3.Connection, limit: int) -> list[tuple[int, str, Any]]:
+    """(chat id, live chat id, stored contact) of chats whose contact has no keys yet."""
+    rows = conn.execute(
+        """SELECT id, livechat_id, contact FROM chats
+           WHERE contact IS NOT NULL AND contact_phone_key IS NULL LIMIT ?""",
+        (limit,),
+    ).fetchall()
+    return [(int(r[0]), r[1], json.loads(r[2])) for r in rows]
+
+
+def set_contact_keys(
+    conn: sqlite3.Connection, chat_id: int, phone_key: str | None, email_key: str | None
+) -> None:
+    conn.execute(
+        "UPDATE chats SET contact_phone_key = ?, contact_email_key = ? WHERE id = ?",
+        (phone_key or "", email_key or "", chat_id),
     )
 
 

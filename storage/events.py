@@ -19,10 +19,15 @@ def record(
     payload: dict[str, Any],
     now: float,
     session_id: int | None = None,
+    unlinked_reason: str | None = None,
+    remote_chat_id: str | None = None,
 ) -> int:
+    """Keep one event. `unlinked_reason`: why it linked to no session, for an admin who may
+    link it by hand; `remote_chat_id`: the live chat's own chat id it named."""
     row = conn.execute(
-        """INSERT INTO events (uid, livechat_id, name, session_id, payload, received_at)
-           VALUES (?, ?, ?, ?, ?, ?) RETURNING id""",
+        """INSERT INTO events (uid, livechat_id, name, session_id, payload, received_at,
+                               unlinked_reason, remote_chat_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
         (
             uuid.uuid4().hex,
             livechat_id,
@@ -30,6 +35,8 @@ def record(
             session_id,
             json.dumps(payload, ensure_ascii=False),
             now,
+            unlinked_reason,
+            remote_chat_id,
         ),
     ).fetchone()
     assert row is not None
@@ -39,9 +46,11 @@ def record(
 async def list_events(
     db: Database, livechat_id: str | None, name: str | None, limit: int, *, unlinked: bool = False
 ) -> list[dict[str, Any]]:
-    """Events newest first; `unlinked`: only those linked to no session."""
+    """The latest events first; `unlinked`: only those linked to no session (with why, when
+    the linking said so)."""
     rows = await db.fetch_all(
-        """SELECT id, livechat_id, name, session_id, payload, received_at FROM events
+        """SELECT id, livechat_id, name, session_id, remote_chat_id, unlinked_reason, payload,
+                  received_at FROM events
            WHERE (?1 IS NULL OR livechat_id = ?1) AND (?2 IS NULL OR name = ?2)
              AND (NOT ?4 OR session_id IS NULL)
            ORDER BY id DESC LIMIT ?3""",
@@ -59,6 +68,41 @@ async def recent_names(db: Database, window: int = 10_000) -> list[str]:
         (window,),
     )
     return [r[0] for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An event as a hand link needs it."""
+
+    id: int
+    livechat_id: str
+    session_id: int | None
+    remote_chat_id: str | None
+    payload: dict[str, Any]
+
+
+def get(conn: sqlite3.Connection, event_id: int) -> Stored | None:
+    row = conn.execute(
+        "SELECT id, livechat_id, session_id, remote_chat_id, payload FROM events WHERE id = ?",
+        (event_id,),
+    ).fetchone()
+    return None if row is None else Stored(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+
+def unlinked_of_remote_chat(
+    conn: sqlite3.Connection, livechat_id: str, remote_chat_id: str
+) -> list[Stored]:
+    """The events that named this live-chat chat id and linked to no session, oldest first."""
+    rows = conn.execute(
+        """SELECT id, livechat_id, session_id, remote_chat_id, payload FROM events
+           WHERE livechat_id = ? AND remote_chat_id = ? AND session_id IS NULL ORDER BY id""",
+        (livechat_id, remote_chat_id),
+    ).fetchall()
+    return [Stored(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+def set_session(conn: sqlite3.Connection, event_id: int, session_id: int) -> None:
+    conn.execute("UPDATE events SET session_id = ? WHERE id = ?", (session_id, event_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,7 +209,7 @@ async def read_with_chat(
     row = await db.fetch_one(
         """SELECT m.*, c.channel_id, c.external_chat_id, c.name AS chat_name,
                   c.user_id AS chat_user_id, c.client_key, c.livechat_id, c.customer_id,
-                  c.customer_tag, u.user_id AS u_user_id, u.username, u.phone, u.avatar,
+                  c.customer_tag, c.url_key, u.user_id AS u_user_id, u.username, u.phone, u.avatar,
                   u.fetched_at
            FROM messages m JOIN chats c ON c.id = m.chat_id
            LEFT JOIN users u ON u.channel_id = c.channel_id
@@ -229,6 +229,7 @@ async def read_with_chat(
         row["livechat_id"],
         row["customer_id"],
         row["customer_tag"],
+        row["url_key"],
     )
     user = None
     if row["u_user_id"] is not None:

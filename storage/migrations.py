@@ -164,6 +164,35 @@ V6 = [
     "CREATE INDEX outbox_kept_replies ON outbox (lane) WHERE kind = 'operator.reply'",
 ]
 
+V7 = [
+    # Contact details compared as keys (bridge/contacts.py): phones in E.164, emails trimmed
+    # and case-folded, '' when there is nothing to compare. The originals stay for display.
+    # Rows from before are keyed at start-up (their partial indexes find them).
+    "ALTER TABLE users ADD COLUMN phone_key TEXT",
+    "DROP INDEX IF EXISTS users_phone",  # phones are compared by their keys now
+    "CREATE INDEX users_phone_key ON users (phone_key) WHERE phone_key <> ''",
+    "CREATE INDEX users_unkeyed ON users (channel_id) WHERE phone IS NOT NULL AND phone_key IS NULL",
+    "ALTER TABLE chats ADD COLUMN contact_phone_key TEXT",
+    "ALTER TABLE chats ADD COLUMN contact_email_key TEXT",
+    "CREATE INDEX chats_contact_phone ON chats (livechat_id, contact_phone_key)"
+    " WHERE contact_phone_key <> ''",
+    "CREATE INDEX chats_contact_email ON chats (livechat_id, contact_email_key)"
+    " WHERE contact_email_key <> ''",
+    "CREATE INDEX chats_unkeyed ON chats (id) WHERE contact IS NOT NULL AND contact_phone_key IS NULL",
+    # From a profile's phone to its user's chats: chats_by_user (step 4).
+    # The opaque key of the chat's URL sent to JivoChat as sender.url (bridge/chat_links.py);
+    # set when the chat next takes a message, and only then sent.
+    "ALTER TABLE chats ADD COLUMN url_key TEXT",
+    "CREATE UNIQUE INDEX chats_url_key ON chats (url_key) WHERE url_key IS NOT NULL",
+    # Why an event linked to no session (NULL: it linked, or never tried), and the live chat's
+    # own chat id it named, so an admin can link it, and that chat id, by hand.
+    "ALTER TABLE events ADD COLUMN unlinked_reason TEXT",
+    "ALTER TABLE events ADD COLUMN remote_chat_id TEXT",
+    "CREATE INDEX events_unlinked ON events (id) WHERE unlinked_reason IS NOT NULL",
+    "CREATE INDEX events_by_remote_chat ON events (livechat_id, remote_chat_id)"
+    " WHERE remote_chat_id IS NOT NULL",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
     (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),
@@ -171,6 +200,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (4, "retention: pruning marks, indexes for what pruning looks up", V4),
     (5, "the webhook URL each channel was last connected with", V5),
     (6, "an index of the operator replies kept as dead letters", V6),
+    (7, "contact keys, chat URL keys, unlinked events' reasons", V7),
 ]
 LATEST = MIGRATIONS[-1][0]
 

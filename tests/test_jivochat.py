@@ -144,6 +144,8 @@ async def test_round_trip_with_jivochat(world: World, jivo: Jivo) -> None:
         lambda: jivo.sim.texts("acme:c1") == ["Hello from the messenger"], what="at JivoChat"
     )
     (sent,) = jivo.sim.client_messages
+    url = sent["sender"].pop("url")  # the chat's own URL at the bridge, opaque
+    assert url.startswith(f"{world.bridge.url}/c/") and "c1" not in url.rsplit("/", 1)[1]
     assert sent["sender"] == {
         "id": "acme:c1",
         "name": "Alice",

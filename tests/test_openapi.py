@@ -137,6 +137,8 @@ WEIGHTS = {
     ("POST", "/admin/outbox/{item_id}/{action}"): 3,
     ("POST", "/admin/outbox/{action}"): 3,
     ("GET", "/admin/events"): 5,
+    ("POST", "/admin/events/{event_id}/link"): 3,
+    ("GET", "/c/{key}"): 1,
     ("GET", "/healthz"): 2,
     ("GET", "/readyz"): 3,
     ("GET", "/metrics"): 2,
@@ -200,6 +202,10 @@ def _credentials(case: Any, draw: Callable[..., Any], customer_ids: list[str]) -
             params["session_id"] = draw(st.integers(1, 12))
         if "item_id" in params and _often(draw):
             params["item_id"] = draw(st.integers(1, 40))
+        if "event_id" in params and _often(draw):
+            params["event_id"] = draw(st.integers(1, 40))
+        if body is not None and "session_id" in body and _often(draw):
+            body["session_id"] = draw(st.integers(1, 12))
         query = case.query or {}
         if "channel" in query and _often(draw):
             query["channel"] = draw(st.sampled_from(CHANNELS))

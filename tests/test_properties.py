@@ -215,7 +215,16 @@ JIVOCHAT_ERRCODES = {
 
 # The top-level fields each contract documents (shared/protocols/*.md).
 MESSENGER_FIELDS = {"type", "data"}
-CHATVISOR_FIELDS = {"event", "customerId", "message", "messageId", "conversation"}
+# A bare Conversation object (Chatvisor's own WebHooks) is refused by its own top-level fields.
+CHATVISOR_FIELDS = {
+    "event",
+    "customerId",
+    "message",
+    "messageId",
+    "conversation",
+    "status",
+    "url",
+}
 JIVOCHAT_FIELDS = {
     *("event_name", "chat_id", "widget_id", "user_token", "visitor", "agent", "agents"),
     *("department", "session", "page", "analytics", "assign_to", "chat", "plain_messages"),
@@ -653,7 +662,9 @@ def chatvisor_files(draw: st.DrawFn) -> tuple[dict[str, Any], model.FileRef]:
 @st.composite
 def chatvisor_hooks(draw: st.DrawFn) -> tuple[dict[str, Any], list[model.LiveChatEvent] | None]:
     """A valid hook and the events it must parse into (None: refused as empty)."""
-    event = draw(st.sampled_from(["message.new", "message.new", *CHATVISOR_EVENTS, "unknown"]))
+    event = draw(
+        st.sampled_from(["message.new", "message.new", *CHATVISOR_EVENTS, "bare", "unknown"])
+    )
     customer_id = draw(ids())
     chat = model.ChatRef(customer_id=as_id(customer_id))
     if event == "message.new":
@@ -687,22 +698,35 @@ def chatvisor_hooks(draw: st.DrawFn) -> tuple[dict[str, Any], list[model.LiveCha
             chat, as_id(present(message_id)), present(text) or "", refs, operator
         )
         return doc, [agent]
-    if event.startswith("conversation."):
+    if event.startswith("conversation.") or event == "bare":
         status = draw(
             st.just(ABSENT)
             | st.sampled_from(["UNREAD", "DONE", "UNRESOLVED"]).flatmap(any_case)
             | short_text
         )
         url = draw(optional(short_text))
+        # Chatvisor's docs spell lastMessage's text key `test`; both are read.
+        text_key = draw(st.sampled_from(["text", "test"]))
+        last = draw(optional(st.fixed_dictionaries({text_key: short_text})))
         conversation = put(
-            {**draw(extras), "customerId": customer_id},
-            status=status,
-            url=url,
-            lastMessage=draw(optional(st.fixed_dictionaries({"text": short_text}))),
+            {**draw(extras), "customerId": customer_id}, status=status, url=url, lastMessage=last
         )
+        # Only DONE closes; anything else is new, reopened or a status change.
+        is_open = status is ABSENT or status.upper() != "DONE"
+        last_text = last[text_key] if isinstance(last, dict) else None
+        if event == "bare":  # Chatvisor's own WebHooks: the Conversation object, no `event`
+            doc = conversation
+            new = status is ABSENT or status.upper() == "UNREAD"
+            name = "conversation.new" if new else "conversation.status"
+            state = model.ConversationState(
+                chat, is_open, name, present(url), doc, inferred=True, last_text=last_text
+            )
+            return doc, [state]
         doc = {**draw(extras), "event": event, "conversation": conversation}
-        is_open = status is ABSENT or status.upper() in ("UNREAD", "UNRESOLVED")
-        return doc, [model.ConversationState(chat, is_open, event, present(url), doc)]
+        state = model.ConversationState(
+            chat, is_open, event, present(url), doc, last_text=last_text
+        )
+        return doc, [state]
     if event == "message.read":
         message_id = draw(ids())
         doc = {**draw(extras), "event": event, "customerId": customer_id, "messageId": message_id}
@@ -885,6 +909,7 @@ def jivo_events(
         draw(optional(st.text(max_size=40) | st.integers())),
     )
     visitor, contact = draw(jivo_visitors())
+    page = draw(optional(st.fixed_dictionaries({"url": short_text, "title": short_text})))
     put(
         doc,
         chat_id=chat_id,
@@ -895,7 +920,7 @@ def jivo_events(
             optional(st.fixed_dictionaries({}, optional={"id": ids(), "name": short_text}))
         ),
         session=draw(optional(st.dictionaries(extra_keys, json_values, max_size=2))),
-        page=draw(optional(st.fixed_dictionaries({"url": short_text, "title": short_text}))),
+        page=page,
         analytics=draw(optional(st.just({}) | st.just([]) | st.lists(json_scalars, max_size=2))),
     )
     agent: model.Operator | None = None
@@ -960,6 +985,7 @@ def jivo_events(
             conversation_id=as_id(present(chat_id)),
             email=email,
             phone=phone,
+            page_url=page["url"] if isinstance(page, dict) else None,
         ),
         raw=doc,
         contact=contact,

@@ -3,6 +3,7 @@ dead letters, events."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -10,15 +11,19 @@ from aiohttp import web
 
 from bridge.deadletters import Report, UnknownItem
 from bridge.errors import BadRequest, NotFound, Unauthenticated
-from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
+from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, LIVECHATS, RELAY, SETTINGS
+from bridge.model import LiveChatEvent
 from bridge.secrets import same_secret
+from bridge.web.common import read_body
 from bridge.web.views import (
+    SQLITE_MAX_INTEGER,
     ChannelAction,
     act_on_channel,
     channel_views,
     row_id,
     whole_number,
 )
+from connectors.wire import json_object
 from storage import channels as channel_rows
 from storage import chats, events, outbox
 
@@ -146,8 +151,15 @@ async def list_events(request: web.Request) -> web.Response:
     livechat = request.query.get("livechat")
     if livechat is not None and livechat not in request.app[SETTINGS].livechats:
         raise NotFound("unknown_livechat", "no live chat with this id")
+    unlinked = request.query.get("unlinked", "0")
+    if unlinked not in ("0", "1"):
+        raise BadRequest("invalid_query", "unlinked: must be 0 or 1")
     rows = await events.list_events(
-        request.app[DATABASE], livechat, request.query.get("event"), _limit(request)
+        request.app[DATABASE],
+        livechat,
+        request.query.get("event"),
+        _limit(request),
+        unlinked=unlinked == "1",
     )
     for row in rows:
         row["received_at"] = _iso(row["received_at"])
@@ -197,3 +209,39 @@ async def scope_action(request: web.Request) -> web.Response:
     if (everything is None) == (scope.channel is None and scope.livechat is None):
         raise BadRequest("invalid_query", "give channel=ID and/or livechat=ID, or all=1 (not both)")
     return await _act(request, scope)
+
+
+HAND_LINK_ERRORS = {"unknown_event": NotFound, "unknown_session": NotFound}
+
+
+@routes.post(r"/admin/events/{event_id:[0-9]+}/link")
+async def link_event(request: web.Request) -> web.Response:
+    """Link an event, the other unlinked events of its live-chat chat id, and that chat id,
+    to a session: body `{"session_id": <int>}`."""
+    _require_admin(request)
+    event_id = row_id(request.match_info["event_id"])
+    if event_id is None:
+        raise NotFound("unknown_event", "no event with this id")
+    doc = json_object(await read_body(request))
+    session_id = doc.get("session_id")
+    if "session_id" not in doc:
+        raise BadRequest("missing_field", "session_id: required")
+    if type(session_id) is not int or not 1 <= session_id <= SQLITE_MAX_INTEGER:
+        raise BadRequest("invalid_field", "session_id: must be a session's id (an integer)")
+    livechats = request.app[LIVECHATS]
+
+    def parse(livechat_id: str, payload: dict[str, Any]) -> list[LiveChatEvent]:
+        connector = livechats.get(livechat_id)
+        return [] if connector is None else connector.parse_hook(json.dumps(payload).encode())
+
+    done = await request.app[RELAY].link_by_hand(event_id, session_id, parse)
+    if done.error is not None:
+        errcode, message = done.error
+        raise HAND_LINK_ERRORS.get(errcode, BadRequest)(errcode, message)
+    return web.json_response(
+        {
+            "session_id": session_id,
+            "events": list(done.events),
+            "remote_chat_id": done.remote_chat_id,
+        }
+    )

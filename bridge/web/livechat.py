@@ -26,3 +26,11 @@ async def livechat_webhook(request: web.Request) -> web.Response:
     events = connector.parse_hook(await read_body(request))
     answers = await request.app[RELAY].accept_livechat_events(livechat_id, events)
     return web.json_response(connector.hook_reply(answers))
+
+
+@routes.get(r"/c/{key}")
+async def chat_link(request: web.Request) -> web.Response:
+    """The chat URL handed to JivoChat as `sender.url` (bridge/chat_links.py). It names a chat
+    for linking only and opens nothing: the same 404 whether or not the key is a chat's, so
+    the URL tells a visitor of it nothing."""
+    raise NotFound("not_found", "this URL names a chat to the live chat; there is no page here")

@@ -256,6 +256,25 @@ LIVECHAT_SCHEMAS: dict[str, Schema] = {
             url=OPT_STRING,
         ),
     ),
+    "ChatvisorConversation": {
+        **_obj(
+            ("customerId",),
+            customerId=_wire_id(),
+            status={
+                "type": "string",
+                "description": "UNREAD (new or reopened), DONE (closes), UNRESOLVED or any"
+                " other (a status change)",
+            },
+            lastMessage={
+                "anyOf": [_obj(text=STRING, test=STRING), STRING, {"type": "null"}],
+                "description": "its text under `text`, or `test` as Chatvisor's docs spell it",
+            },
+            url=OPT_STRING,
+        ),
+        "description": "What Chatvisor's own WebHooks POST: a bare Conversation object, no"
+        " `event`.",
+        "not": {"required": ["event"]},
+    },
     "ChatvisorMessageRead": _obj(
         ("event", "customerId", "messageId"),
         event={"type": "string", "enum": ["message.read"]},
@@ -359,12 +378,14 @@ LIVECHAT_SCHEMAS: dict[str, Schema] = {
     ),
     "LivechatHook": {
         "description": (
-            "Chatvisor: one event per request, by `event`. JivoChat: a Webhooks API event"
+            "Chatvisor: one event per request, by `event`, or a bare Conversation object"
+            " (Chatvisor's own WebHooks). JivoChat: a Webhooks API event"
             " (`event_name`) or a Chat API agent message (`recipient`, `message`)."
         ),
         "anyOf": [
             _ref("ChatvisorMessageNew"),
             _ref("ChatvisorConversationEvent"),
+            _ref("ChatvisorConversation"),
             _ref("ChatvisorMessageRead"),
             _ref("ChatvisorOtherEvent"),
             _ref("JivochatEvent"),
@@ -664,15 +685,46 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
         items={"type": "array", "items": _ref("OutboxItem")},
     ),
     "Event": _obj(
-        ("id", "livechat_id", "name", "session_id", "payload", "received_at"),
+        (
+            "id",
+            "livechat_id",
+            "name",
+            "session_id",
+            "remote_chat_id",
+            "unlinked_reason",
+            "payload",
+            "received_at",
+        ),
         id=INTEGER,
         livechat_id=STRING,
         name=STRING,
         session_id=OPT_INTEGER,
+        remote_chat_id={**OPT_STRING, "description": "the live chat's own chat id (JivoChat)"},
+        unlinked_reason={
+            **OPT_STRING,
+            "description": "why the event linked to no session: what each way of linking found",
+        },
         payload={"type": "object", "description": "the live chat's own JSON"},
         received_at=TIMESTAMP,
     ),
     "EventList": _closed(("events",), events={"type": "array", "items": _ref("Event")}),
+    "EventLink": _closed(
+        ("session_id",),
+        session_id={"type": "integer", "minimum": 1, "description": "the session to link to"},
+    ),
+    "EventLinked": _closed(
+        ("session_id", "events", "remote_chat_id"),
+        session_id=INTEGER,
+        events={
+            "type": "array",
+            "items": INTEGER,
+            "description": "the event, and the other events of its chat id that were unlinked",
+        },
+        remote_chat_id={
+            **OPT_STRING,
+            "description": "the live-chat chat id now linked: its later events link too",
+        },
+    ),
 }
 
 # --- the operations -----------------------------------------------------------------------------
@@ -983,8 +1035,57 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 _query_param("livechat", "only this live chat's", STRING),
                 _query_param("event", "only events of this name", STRING),
+                _query_param(
+                    "unlinked",
+                    "1: only events that linked to no session, with the reason",
+                    {"type": "string", "enum": ["0", "1"], "default": "0"},
+                ),
                 LIMIT,
             ],
+        }
+    },
+    "/admin/events/{event_id}/link": {
+        "post": {
+            **_admin(
+                "Link an event by hand to a session, and so its live-chat chat id",
+                _answer(
+                    "Linked: the event and the other unlinked events of its chat id (their"
+                    " effects applied in order, subscribers not told again); later events"
+                    " of that chat id link to the session too.",
+                    _ref("EventLinked"),
+                ),
+                **{
+                    "400": _error(
+                        "The body is not JSON, or session_id is missing or invalid, or the"
+                        " session belongs to another live chat.",
+                        "invalid_json",
+                        "missing_field",
+                        "invalid_field",
+                    ),
+                    "404": _error(
+                        "No such event or session.", "unknown_event", "unknown_session", NOT_FOUND
+                    ),
+                    "413": TOO_LARGE,
+                    "503": STORAGE_UNAVAILABLE,
+                },
+            ),
+            "operationId": "linkEvent",
+            "parameters": [
+                _path_param("event_id", "the event's id", {"type": "integer", "minimum": 0})
+            ],
+            "requestBody": {"required": True, "content": _json(_ref("EventLink"))},
+        }
+    },
+    "/c/{key}": {
+        "get": {
+            "tags": ["livechat"],
+            "summary": "A chat's URL, sent to JivoChat as the client's page (sender.url)",
+            "description": "It names a chat for linking events only; there is no page.",
+            "operationId": "chatLink",
+            "parameters": [_path_param("key", "the chat's opaque key")],
+            "responses": {
+                "404": _error("Always: there is no page here.", NOT_FOUND),
+            },
         }
     },
 }

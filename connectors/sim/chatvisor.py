@@ -1,9 +1,12 @@
 """A Chatvisor-style live chat, as shared/protocols/chatvisor.md describes it.
 
 REST under `/rest/v1` (bearer token): customers are tagged by the bridge's id and never
-duplicated; customer messages are kept per conversation and a repeated id is a no-op. An
-operator's side is played by `agent_reply`, `set_status` and `mark_read`, which call the
-bridge's hook exactly as the live chat would.
+duplicated (a tagging body with a non-string `id`, or a null where Chatvisor's public body has
+a string, is refused with 400, as a strict API would); customer messages are kept per
+conversation and a repeated id is a no-op. An operator's side is played by `agent_reply`,
+`set_status` and `mark_read`, which call the bridge's hook with the contract's named events,
+and by `conversation_webhook`, which posts the bare Conversation object Chatvisor's own
+WebHooks send.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class ChatvisorSim:
         self.duplicates = 0
         self.customer_calls = 0
         self.message_calls = 0  # message calls received, counted on arrival (repeats too)
+        self.customer_bodies: list[dict[str, Any]] = []  # every tagging body, as received
         self.fail_with: int | None = None
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
@@ -73,6 +77,12 @@ class ChatvisorSim:
         if (refused := self._refuse(request)) is not None:
             return refused
         body = await request.json()
+        self.customer_bodies.append(body)
+        strings = ("email", "firstname", "lastname", "phone")
+        if not isinstance(body.get("id"), str) or any(
+            key in body and not isinstance(body[key], str) for key in strings
+        ):
+            return web.json_response({"error": "invalid customer body"}, status=400)
         self.customer_calls += 1
         key = body["id"]
         customer_id = self.customer_by_key.get(key) or f"cust-{next(self._ids)}"
@@ -154,6 +164,27 @@ class ChatvisorSim:
                     "lastMessage": {"text": ""},
                     "url": f"https://chat.example/c/{customer_id}",
                 },
+            },
+        )
+
+    async def conversation_webhook(
+        self,
+        http: aiohttp.ClientSession,
+        customer_id: str,
+        status: str,
+        text: str = "",
+        *,
+        text_key: str = "test",
+    ) -> tuple[int, Any]:
+        """What Chatvisor's own WebHooks POST: a bare Conversation object, no `event`; the
+        docs' example spells the text key of `lastMessage` as `test`."""
+        return await self.hook(
+            http,
+            {
+                "customerId": customer_id,
+                "status": status,
+                "lastMessage": {text_key: text},
+                "url": f"https://chat.example/c/{customer_id}",
             },
         )
 
