@@ -3,6 +3,7 @@ escaping of stored text, no secret on any page, and each page's content."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator
 
@@ -11,14 +12,16 @@ import structlog
 from markupsafe import escape
 
 from bridge.console.auth import FAILED_SIGN_IN_DELAY, SESSION_SECONDS, Sessions
-from bridge.console.hooks import HOOKS
 from tests.conftest import (
     ADMIN_TOKEN,
     API_TOKEN,
     CODE,
+    HOOK,
     HOOK_TOKEN,
+    Jivo,
     World,
     eventually,
+    seed,
 )
 from tests.console_client import ConsoleUser
 
@@ -382,9 +385,6 @@ async def test_the_events_page_filters(running: World, user: ConsoleUser) -> Non
 async def test_retry_a_dead_letter_and_see_it_delivered(world: World) -> None:
     world.chatvisor.fail_with = 400
     bridge = await world.start_bridge()
-    assert bridge.app is not None
-    if bridge.app[HOOKS].retry_dead is None:
-        pytest.skip("retrying dead letters is not wired in this build (bridge/console/hooks.py)")
     user = ConsoleUser(bridge.url)
     try:
         await world.messenger.send_message(world.http, "r1", "second time lucky")
@@ -402,19 +402,32 @@ async def test_retry_a_dead_letter_and_see_it_delivered(world: World) -> None:
         await user.close()
 
 
-async def test_unwired_actions_answer_404_and_show_disabled_buttons(
-    running: World, user: ConsoleUser
-) -> None:
-    assert running.bridge is not None and running.bridge.app is not None
-    hooks = running.bridge.app[HOOKS]
-    await signed_in(user)
-    _, text, _ = await user.get("/admin/ui/outbox")
-    if hooks.retry_all_dead is None:
-        assert 'disabled title="arrives with the dead-letter actions">Retry all' in text
-        status, body, _ = await user.post("/admin/ui/outbox/retry-all")
-        assert status == 404 and "not in this build" in body
-    else:
-        assert 'action="/admin/ui/outbox/retry-all"' in text
-    if hooks.link_event is None:
-        status, body, _ = await user.post("/admin/ui/events/1/link", {"session_id": "1"})
-        assert status == 404 and "not in this build" in body
+async def test_an_unlinked_event_is_linked_from_the_events_page(world: World, jivo: Jivo) -> None:
+    bridge = await world.start_bridge(config=jivo.config())
+    jivo.sim.hook_url = f"{bridge.url}/livechats/sales/webhook/{HOOK}"
+    await jivo.user_says("l1", "hello", user_id="anon")
+    ((session_id, *_),) = await jivo.sessions("l1")
+    accepted = copy.deepcopy(seed("chat_accepted"))
+    accepted.pop("user_token", None)
+    accepted["chat_id"], accepted["visitor"] = 4242, {"name": "Someone"}
+    assert (await jivo.sim.event(jivo.http, accepted))[0] == 200
+    (event_id,) = (row[0] for row in await bridge.query("SELECT id FROM events"))
+    user = ConsoleUser(bridge.url)
+    try:
+        await signed_in(user)
+        _, text, _ = await user.get("/admin/ui/events?unlinked=1")
+        assert f'action="/admin/ui/events/{event_id}/link"' in text
+        status, _, _ = await user.post(
+            f"/admin/ui/events/{event_id}/link", {"session_id": str(session_id)}
+        )
+        assert status == 303
+        _, text, _ = await user.get("/admin/ui/events?unlinked=1")
+        assert "No event matches." in text
+        status, body, _ = await user.post(
+            f"/admin/ui/events/{event_id + 100}/link", {"session_id": str(session_id)}
+        )
+        assert status == 404 and "no event with this id" in body.lower()
+    finally:
+        await user.close()
+    ((_, state, remote, *_),) = await jivo.sessions("l1")
+    assert (state, remote) == ("open", "4242")

@@ -148,13 +148,9 @@ async def test_open_a_session_and_read_its_messages_markup_as_text(
 async def test_retry_a_dead_letter_and_see_it_delivered(world: World, browser: Any) -> None:
     from playwright.async_api import expect
 
-    from bridge.console.hooks import HOOKS
-
     world.chatvisor.fail_with = 400
     bridge = await world.start_bridge()
     assert bridge.app is not None
-    if bridge.app[HOOKS].retry_dead is None:
-        pytest.skip("retrying dead letters is not wired in this build (bridge/console/hooks.py)")
     await world.messenger.send_message(world.http, "r1", "second time lucky")
     await eventually(
         lambda: bridge.query("SELECT 1 FROM outbox WHERE status = 'dead'"), what="dead"

@@ -14,7 +14,6 @@ from aiohttp import web
 from bridge.console import actions, pages
 from bridge.console.auth import SESSIONS, Sessions
 from bridge.console.guard import console_gate
-from bridge.console.hooks import HOOKS, wired_hooks
 from bridge.console.render import setup_templates
 from bridge.settings import Settings
 
@@ -25,7 +24,6 @@ def setup_console(app: web.Application, settings: Settings) -> None:
     """Register the console's routes, templates and gate on `app` (before it starts)."""
     setup_templates(app, settings.secrets())
     app[SESSIONS] = Sessions()
-    app[HOOKS] = wired_hooks()
     app.middlewares.append(console_gate)
     app.add_routes(pages.routes)
     app.add_routes(actions.routes)

@@ -1,6 +1,6 @@
 """The console's actions (POST), each answered with a redirect back to its page (post, redirect,
 get), whose flash line says what was done: signing in and out, a channel's connect,
-disconnect and reconnect, and the hooks' retry, purge and link.
+disconnect and reconnect, dead letters' retry and purge, an event's link.
 
 The gate (guard.py) has checked the session and the CSRF token before any of these runs, except
 for signing in.
@@ -21,11 +21,12 @@ from bridge.console.auth import (
     start_session,
     token_matches,
 )
-from bridge.console.hooks import HOOKS
 from bridge.console.render import render
+from bridge.deadletters import Report, UnknownItem
 from bridge.errors import BadRequest, NotFound
-from bridge.keys import CHANNELS, DATABASE, SETTINGS
-from bridge.web.views import ChannelAction, act_on_channel, row_id
+from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
+from bridge.web.views import ChannelAction, act_on_channel, link_event, row_id
+from storage.outbox import Scope
 
 routes = web.RouteTableDef()
 
@@ -107,49 +108,50 @@ def _item_id(request: web.Request) -> int:
     return item_id
 
 
+async def _dead_letters(request: web.Request, action: str, scope: Scope) -> Report:
+    """Retry or purge through `DeadLetters`, as the JSON endpoints do."""
+    dead_letters = request.app[DEAD_LETTERS]
+    try:
+        if action == "retry":
+            return await dead_letters.retry(scope)
+        return await dead_letters.purge(scope)
+    except UnknownItem:
+        raise NotFound("unknown_item", "No outbox item with this id.") from None
+
+
 @routes.post(r"/admin/ui/outbox/{item_id:[0-9]+}/retry", name="console.action.retry")
 async def retry(request: web.Request) -> web.Response:
-    hook = request.app[HOOKS].retry_dead
-    if hook is None:
-        raise NotFound("not_available", "Retrying dead letters is not in this build yet.")
     item_id = _item_id(request)
-    retried = await hook(request.app, item_id)
+    report = await _dead_letters(request, "retry", Scope(item_id=item_id))
     _session(request).flash = (
-        f"Item {item_id} is queued again." if retried else f"Item {item_id} is not dead."
+        f"Item {item_id} is queued again."
+        if report.retried or report.adopted
+        else f"Item {item_id} is not dead."
     )
     return _back("/admin/ui/outbox")
 
 
 @routes.post("/admin/ui/outbox/retry-all", name="console.action.retry_all")
 async def retry_all(request: web.Request) -> web.Response:
-    hook = request.app[HOOKS].retry_all_dead
-    if hook is None:
-        raise NotFound("not_available", "Retrying dead letters is not in this build yet.")
-    count = await hook(request.app)
-    _session(request).flash = f"{count} dead items queued again."
+    report = await _dead_letters(request, "retry", Scope())
+    _session(request).flash = f"{report.retried + report.adopted} dead items queued again."
     return _back("/admin/ui/outbox")
 
 
 @routes.post(r"/admin/ui/outbox/{item_id:[0-9]+}/purge", name="console.action.purge")
 async def purge(request: web.Request) -> web.Response:
-    hook = request.app[HOOKS].purge_dead
-    if hook is None:
-        raise NotFound("not_available", "Purging dead letters is not in this build yet.")
     item_id = _item_id(request)
-    count = await hook(request.app, item_id)
+    report = await _dead_letters(request, "purge", Scope(item_id=item_id))
     _session(request).flash = (
-        f"Item {item_id} purged." if count else f"Item {item_id} is not a dead letter."
+        f"Item {item_id} purged." if report.purged else f"Item {item_id} is not a dead letter."
     )
     return _back("/admin/ui/outbox")
 
 
 @routes.post("/admin/ui/outbox/purge-all", name="console.action.purge_all")
 async def purge_all(request: web.Request) -> web.Response:
-    hook = request.app[HOOKS].purge_dead
-    if hook is None:
-        raise NotFound("not_available", "Purging dead letters is not in this build yet.")
-    count = await hook(request.app, None)
-    _session(request).flash = f"{count} dead items purged."
+    report = await _dead_letters(request, "purge", Scope())
+    _session(request).flash = f"{report.purged} dead items purged."
     return _back("/admin/ui/outbox")
 
 
@@ -158,15 +160,13 @@ async def purge_all(request: web.Request) -> web.Response:
 
 @routes.post(r"/admin/ui/events/{event_id:[0-9]+}/link", name="console.action.link")
 async def link(request: web.Request) -> web.Response:
-    hook = request.app[HOOKS].link_event
-    if hook is None:
-        raise NotFound("not_available", "Linking events by hand is not in this build yet.")
     event_id = row_id(request.match_info["event_id"])
     form = await request.post()
     raw = form.get("session_id")
     session_id = row_id(raw.strip()) if isinstance(raw, str) else None
     if event_id is None or session_id is None:
         raise BadRequest("invalid_field", "Give the session's number to link the event to.")
-    await hook(request.app, event_id, session_id)
-    _session(request).flash = f"Event {event_id} linked to session {session_id}."
+    done = await link_event(request.app, event_id, session_id)
+    linked = ", ".join(str(e) for e in done.events)
+    _session(request).flash = f"Event(s) {linked} linked to session {session_id}."
     return _back("/admin/ui/events?unlinked=1")

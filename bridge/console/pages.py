@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.console.hooks import HOOKS
 from bridge.console.overview import call_times, hourly_chart
 from bridge.console.render import render
 from bridge.errors import NotFound
@@ -115,7 +114,6 @@ async def session(request: web.Request) -> web.Response:
         "title": f"Session {session_id}",
         "s": detail,
         "items": items,
-        "hooks": request.app[HOOKS],
     }
     return render(request, "session.html", context)
 
@@ -131,7 +129,6 @@ async def outbox_page(request: web.Request) -> web.Response:
         "oldest_age": None if oldest is None else now - oldest,
         "dead": await outbox.list_items(db, "dead", LIST_LIMIT),
         "limit": LIST_LIMIT,
-        "hooks": request.app[HOOKS],
     }
     return render(request, "outbox.html", context)
 
@@ -157,6 +154,5 @@ async def events_page(request: web.Request) -> web.Response:
         "names": await events.recent_names(app[DATABASE]),
         "query": {"livechat": livechat or "", "event": name or "", "unlinked": unlinked},
         "limit": LIST_LIMIT,
-        "hooks": app[HOOKS],
     }
     return render(request, "events.html", context)

@@ -3,7 +3,6 @@ dead letters, events."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -11,9 +10,9 @@ from aiohttp import web
 
 from bridge.deadletters import Report, UnknownItem
 from bridge.errors import BadRequest, NotFound, Unauthenticated
-from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, LIVECHATS, RELAY, SETTINGS
-from bridge.model import LiveChatEvent
+from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
 from bridge.secrets import same_secret
+from bridge.web import views
 from bridge.web.common import read_body
 from bridge.web.views import (
     SQLITE_MAX_INTEGER,
@@ -211,9 +210,6 @@ async def scope_action(request: web.Request) -> web.Response:
     return await _act(request, scope)
 
 
-HAND_LINK_ERRORS = {"unknown_event": NotFound, "unknown_session": NotFound}
-
-
 @routes.post(r"/admin/events/{event_id:[0-9]+}/link")
 async def link_event(request: web.Request) -> web.Response:
     """Link an event, the other unlinked events of its live-chat chat id, and that chat id,
@@ -228,16 +224,7 @@ async def link_event(request: web.Request) -> web.Response:
         raise BadRequest("missing_field", "session_id: required")
     if type(session_id) is not int or not 1 <= session_id <= SQLITE_MAX_INTEGER:
         raise BadRequest("invalid_field", "session_id: must be a session's id (an integer)")
-    livechats = request.app[LIVECHATS]
-
-    def parse(livechat_id: str, payload: dict[str, Any]) -> list[LiveChatEvent]:
-        connector = livechats.get(livechat_id)
-        return [] if connector is None else connector.parse_hook(json.dumps(payload).encode())
-
-    done = await request.app[RELAY].link_by_hand(event_id, session_id, parse)
-    if done.error is not None:
-        errcode, message = done.error
-        raise HAND_LINK_ERRORS.get(errcode, BadRequest)(errcode, message)
+    done = await views.link_event(request.app, event_id, session_id)
     return web.json_response(
         {
             "session_id": session_id,

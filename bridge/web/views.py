@@ -1,5 +1,5 @@
 """What the JSON admin API and the admin console both decide: a channel as an admin sees it, an
-admin action on a channel, a session id taken from a path.
+admin action on a channel, a session id taken from a path, an event linked by hand.
 
 Times stay Unix seconds (floats) here; each surface formats them its own way (ISO 8601 in JSON,
 a readable UTC time in the console).
@@ -7,9 +7,16 @@ a readable UTC time in the console).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
+from aiohttp import web
+
 from bridge.channels import ChannelManager
+from bridge.errors import BadRequest, NotFound
+from bridge.keys import LIVECHATS, RELAY
+from bridge.model import LiveChatEvent
+from bridge.relay import HandLink
 from bridge.settings import Settings
 from storage import outbox
 from storage.database import Database
@@ -86,3 +93,23 @@ async def act_on_channel(
         await channels.connect(channel_id, force=action == "reconnect")
     held = await outbox.pending_by_channel(db)
     return channel_view(settings, channels, channel_id, held.get(channel_id, 0))
+
+
+HAND_LINK_ERRORS = {"unknown_event": NotFound, "unknown_session": NotFound}
+
+
+async def link_event(app: web.Application, event_id: int, session_id: int) -> HandLink:
+    """An admin links an event (and the other unlinked events of its live-chat chat id, and
+    that chat id) to a session; see `Relay.link_by_hand`. Raises NotFound (`unknown_event`,
+    `unknown_session`) or BadRequest for a link the relay refuses."""
+    livechats = app[LIVECHATS]
+
+    def parse(livechat_id: str, payload: dict[str, Any]) -> list[LiveChatEvent]:
+        connector = livechats.get(livechat_id)
+        return [] if connector is None else connector.parse_hook(json.dumps(payload).encode())
+
+    done = await app[RELAY].link_by_hand(event_id, session_id, parse)
+    if done.error is not None:
+        errcode, message = done.error
+        raise HAND_LINK_ERRORS.get(errcode, BadRequest)(errcode, message)
+    return done
