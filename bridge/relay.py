@@ -1005,7 +1005,8 @@ class Relay:
                 ("User ID", profile.user_id),
                 ("Session started", opened.strftime("%Y-%m-%d %H:%M:%S UTC")),
             ),
-            link=f"{self._settings.server.public_url}/admin/sessions/{session_id}",
+            # The console's page (a browser, signed in), not the JSON API (a Bearer token).
+            link=f"{self._settings.server.public_url}/admin/ui/sessions/{session_id}",
         )
 
     async def user_read(self, channel_id: str, uid: str) -> None:

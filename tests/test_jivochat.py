@@ -220,7 +220,7 @@ async def test_chat_accepted_is_answered_like_a_crm(world: World, jivo: Jivo) ->
     assert titles == ["Messenger", "User ID", "Session started"]
     assert body["custom_data"][0]["content"] == "Support service"
     assert body["custom_data"][1]["content"] == "u4"
-    assert body["crm_link"] == f"{world.bridge.url}/admin/sessions/{session_id}"
+    assert body["crm_link"] == f"{world.bridge.url}/admin/ui/sessions/{session_id}"
     assert body["enable_assign"] is True
     ((_, status_, remote, agent, _, _),) = await jivo.sessions("c4")
     assert (status_, remote, agent) == ("open", "555", "Thomas Anderson")

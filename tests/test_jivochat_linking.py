@@ -160,7 +160,7 @@ async def test_accepted_links_by_phone_as_a_number_and_gets_the_crm_answer(
     assert body["contact_info"]["phone"] == PROFILE_PHONE  # the original, for display
     ((session_id, state, remote, agent, _, _),) = await jivo.sessions("p1")
     assert (state, remote, agent) == ("open", "9001", "Thomas Anderson")
-    assert body["crm_link"] == f"{world.bridge.url}/admin/sessions/{session_id}"  # type: ignore[union-attr]
+    assert body["crm_link"] == f"{world.bridge.url}/admin/ui/sessions/{session_id}"  # type: ignore[union-attr]
 
 
 async def test_email_in_another_case_and_with_spaces_links(world: World, jivo: Jivo) -> None:
