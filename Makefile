@@ -24,7 +24,7 @@ run: $(BIN)/.installed-run
 
 # The simulators need only what the service does.
 demo: $(BIN)/.installed-run
-	$(BIN)/python -m connectors.sim.demo $(if $(CONFIG),--config $(CONFIG))
+	$(BIN)/python -m tests.sim.demo $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -21,10 +21,10 @@ from aiohttp import web
 from bridge.app import create_app
 from bridge.keys import CHANNELS, DATABASE
 from bridge.settings import Settings, settings_from_dict
-from connectors.sim.chatvisor import ChatvisorSim
-from connectors.sim.jivochat import JivochatSim
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
+from tests.sim.chatvisor import ChatvisorSim
+from tests.sim.jivochat import JivochatSim
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
 
 ADMIN_TOKEN = "admin-secret-token-1234"
 API_TOKEN = "chatvisor-api-token-5678"

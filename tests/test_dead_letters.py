@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge.keys import PRUNER
-from connectors.sim.chatvisor import ChatvisorSim
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
-from connectors.sim.subscriber import SubscriberSim
 from tests.conftest import API_TOKEN, CODE, SUBSCRIPTION_SECRETS, World, eventually
 from tests.procs import BridgeProcess
+from tests.sim.chatvisor import ChatvisorSim
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
+from tests.sim.subscriber import SubscriberSim
 from tests.test_process import cli
 
 

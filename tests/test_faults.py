@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from connectors.sim.chatvisor import ChatvisorSim
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
 from tests.conftest import API_TOKEN, CODE, eventually, free_port, make_config
 from tests.procs import BridgeProcess, Tally, post, together, until_200, user_message
+from tests.sim.chatvisor import ChatvisorSim
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
 
 SEED = 20261121
 

@@ -37,10 +37,6 @@ from bridge.app import create_app
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings, settings_from_dict
 from bridge.web.openapi import SPEC
-from connectors.sim.jivochat import JivochatSim
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
-from connectors.sim.subscriber import SubscriberSim
 from tests.conftest import (
     ADMIN_TOKEN,
     API_TOKEN,
@@ -52,6 +48,10 @@ from tests.conftest import (
     World,
     eventually,
 )
+from tests.sim.jivochat import JivochatSim
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
+from tests.sim.subscriber import SubscriberSim
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 

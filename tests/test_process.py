@@ -169,7 +169,7 @@ async def demo(config: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "connectors.sim.demo",
+        "tests.sim.demo",
         "--config",
         str(config),
         stdout=asyncio.subprocess.PIPE,

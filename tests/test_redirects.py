@@ -28,8 +28,6 @@ from aiohttp import web
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
 from connectors import http as outside
-from connectors.sim.server import SimServer
-from connectors.sim.subscriber import SubscriberSim
 from tests.conftest import (
     SUBSCRIPTION_SECRETS,
     Jivo,
@@ -40,6 +38,8 @@ from tests.conftest import (
     seed,
 )
 from tests.procs import BridgeProcess, toml
+from tests.sim.server import SimServer
+from tests.sim.subscriber import SubscriberSim
 
 # What a Location's path and query could carry: never to be logged.
 SECRET_PATH = "/moved/secret-path-Zq81?token=trap-token-5521"

@@ -15,9 +15,9 @@ import structlog
 
 from bridge.keys import PRUNER
 from bridge.relay import SESSION_REFUSED
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
 from tests.conftest import CODE, HOOK, Jivo, World, eventually
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
 from tests.test_dead_letters import admin, dead
 
 

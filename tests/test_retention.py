@@ -16,9 +16,9 @@ import pytest
 
 from bridge.keys import DATABASE, PRUNER
 from bridge.settings import ConfigError, settings_from_dict
-from connectors.sim.server import SimServer
-from connectors.sim.subscriber import SubscriberSim
 from tests.conftest import SUBSCRIPTION_SECRETS, World, eventually
+from tests.sim.server import SimServer
+from tests.sim.subscriber import SubscriberSim
 from tests.test_dead_letters import admin, dead
 
 DAY = 86_400.0

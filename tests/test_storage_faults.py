@@ -25,11 +25,11 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from connectors.sim.chatvisor import ChatvisorSim
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
 from tests.conftest import API_TOKEN, CODE, World, eventually, free_port, make_config
 from tests.procs import BridgeProcess, post, together, user_message
+from tests.sim.chatvisor import ChatvisorSim
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
 
 MIB = 1024 * 1024
 

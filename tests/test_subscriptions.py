@@ -9,9 +9,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bridge.settings import ConfigError, settings_from_dict
-from connectors.sim.server import SimServer
-from connectors.sim.subscriber import SubscriberSim
 from tests.conftest import SUBSCRIPTION_SECRETS, Jivo, World, eventually, seed
+from tests.sim.server import SimServer
+from tests.sim.subscriber import SubscriberSim
 
 SECRET_ALL, SECRET_FINISHED = SUBSCRIPTION_SECRETS
 

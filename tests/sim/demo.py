@@ -1,6 +1,6 @@
 """`make demo`: the bridge on a config between simulated parties, a round trip per live chat.
 
-`python -m connectors.sim.demo [--config FILE]` reads the config the service would
+`python -m tests.sim.demo [--config FILE]` reads the config the service would
 (`--config`, else $BRIDGE_CONFIG, else ./config.toml, else config.example.toml) and plays every
 other party where that config points: each messenger at its `webhook`, each Chatvisor-style
 live chat at its `api_url`, each JivoChat at its `chat_api_url`, each subscriber at its `url`
@@ -36,11 +36,11 @@ from bridge.settings import (
     load_settings,
     resolve_config_path,
 )
-from connectors.sim.chatvisor import ChatvisorSim
-from connectors.sim.jivochat import JivochatSim
-from connectors.sim.messenger import MessengerSim
-from connectors.sim.server import SimServer
-from connectors.sim.subscriber import SubscriberSim
+from tests.sim.chatvisor import ChatvisorSim
+from tests.sim.jivochat import JivochatSim
+from tests.sim.messenger import MessengerSim
+from tests.sim.server import SimServer
+from tests.sim.subscriber import SubscriberSim
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 WAIT = 15.0  # seconds the demo waits for each step
@@ -113,7 +113,7 @@ class Demo:
         database in `tmp`, public_url where it listens here, the added demo messengers)."""
         settings = self.settings
         host = settings.server.host
-        local = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+        local = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
         bridge_url = f"http://{f'[{local}]' if ':' in local else local}:{settings.server.port}"
         messengers = dict(settings.messengers)
         used = {m.livechat for m in messengers.values() if m.enabled}
@@ -294,7 +294,7 @@ class Demo:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.sim.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.sim.demo", description=__doc__)
     parser.add_argument("--config", help="TOML file (default: as `messenger-bridge serve`)")
     args = parser.parse_args(argv)
     path = resolve_config_path(args.config)

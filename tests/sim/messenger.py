@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from connectors.sim.server import post_json
+from tests.sim.server import post_json
 
 
 class MessengerSim:
