@@ -36,6 +36,7 @@ async def add(db: Database, times: list[tuple[float, str, str]]) -> None:
             user_id="u",
             livechat_id="support",
             now=T0,
+            url_key="stats-test-chat",
         )
         session, _ = chats.open_session(conn, chat, "support", "user", T0)
         for at, direction, status in times:

@@ -343,6 +343,12 @@ async def test_what_got_a_200_survives_a_disk_turning_read_only(parties: Parties
             await asyncio.sleep(2)
             answers = await together(*(post(p.http, bridge.webhook, b) for b in bodies[5:]))
             assert [status for status, _ in answers] == [200] * 20, answers
+            # Every delivery settled first: a settle committed in the moment the kernel takes
+            # to turn the disk read-only would make writes look healthy again.
+            await eventually(
+                lambda: p.messenger.outcomes.keys() >= set(acked), timeout=20, what="outcomes"
+            )
+            await asyncio.sleep(0.5)
             trigger.write_text("bridge test: simulated disk failure\n")
             status, body = await post(p.http, bridge.webhook, user_message("ro-x", "ro0", "late"))
             assert (status, body["errcode"]) == (503, "storage_unavailable"), body
