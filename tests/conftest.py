@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import socket
 import tempfile
 import time
@@ -27,6 +28,8 @@ from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
 
 ADMIN_TOKEN = "admin-secret-token-1234"
+# delivery.worker of in-process bridges; TEST_DELIVERY_WORKER=process runs them all with the child.
+IN_PROCESS_WORKER = os.environ.get("TEST_DELIVERY_WORKER", "inline")
 API_TOKEN = "chatvisor-api-token-5678"
 HOOK_TOKEN = "chatvisor-hook-token-9012"
 CODE = "messenger-confirmation-code-3456"
@@ -216,11 +219,17 @@ class World:
         await self.chatvisor_server.start()
 
     def config(self, **over: Any) -> dict[str, Any]:
+        # In-process bridges deliver inline unless a test asks for the delivery process: a
+        # child per test costs about 0.6 s of CPU, half of `make test`. The delivery process
+        # has tests of its own (test_delivery_process), and every real-process test (faults,
+        # start-up, redirects, the CLI) runs the default, "process".
+        delivery = {"worker": IN_PROCESS_WORKER, **over.pop("delivery", {})}
         return make_config(
             self.tmp_path,
             self.bridge_port,
             self.messenger_server.url,
             self.chatvisor_server.url,
+            delivery=delivery,
             **over,
         )
 

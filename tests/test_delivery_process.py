@@ -18,6 +18,7 @@ import pytest
 from bridge.keys import DELIVERY_PROCESS
 from bridge.remote import READY, connect
 from bridge.settings import settings_from_dict
+from tests import conftest
 from tests.conftest import World, eventually
 from tests.procs import ROOT, BridgeProcess
 from tests.test_metrics import scrape, value
@@ -235,3 +236,10 @@ async def test_a_delivery_process_whose_parent_is_already_gone_exits(world: Worl
         assert await asyncio.wait_for(proc.wait(), 10) == 3
     finally:
         ours.close()
+
+
+@pytest.fixture(autouse=True)
+def _in_process_bridges_use_the_delivery_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other test files run in-process bridges inline (tests/conftest.py); here the
+    delivery process is the subject."""
+    monkeypatch.setattr(conftest, "IN_PROCESS_WORKER", "process")

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests import conftest
 from tests.conftest import World, eventually
+
+
+@pytest.fixture(autouse=True, params=["inline", "process"])
+def _either_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole round trip once with deliveries in the serving process and once through the
+    delivery process (the production default), whose socket hop the other files leave out."""
+    monkeypatch.setattr(conftest, "IN_PROCESS_WORKER", request.param)
 
 
 async def test_connect_announces_the_webhook(running: World) -> None:
