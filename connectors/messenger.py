@@ -189,7 +189,10 @@ class MessengerClient:
             "messageId": reply.uid,
         }
         if reply.operator is not None:
-            data["operator"] = {"id": reply.operator.id, "name": reply.operator.name}
+            # What is known of the operator, no nulls: JivoChat's agents often come without an
+            # id (shared/protocols/jivochat.md, "Facts from public client code").
+            operator = {"id": reply.operator.id, "name": reply.operator.name}
+            data["operator"] = {k: v for k, v in operator.items() if v is not None}
         return await self._post("message", data)
 
     async def send_outcome(
