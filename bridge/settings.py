@@ -340,16 +340,22 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
     listing every problem as `path.to.key: problem`; a key set by the environment names its
     variable."""
     env = _env_overrides(os.environ)
-    problems = _precheck(raw)
-    if not problems:
-        try:
-            settings = Settings(**raw)
-        except ValidationError as exc:
-            document = _with_overrides(raw, env)
-            problems = _merge([_format_error(raw, document, env, err) for err in exc.errors()])
-        else:
-            problems = _cross_check(settings)
-    if problems:
+    # Every problem in one run: what the pre-check finds is left out of what pydantic then
+    # validates, and the cross-checks run once the rest is valid.
+    problems, checked, dropped = _precheck(raw)
+    settings: Settings | None = None
+    try:
+        settings = Settings(**checked)
+    except ValidationError as exc:
+        document = _with_overrides(checked, env)
+        problems += _merge([_format_error(checked, document, env, err) for err in exc.errors()])
+    if settings is not None:
+        problems += [
+            problem
+            for problem in _cross_check(settings)
+            if not any(f"unknown live chat {lc_id!r}" in problem for lc_id in dropped)
+        ]
+    if problems or settings is None:
         raise ConfigError(problems)
     return settings
 
@@ -391,25 +397,31 @@ def _copy_tree(node: Any) -> Any:
     return node
 
 
-def _precheck(raw: dict[str, Any]) -> list[str]:
-    """Problems pydantic would report obscurely, or not at all: an unknown live-chat kind, and
-    top-level keys that pydantic-settings would take as options of its own (`_env_prefix`...)."""
+def _precheck(raw: dict[str, Any]) -> tuple[list[str], dict[str, Any], set[str]]:
+    """Problems pydantic would report obscurely, or not at all: top-level keys that
+    pydantic-settings would take as options of its own (`_env_prefix`...), and a live chat
+    whose kind is missing or unknown. Returns them, the document without what they name (for
+    the rest to be checked), and the ids of the live chats left out."""
     problems = [
         f"{key or repr(key)}: unknown key" for key in raw if key not in Settings.model_fields
     ]
-    if problems:
-        return problems
-    livechats = raw.get("livechats", {})
+    checked = {key: value for key, value in raw.items() if key in Settings.model_fields}
+    dropped: set[str] = set()
+    livechats = checked.get("livechats", {})
     if isinstance(livechats, dict):
         for lc_id, lc in livechats.items():
             if isinstance(lc, dict) and "kind" not in lc:
                 problems.append(f"livechats.{lc_id}.kind: required key is missing")
+                dropped.add(lc_id)
             elif isinstance(lc, dict) and lc["kind"] not in LIVECHAT_KINDS:
                 known = ", ".join(LIVECHAT_KINDS)
                 problems.append(
                     f"livechats.{lc_id}.kind: unknown kind {lc['kind']!r} (known: {known})"
                 )
-    return problems
+                dropped.add(lc_id)
+        if dropped:
+            checked["livechats"] = {k: v for k, v in livechats.items() if k not in dropped}
+    return problems, checked, dropped
 
 
 def _merge(problems: list[str]) -> list[str]:

@@ -309,3 +309,25 @@ def test_no_config_anywhere_says_where_it_looked(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "neither ./config.toml nor config.example.toml" in result.stderr
     assert "--config" in result.stderr and "BRIDGE_CONFIG" in result.stderr
+
+
+def test_every_problem_comes_in_one_run() -> None:
+    """An unknown key or live-chat kind no longer hides the field errors behind it."""
+    config = base()
+    config["extra"] = 1
+    config["server"] = {"port": "abc"}
+    config["livechats"]["lc"] = {"kind": "chatvisr"}
+    config["messengers"]["other"] = {**config["messengers"]["acme"], "livechat": "lc"}
+    found = problems(config)
+    assert found[:2] == [
+        "extra: unknown key",
+        "livechats.lc.kind: unknown kind 'chatvisr' (known: chatvisor, jivochat)",
+    ]
+    assert any(p.startswith("server.port: ") for p in found), found
+    config["server"] = {}
+    del config["extra"]
+    # With the shape right, the cross-checks speak too, except of the live chat left out.
+    found = problems(config)
+    assert found[0].startswith("livechats.lc.kind: unknown kind")
+    assert any("same webhook as messengers.acme" in p for p in found), found
+    assert not any("unknown live chat 'lc'" in p for p in found), found
