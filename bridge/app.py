@@ -102,7 +102,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             )
         followups = FollowUps(relay, clock)
         worker = DeliveryWorker(
-            db, settings.delivery, performer, followups, channels, app[METRICS], clock
+            db,
+            settings.delivery,
+            performer,
+            followups,
+            channels,
+            app[METRICS],
+            clock,
+            secrets=settings.secrets(),
         )
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
         app[DEAD_LETTERS] = DeadLetters(db, relay, wake, settings.retention.batch, clock)

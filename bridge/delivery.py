@@ -20,6 +20,7 @@ from bridge.backoff import backoff
 from bridge.channels import ChannelManager
 from bridge.dispatch import Performed
 from bridge.followups import Attempt, FollowUps
+from bridge.logs import Redactor
 from bridge.metrics import Metrics, target_of
 from bridge.model import Delivered, Failed, Retry, Unauthorized
 from bridge.settings import DeliverySettings
@@ -53,10 +54,14 @@ class DeliveryWorker:
         channels: ChannelManager,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        *,
+        secrets: Collection[str] = (),
     ) -> None:
         self._metrics = metrics
         self._db = db
         self._settings = settings
+        # Every configured secret (Settings.secrets()), kept out of the stored last_error.
+        self._scrub = Redactor(secrets).redact
         self._performer = performer
         self._followups = followups
         self._channels = channels
@@ -176,6 +181,9 @@ class DeliveryWorker:
 
         follow_up = None
         target = target_of(item.kind)
+        # An outside party's answer can echo a secret (a token in an error text): what is kept
+        # as last_error reaches the admin API, the CLI and the console.
+        error = "" if isinstance(result, Delivered) else self._scrub(result.error)
         if isinstance(result, Delivered):
             self._metrics.deliveries.labels(target, "delivered").inc()
             follow_up = attempt.on_delivered
@@ -187,12 +195,12 @@ class DeliveryWorker:
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
             self._metrics.deliveries.labels(target, "unauthorized").inc()
-            log.warning("delivery.unauthorized", error=result.error, **ids)
+            log.warning("delivery.unauthorized", error=error, **ids)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
             def work(conn: sqlite3.Connection) -> bool:
                 return outbox.reschedule(
-                    conn, item.id, attempts=item.attempts, at=at, error=result.error, now=now
+                    conn, item.id, attempts=item.attempts, at=at, error=error, now=now
                 )
         else:
             attempts = item.attempts + 1
@@ -202,12 +210,10 @@ class DeliveryWorker:
             if give_up:
                 self._metrics.deliveries.labels(target, "dead").inc()
                 follow_up = attempt.on_dead
-                log.error("delivery.dead", attempts=attempts, error=result.error, **ids)
+                log.error("delivery.dead", attempts=attempts, error=error, **ids)
 
                 def work(conn: sqlite3.Connection) -> bool:
-                    return outbox.bury(
-                        conn, item.id, attempts=attempts, error=result.error, now=now
-                    )
+                    return outbox.bury(conn, item.id, attempts=attempts, error=error, now=now)
             else:
                 self._metrics.deliveries.labels(target, "retry").inc()
                 self._metrics.retries.labels(target).inc()
@@ -217,7 +223,7 @@ class DeliveryWorker:
                 log.warning(
                     "delivery.retry",
                     attempts=attempts,
-                    error=result.error,
+                    error=error,
                     delay=round(delay, 3),
                     **ids,
                 )
@@ -228,7 +234,7 @@ class DeliveryWorker:
                         item.id,
                         attempts=attempts,
                         at=now + delay,
-                        error=result.error,
+                        error=error,
                         now=now,
                     )
 

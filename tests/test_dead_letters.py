@@ -338,3 +338,18 @@ async def test_a_retried_event_keeps_its_webhook_id(world: World) -> None:
             await world.bridge.stop()
             world.bridge = None
         await sub_server.stop()
+
+
+async def test_a_secret_a_live_chat_echoes_is_not_kept_in_last_error(world: World) -> None:
+    """The live chat's refusal quotes the API token and the confirmation code: the error kept
+    for the admin API, the CLI and the console has them redacted."""
+    cv = world.chatvisor
+    cv.fail_with = 400
+    cv.failure_text = f"bad auth header Bearer {API_TOKEN.upper()} for {CODE}"
+    await world.start_bridge()
+    await refused(world, "s1", "s1-1", "echo")
+    (item,) = await dead(world)
+    assert item["last_error"].startswith("HTTP 400: ")
+    assert "[redacted]" in item["last_error"]
+    assert API_TOKEN.lower() not in item["last_error"].lower()
+    assert CODE not in item["last_error"]

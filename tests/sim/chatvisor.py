@@ -39,6 +39,7 @@ class ChatvisorSim:
         self.fail_times = 0  # fail only this many next calls (0: as long as fail_with is set)
         self.retry_after: str | None = None
         self.location: str | None = None  # sent as `Location` with each failure (for a 3xx)
+        self.failure_text = "simulated"  # the `error` of each failure's body
         self.delay = 0.0  # seconds each message call takes
         self.refuse_messages = 0  # refuse this many next message calls with 422, for good
         self.refused: list[str] = []  # the ids of the messages refused so
@@ -71,7 +72,7 @@ class ChatvisorSim:
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         if self.location:
             headers["Location"] = self.location
-        return web.json_response({"error": "simulated"}, status=status, headers=headers)
+        return web.json_response({"error": self.failure_text}, status=status, headers=headers)
 
     async def _customer(self, request: web.Request) -> web.Response:
         if (refused := self._refuse(request)) is not None:
