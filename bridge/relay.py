@@ -71,6 +71,18 @@ def _failed_for_good(conn: sqlite3.Connection, stored: messages.Stored) -> bool:
     )
 
 
+def _links_by_hand(
+    stored: events.Stored, parse: Callable[[str, dict[str, Any]], list[LiveChatEvent]]
+) -> bool:
+    """Whether linking this event by hand means something: a life-cycle event of the live
+    chat's own (JivoChat's Webhooks API), not a record of the bridge's or a message."""
+    try:
+        parsed = parse(stored.livechat_id, stored.payload)
+    except BadRequest:  # a record of the bridge's own, not the live chat's body
+        return False
+    return any(isinstance(item, Lifecycle) for item in parsed)
+
+
 def _contact_json(contact: Contact) -> dict[str, Any]:
     return {
         "name": contact.name,
@@ -890,6 +902,22 @@ class Relay:
         stored = events.get(conn, event_id)
         if stored is None:
             return HandLink(error=("unknown_event", "no event with this id"))
+        if stored.session_id is not None:
+            # A link an event or an admin made is not moved silently.
+            return HandLink(
+                error=(
+                    "already_linked",
+                    f"the event is linked to session {stored.session_id} already",
+                )
+            )
+        if not _links_by_hand(stored, parse):
+            return HandLink(
+                error=(
+                    "not_linkable",
+                    "only a JivoChat Webhooks-API event can be linked by hand (an operator's"
+                    " reply that found no chat is a dead letter: retry it from the outbox)",
+                )
+            )
         found = chats.session_chat(conn, session_id)
         if found is None:
             return HandLink(error=("unknown_session", "no session with this id"))

@@ -356,3 +356,36 @@ async def test_contacts_stored_before_keys_are_keyed_at_start(world: World, jivo
     assert await world.bridge.query("SELECT contact_phone_key, contact_email_key FROM chats") == [
         ("+79991234567", "k@x.io")
     ]
+
+
+async def test_a_linked_event_is_not_moved_and_a_reply_record_is_not_linkable(
+    world: World, jivo: Jivo
+) -> None:
+    await start(jivo)
+    await jivo.user_says("h3", "hi", user_id="anon3")
+    await jivo.user_says("h4", "hi", user_id="anon4")
+    ((first, *_),) = await jivo.sessions("h3")
+    ((second, *_),) = await jivo.sessions("h4")
+    await jivo.sim.event(jivo.http, real("chat_accepted", 66))
+    (event,) = (await admin_get(world, "/admin/events?unlinked=1"))["events"]
+    link = f"/admin/events/{event['id']}/link"
+    linked = await admin_post(world, link, {"session_id": first})
+    assert linked[0] == 200, linked
+    status, body = await admin_post(world, link, {"session_id": second})
+    assert (status, body["errcode"]) == (409, "already_linked")
+    assert f"session {first}" in body["error"]
+
+    # An operator's reply to a chat the bridge never had: a dead letter, recorded as an event
+    # that linking by hand would not deliver.
+    reply = {
+        "recipient": {"id": "nosuch:xx"},
+        "sender": {"name": "Thomas Anderson"},
+        "message": {"type": "text", "id": "jv-1", "text": "hello?"},
+    }
+    assert (await jivo.sim.post(jivo.http, reply))[0] == 200
+    (record,) = (await admin_get(world, "/admin/events?unlinked=1"))["events"]
+    status, body = await admin_post(
+        world, f"/admin/events/{record['id']}/link", {"session_id": first}
+    )
+    assert (status, body["errcode"]) == (400, "not_linkable")
+    assert "retry it from the outbox" in body["error"]

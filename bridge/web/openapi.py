@@ -1057,14 +1057,17 @@ PATHS: dict[str, Any] = {
                 **{
                     "400": _error(
                         "The body is not JSON, or session_id is missing or invalid, or the"
-                        " session belongs to another live chat.",
+                        " session belongs to another live chat, or the event is not a"
+                        " JivoChat Webhooks-API event (`not_linkable`).",
                         "invalid_json",
                         "missing_field",
                         "invalid_field",
+                        "not_linkable",
                     ),
                     "404": _error(
                         "No such event or session.", "unknown_event", "unknown_session", NOT_FOUND
                     ),
+                    "409": _error("The event is linked to a session already.", "already_linked"),
                     "413": TOO_LARGE,
                     "503": STORAGE_UNAVAILABLE,
                 },

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from bridge.channels import ChannelManager
-from bridge.errors import BadRequest, NotFound
+from bridge.errors import ApiError, BadRequest, Conflict, NotFound
 from bridge.keys import LIVECHATS, RELAY
 from bridge.model import LiveChatEvent
 from bridge.relay import HandLink
@@ -95,7 +95,11 @@ async def act_on_channel(
     return channel_view(settings, channels, channel_id, held.get(channel_id, 0))
 
 
-HAND_LINK_ERRORS = {"unknown_event": NotFound, "unknown_session": NotFound}
+HAND_LINK_ERRORS: dict[str, type[ApiError]] = {
+    "unknown_event": NotFound,
+    "unknown_session": NotFound,
+    "already_linked": Conflict,
+}
 
 
 async def link_event(app: web.Application, event_id: int, session_id: int) -> HandLink:
