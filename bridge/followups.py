@@ -48,7 +48,10 @@ class FollowUps:
             done.result,
             on_delivered=on_delivered,
             on_dead=on_dead,
-            always=_both(self._save_profile(done), _progress(item, done.result)),
+            always=_both(
+                _both(self._save_profile(done), _progress(item, done.result)),
+                self._customer_learnt(done),
+            ),
             channel_id=done.channel_id,
             notified=done.notified,
         )
@@ -81,6 +84,26 @@ class FollowUps:
                 payload={"external_id": msg.external_id, "success": success},
                 now=self._clock(),
             )
+
+        return work
+
+    def _customer_learnt(self, done: Performed) -> Work | None:
+        """A failed attempt that still got the live chat's customer id (see `Retry`): stored,
+        and the operator replies already kept for that customer delivered."""
+        result, msg = done.result, done.message
+        if not isinstance(result, Retry | Failed) or msg is None or result.customer_id is None:
+            return None
+        if not (
+            _news(result.customer_id, msg.customer_id)
+            or _news(result.customer_tag, msg.customer_tag)
+        ):
+            return None
+        customer_id, tag = result.customer_id, result.customer_tag
+
+        def work(conn: sqlite3.Connection) -> None:
+            chats.set_customer(conn, msg.chat_id, customer_id, tag)
+            if customer_id != msg.customer_id:
+                self._relay.adopt_orphans(conn, msg.chat_id)
 
         return work
 

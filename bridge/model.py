@@ -222,6 +222,11 @@ class Retry:
     # A message sent as several calls: how many parts, from the first, the live chat had
     # accepted when this failure came (None: a message sent in one call).
     parts_done: int | None = None
+    # The live chat's customer id and tag, when the attempt got them before it failed (a
+    # customer tagged, then the message refused): stored all the same, so that the operator's
+    # replies to that customer find the chat.
+    customer_id: str | None = None
+    customer_tag: str | None = None
 
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.
@@ -231,6 +236,8 @@ class Failed:
 
     error: str
     parts_done: int | None = None  # as in Retry: kept should an admin retry the item
+    customer_id: str | None = None  # as in Retry
+    customer_tag: str | None = None
 
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.

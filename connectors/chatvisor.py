@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +44,7 @@ from bridge.model import (
     Customer,
     Delivered,
     DeliveryResult,
+    Failed,
     FileRef,
     LiveChatEvent,
     Operator,
@@ -229,6 +231,9 @@ class ChatvisorConnector:
                 "timestamp": datetime.fromtimestamp(message.created_at, UTC).isoformat(),
             },
         )
+        if isinstance(answer, Retry | Failed):
+            # The customer was tagged even though the message was not taken: kept all the same.
+            return replace(answer, customer_id=customer_id, customer_tag=tag)
         if not isinstance(answer, Delivered):
             return answer
         return Delivered(remote_id=answer.remote_id, customer_id=customer_id, customer_tag=tag)

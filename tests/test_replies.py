@@ -276,3 +276,18 @@ async def test_a_reply_refused_for_want_of_a_session_is_a_dead_letter_an_admin_r
     await cv.agent_reply(http, customer, "Following up on your order", message_id="f1")
     await asyncio.sleep(0.2)
     assert m.chat_log["s1"] == ["Following up on your order"] and await dead(world) == []
+
+
+async def test_a_customer_tagged_before_its_message_was_refused_is_kept(world: World) -> None:
+    """The live chat gave the customer an id, then refused the message for good: the id is
+    stored all the same, so the operator's reply to that customer reaches the user at once."""
+    await world.start_bridge()
+    m, cv = world.messenger, world.chatvisor
+    cv.refuse_messages = 1
+    status, _ = await m.send_message(world.http, "t1", "refused", message_id="t1-1")
+    assert status == 200
+    await eventually(lambda: m.outcomes.get("t1-1") is False, what="failure outcome")
+    customer = await world.customer_id("t1")  # stored by the bridge although the message died
+    await cv.agent_reply(world.http, customer, "we saw your message")
+    await eventually(lambda: m.chat_log["t1"] == ["we saw your message"], what="the reply")
+    assert [d["kind"] for d in await dead(world)] == ["livechat.message"]  # the refused one only
