@@ -1,7 +1,8 @@
 """Deliveries shared between the delivery process and the serving process under load.
 
 The delivery process takes every item while it keeps up, so that acks never wait behind
-deliveries. Once it has `share_after` items in flight it is falling behind (its in-flight
+deliveries. With `share_after` 0 (the default) that is all. Otherwise, once it has
+`share_after` items in flight it is falling behind (its in-flight
 count grows with its latency), and the serving process performs items too, whichever of the two
 has fewer in flight taking the next one. On a machine whose cores are not all busy the two then
 both work, instead of one waiting on the other; the serving process's own items also skip the
@@ -35,10 +36,10 @@ class Shared:
         self._local_inflight = 0
 
     def _here(self) -> bool:
-        if self._after == 0:  # never: while the process is down, its items wait
-            return False
         if not self._process.running:
-            return True
+            return True  # starting, or died and being started again: stand in
+        if self._after == 0:  # never share under load: acks keep the serving loop to themselves
+            return False
         remote = self._process.inflight
         return remote >= self._after and remote > self._local_inflight
 

@@ -86,7 +86,10 @@ async def test_the_serving_process_shares_deliveries_once_the_process_falls_behi
 
 
 async def test_share_after_zero_keeps_every_call_in_the_delivery_process(world: World) -> None:
+    """Once the delivery process is ready (until then the serving process stands in, as it
+    does while the child is down), every call is the child's, however far behind it falls."""
     await world.start_bridge(delivery={"share_after": 0})
+    await delivery_process_ready(world)
     m, cv, http = world.messenger, world.chatvisor, world.http
     cv.delay = 0.2
     for n in range(6):
