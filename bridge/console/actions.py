@@ -22,10 +22,15 @@ from bridge.console.auth import (
     token_matches,
 )
 from bridge.console.render import render
-from bridge.deadletters import Report, UnknownItem
 from bridge.errors import BadRequest, NotFound
-from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
-from bridge.web.views import ChannelAction, act_on_channel, link_event, row_id
+from bridge.keys import CHANNELS, DATABASE, SETTINGS
+from bridge.web.views import (
+    ChannelAction,
+    act_on_channel,
+    dead_letter_action,
+    link_event,
+    row_id,
+)
 from storage.outbox import Scope
 
 routes = web.RouteTableDef()
@@ -108,21 +113,10 @@ def _item_id(request: web.Request) -> int:
     return item_id
 
 
-async def _dead_letters(request: web.Request, action: str, scope: Scope) -> Report:
-    """Retry or purge through `DeadLetters`, as the JSON endpoints do."""
-    dead_letters = request.app[DEAD_LETTERS]
-    try:
-        if action == "retry":
-            return await dead_letters.retry(scope)
-        return await dead_letters.purge(scope)
-    except UnknownItem:
-        raise NotFound("unknown_item", "No outbox item with this id.") from None
-
-
 @routes.post(r"/admin/ui/outbox/{item_id:[0-9]+}/retry", name="console.action.retry")
 async def retry(request: web.Request) -> web.Response:
     item_id = _item_id(request)
-    report = await _dead_letters(request, "retry", Scope(item_id=item_id))
+    report = await dead_letter_action(request.app, "retry", Scope(item_id=item_id))
     _session(request).flash = (
         f"Item {item_id} is queued again."
         if report.retried or report.adopted
@@ -133,7 +127,7 @@ async def retry(request: web.Request) -> web.Response:
 
 @routes.post("/admin/ui/outbox/retry-all", name="console.action.retry_all")
 async def retry_all(request: web.Request) -> web.Response:
-    report = await _dead_letters(request, "retry", Scope())
+    report = await dead_letter_action(request.app, "retry", Scope())
     _session(request).flash = f"{report.retried + report.adopted} dead items queued again."
     return _back("/admin/ui/outbox")
 
@@ -141,7 +135,7 @@ async def retry_all(request: web.Request) -> web.Response:
 @routes.post(r"/admin/ui/outbox/{item_id:[0-9]+}/purge", name="console.action.purge")
 async def purge(request: web.Request) -> web.Response:
     item_id = _item_id(request)
-    report = await _dead_letters(request, "purge", Scope(item_id=item_id))
+    report = await dead_letter_action(request.app, "purge", Scope(item_id=item_id))
     _session(request).flash = (
         f"Item {item_id} purged." if report.purged else f"Item {item_id} is not a dead letter."
     )
@@ -150,7 +144,7 @@ async def purge(request: web.Request) -> web.Response:
 
 @routes.post("/admin/ui/outbox/purge-all", name="console.action.purge_all")
 async def purge_all(request: web.Request) -> web.Response:
-    report = await _dead_letters(request, "purge", Scope())
+    report = await dead_letter_action(request.app, "purge", Scope())
     _session(request).flash = f"{report.purged} dead items purged."
     return _back("/admin/ui/outbox")
 

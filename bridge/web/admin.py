@@ -8,9 +8,9 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from bridge.deadletters import Report, UnknownItem
+from bridge.deadletters import Report
 from bridge.errors import BadRequest, NotFound, Unauthenticated
-from bridge.keys import CHANNELS, DATABASE, DEAD_LETTERS, SETTINGS
+from bridge.keys import CHANNELS, DATABASE, SETTINGS
 from bridge.secrets import same_secret
 from bridge.web import views
 from bridge.web.common import read_body
@@ -173,18 +173,7 @@ def _report(report: Report) -> web.Response:
 
 
 async def _act(request: web.Request, scope: outbox.Scope) -> web.Response:
-    dead_letters = request.app[DEAD_LETTERS]
-    action = request.match_info["action"]
-    try:
-        if action == "retry":
-            report = await dead_letters.retry(scope)
-        else:
-            report = await dead_letters.purge(scope)
-    except UnknownItem:
-        raise NotFound(
-            "unknown_item", "no outbox item with this id (delivered items are deleted)"
-        ) from None
-    return _report(report)
+    return _report(await views.dead_letter_action(request.app, request.match_info["action"], scope))
 
 
 @routes.post(r"/admin/outbox/{item_id:[0-9]+}/{action:retry|purge}")

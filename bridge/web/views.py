@@ -13,13 +13,15 @@ from typing import Any, Literal
 from aiohttp import web
 
 from bridge.channels import ChannelManager
+from bridge.deadletters import Report, UnknownItem
 from bridge.errors import ApiError, BadRequest, Conflict, NotFound
-from bridge.keys import LIVECHATS, RELAY
+from bridge.keys import DEAD_LETTERS, LIVECHATS, RELAY
 from bridge.model import LiveChatEvent
 from bridge.relay import HandLink
 from bridge.settings import Settings
 from storage import outbox
 from storage.database import Database
+from storage.outbox import Scope
 
 ChannelAction = Literal["connect", "disconnect", "reconnect"]
 
@@ -93,6 +95,20 @@ async def act_on_channel(
         await channels.connect(channel_id, force=action == "reconnect")
     held = await outbox.pending_by_channel(db)
     return channel_view(settings, channels, channel_id, held.get(channel_id, 0))
+
+
+async def dead_letter_action(app: web.Application, action: str, scope: Scope) -> Report:
+    """Retry (`action` "retry") or purge dead items through `DeadLetters`. Raises NotFound
+    (`unknown_item`) for an item id that names nothing."""
+    dead_letters = app[DEAD_LETTERS]
+    try:
+        if action == "retry":
+            return await dead_letters.retry(scope)
+        return await dead_letters.purge(scope)
+    except UnknownItem:
+        raise NotFound(
+            "unknown_item", "no outbox item with this id (delivered items are deleted)"
+        ) from None
 
 
 HAND_LINK_ERRORS: dict[str, type[ApiError]] = {
