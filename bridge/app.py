@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from bridge.balance import Shared
 from bridge.channels import ChannelManager
 from bridge.console import setup_console
 from bridge.deadletters import DeadLetters
-from bridge.delivery import DeliveryWorker
-from bridge.dispatch import Performer
-from bridge.followups import FollowUps
+from bridge.delivery.calls import LocalCaller
+from bridge.delivery.child_process import ChildProcess
+from bridge.delivery.settle import Settler
+from bridge.delivery.split import SplitCaller
+from bridge.delivery.worker import OutboxWorker
 from bridge.keys import (
     CHANNELS,
     DATABASE,
@@ -30,7 +31,6 @@ from bridge.keys import (
 )
 from bridge.metrics import Metrics
 from bridge.relay import Relay
-from bridge.remote import DeliveryProcess
 from bridge.retention import Pruner
 from bridge.settings import Settings, config_warnings
 from bridge.web import admin, health, livechat, messenger, metrics, openapi
@@ -91,21 +91,21 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         if settings.storage.path != ":memory:":  # a second connection would see another database
             reads = Database(settings.storage.path, settings.storage.synchronous)
             await reads.open_reader()
-        local = Performer(reads, settings, http, clock)
-        performer: Performer | Shared = local
-        process: DeliveryProcess | None = None
+        local = LocalCaller(reads, settings, http, clock)
+        caller: LocalCaller | SplitCaller = local
+        process: ChildProcess | None = None
         if settings.delivery.worker == "process" and reads is not db:
-            process = app[DELIVERY_PROCESS] = DeliveryProcess(settings, app[METRICS])
+            process = app[DELIVERY_PROCESS] = ChildProcess(settings, app[METRICS])
             await process.start()
-            performer = Shared(
+            caller = SplitCaller(
                 process, local, settings.delivery.share_after, app[METRICS].performed
             )
-        followups = FollowUps(relay, clock)
-        worker = DeliveryWorker(
+        settler = Settler(relay, clock)
+        worker = OutboxWorker(
             db,
             settings.delivery,
-            performer,
-            followups,
+            caller,
+            settler,
             channels,
             app[METRICS],
             clock,

@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from bridge.backoff import backoff
-from bridge.model import Delivered, DeliveryResult, Unauthorized
+from bridge.core.model import Delivered, DeliveryResult, Unauthorized
 from bridge.settings import Settings
 from connectors.messenger import build_clients
 from storage import channels as repo

@@ -14,9 +14,9 @@ from storage.database import Database
 if TYPE_CHECKING:
     from bridge.channels import ChannelManager
     from bridge.deadletters import DeadLetters
-    from bridge.delivery import DeliveryWorker
+    from bridge.delivery.child_process import ChildProcess
+    from bridge.delivery.worker import OutboxWorker
     from bridge.relay import Relay
-    from bridge.remote import DeliveryProcess
     from bridge.retention import Pruner
     from connectors.base import LiveChatConnector
 
@@ -26,9 +26,9 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 CHANNELS: web.AppKey[ChannelManager] = web.AppKey("channels")
-WORKER: web.AppKey[DeliveryWorker] = web.AppKey("worker")
+WORKER: web.AppKey[OutboxWorker] = web.AppKey("worker")
 PRUNER: web.AppKey[Pruner] = web.AppKey("pruner")
 DEAD_LETTERS: web.AppKey[DeadLetters] = web.AppKey("dead_letters")
 LIVECHATS: web.AppKey[dict[str, LiveChatConnector]] = web.AppKey("livechats")
 # Present only with delivery.worker = "process".
-DELIVERY_PROCESS: web.AppKey[DeliveryProcess] = web.AppKey("delivery_process")
+DELIVERY_PROCESS: web.AppKey[ChildProcess] = web.AppKey("delivery_process")

@@ -16,8 +16,7 @@ from typing import Any
 import structlog
 
 from bridge import chat_links, contacts
-from bridge.errors import BadRequest
-from bridge.model import (
+from bridge.core.model import (
     AgentMessage,
     AgentRead,
     ChatRef,
@@ -32,6 +31,7 @@ from bridge.model import (
     UserMessage,
     UserProfile,
 )
+from bridge.errors import BadRequest
 from bridge.settings import JivochatSettings, Settings
 from storage import chats, events, messages, outbox
 from storage.database import Database

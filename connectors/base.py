@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from bridge.model import CrmAnswer, Customer, DeliveryResult, LiveChatEvent, OutgoingMessage
+from bridge.core.model import CrmAnswer, Customer, DeliveryResult, LiveChatEvent, OutgoingMessage
 from bridge.settings import ChatvisorSettings, LiveChatSettings
 
 

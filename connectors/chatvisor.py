@@ -34,8 +34,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import Field, field_validator
 
-from bridge.errors import BadRequest
-from bridge.model import (
+from bridge.core.model import (
     AgentMessage,
     AgentRead,
     ChatRef,
@@ -52,6 +51,7 @@ from bridge.model import (
     OutgoingMessage,
     Retry,
 )
+from bridge.errors import BadRequest
 from bridge.settings import ChatvisorSettings
 from connectors import http as outside
 from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from bridge.model import Delivered, DeliveryResult, Failed, Retry
+from bridge.core.model import Delivered, DeliveryResult, Failed, Retry
 from bridge.settings import DeliverySettings
 
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}

@@ -25,8 +25,7 @@ from typing import Any
 import aiohttp
 from pydantic import Field, field_validator
 
-from bridge.errors import BadRequest
-from bridge.model import (
+from bridge.core.model import (
     AgentMessage,
     ChatRef,
     Contact,
@@ -44,6 +43,7 @@ from bridge.model import (
     Retry,
     TranscriptLine,
 )
+from bridge.errors import BadRequest
 from bridge.settings import JivochatSettings
 from connectors import http as outside
 from connectors.wire import (

@@ -12,8 +12,7 @@ from typing import Any
 import aiohttp
 from pydantic import Field, field_validator
 
-from bridge.errors import BadRequest
-from bridge.model import (
+from bridge.core.model import (
     Delivered,
     DeliveryResult,
     FileRef,
@@ -27,6 +26,7 @@ from bridge.model import (
     UserProfile,
     UserRead,
 )
+from bridge.errors import BadRequest
 from bridge.settings import MessengerSettings
 from connectors import http as outside
 from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.model import DeliveryResult, Failed, Retry
+from bridge.core.model import DeliveryResult, Failed, Retry
 from connectors import http as outside
 
 

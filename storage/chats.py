@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.model import ChatRef, UserProfile
+from bridge.core.model import ChatRef, UserProfile
 from storage.database import Database
 
 

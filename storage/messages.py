@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.model import FileRef, UserProfile
+from bridge.core.model import FileRef, UserProfile
 from storage.chats import ChatRow
 from storage.database import Database
 

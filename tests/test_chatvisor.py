@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from bridge.model import ConversationState
+from bridge.core.model import ConversationState
 from connectors.chatvisor import parse_hook
 from tests.conftest import World, eventually
 

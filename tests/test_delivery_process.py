@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.delivery.child_process import READY, connect
 from bridge.keys import DELIVERY_PROCESS
-from bridge.remote import READY, connect
 from bridge.settings import settings_from_dict
 from tests import conftest
 from tests.conftest import World, eventually
@@ -156,19 +156,19 @@ def delivery_child(parent: int) -> int | None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"bridge.delivery_process" in cmdline:
+        if b"bridge.delivery.child_main" in cmdline:
             return int(pid)
     return None
 
 
 async def spawn_child(parent: int) -> tuple[asyncio.subprocess.Process, socket.socket]:
-    """The delivery process as `bridge.remote` starts it, with `parent` named as its parent."""
+    """The delivery process as `bridge.delivery.child_process` starts it, with `parent` named as its parent."""
     ours, theirs = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bridge.delivery_process",
+            "bridge.delivery.child_main",
             str(theirs.fileno()),
             "auto",
             str(parent),

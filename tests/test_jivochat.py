@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.model import AgentMessage, Lifecycle, OtherEvent
+from bridge.core.model import AgentMessage, Lifecycle, OtherEvent
 from connectors.jivochat import parse_hook
 from tests.conftest import EVENTS, FIXTURES, HOOK, Jivo, World, eventually, seed
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridge import dispatch
+from bridge.delivery import calls
 from tests.conftest import World, eventually
 
 
@@ -117,7 +117,7 @@ async def test_a_messenger_slow_to_take_outcomes_holds_a_chat_only_briefly(
 ) -> None:
     """The outcome sent with a delivery is bounded: a messenger that answers it late holds the
     chat's next message for that bound, not for the messenger's whole delay."""
-    monkeypatch.setattr(dispatch, "INLINE_OUTCOME_SECONDS", 0.2)
+    monkeypatch.setattr(calls, "INLINE_OUTCOME_SECONDS", 0.2)
     # Inline, so that the bound patched here is the one deliveries use.
     await world.start_bridge(
         delivery={"worker": "inline", "request_timeout": 10, "retry_base": 0.1, "retry_cap": 0.5}

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from pydantic_settings import BaseSettings
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bridge import model
+from bridge.core import model
 from bridge.errors import BadRequest
 from bridge.settings import (
     AdminSettings,

@@ -17,9 +17,9 @@ import structlog
 from aiohttp import web
 
 from bridge.channels import DISCONNECTED
+from bridge.core.model import MessengerDisconnect, UserInfoQuery, UserMessage, UserRead
 from bridge.errors import Conflict, NotFound, Unauthenticated
 from bridge.keys import CHANNELS, METRICS, RELAY, SETTINGS
-from bridge.model import MessengerDisconnect, UserInfoQuery, UserMessage, UserRead
 from bridge.relay import Conflicting
 from bridge.secrets import same_secret
 from bridge.web.common import ok, read_body

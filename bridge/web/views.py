@@ -13,10 +13,10 @@ from typing import Any, Literal
 from aiohttp import web
 
 from bridge.channels import ChannelManager
+from bridge.core.model import LiveChatEvent
 from bridge.deadletters import Report, UnknownItem
 from bridge.errors import ApiError, BadRequest, Conflict, NotFound
 from bridge.keys import DEAD_LETTERS, LIVECHATS, RELAY
-from bridge.model import LiveChatEvent
 from bridge.relay import HandLink
 from bridge.settings import Settings
 from storage import outbox

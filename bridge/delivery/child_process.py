@@ -3,7 +3,7 @@
 With `delivery.worker = "process"` the outside calls of deliveries (two or three HTTP exchanges
 per message) run in a child process on another core, so the serving loop mostly answers
 requests, claims and settles: acks do not queue behind deliveries (until the child falls
-behind, see `bridge.balance`). Claims, settles and every write stay here, with the database's
+behind, see `bridge.delivery.split`). Claims, settles and every write stay here, with the database's
 one writer; the child only reads and calls out.
 
 The two talk over a socket pair in length-prefixed pickles (both ends are this program, never
@@ -14,7 +14,7 @@ until then (a second or two after every start) `running` is False and the servin
 performs deliveries itself, as it does while the child is down. A child that dies fails what
 it had in flight as retries; one not ready within READY_TIMEOUT is killed; either is started
 again. A parent that dies closes the socket, and the child exits when it sees that, at any
-stage of its start (see `bridge.delivery_process` and `bridge.deliverer`).
+stage of its start (see `bridge.delivery.child_main` and `bridge.delivery.child`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any, cast
 import structlog
 
 from bridge.backoff import backoff
-from bridge.dispatch import Performed
+from bridge.core.model import Retry
+from bridge.delivery.calls import CallResult
 from bridge.metrics import Metrics
-from bridge.model import Retry
 from bridge.settings import Settings
 from storage.outbox import OutboxItem
 
@@ -118,13 +118,13 @@ async def connect(sock: socket.socket, on_message: Callable[[Any], None]) -> Lin
     return link
 
 
-class DeliveryProcess:
+class ChildProcess:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
         self._link: Link | None = None
         self._sent_active: Collection[str] | None = None
-        self._pending: dict[int, asyncio.Future[Performed]] = {}
+        self._pending: dict[int, asyncio.Future[CallResult]] = {}
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -153,7 +153,7 @@ class DeliveryProcess:
         """True once the child said READY, until it exits."""
         return self._link is not None
 
-    async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
+    async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         link = self._link
         if link is None and self._task is not None:
             # Starting (or started again): only reached with share_after = 0, where nobody else
@@ -163,12 +163,12 @@ class DeliveryProcess:
                     await self._ready.wait()
             link = self._link
         if link is None:
-            return Performed(Retry("the delivery process is not running"))
+            return CallResult(Retry("the delivery process is not running"))
         if active is not self._sent_active:  # the channel manager hands out a new set on change
             link.send(("active", active))
             self._sent_active = active
         seq = next(self._seq)
-        fut: asyncio.Future[Performed] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         try:
             link.send(("item", seq, item))
@@ -209,7 +209,7 @@ class DeliveryProcess:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bridge.delivery_process",
+                "bridge.delivery.child_main",
                 str(theirs.fileno()),
                 self._settings.server.event_loop,
                 str(os.getpid()),
@@ -243,7 +243,7 @@ class DeliveryProcess:
             link.close()
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_result(Performed(Retry("the delivery process exited")))
+                    fut.set_result(CallResult(Retry("the delivery process exited")))
             code = await _reap(proc)
         return code
 

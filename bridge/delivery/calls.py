@@ -1,8 +1,8 @@
 """What each kind of outbox item means outside: which call it makes, and what it found out.
 
-`Performer.perform` only reads the database and calls out; everything it learnt comes back as
-`Performed`, plain data, so that it can run in the delivery process (see `bridge.deliverer`)
-while every write stays with the serving process (see `bridge.followups`).
+`LocalCaller.call` only reads the database and calls out; everything it learnt comes back as
+`CallResult`, plain data, so that it can run in the delivery process (see `bridge.delivery.child`)
+while every write stays with the serving process (see `bridge.delivery.settle`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import aiohttp
 import structlog
 
 from bridge import chat_links, relay
-from bridge.model import (
+from bridge.core.model import (
     Customer,
     Delivered,
     DeliveryResult,
@@ -70,7 +70,7 @@ class ProfileFetch:
 
 # No slots: it crosses the socket to the delivery process, where slots pickle slowly.
 @dataclass(frozen=True)
-class Performed:
+class CallResult:
     result: DeliveryResult
     channel_id: str | None = None  # the messenger channel whose health this result speaks of
     message: MessageFacts | None = None
@@ -97,7 +97,7 @@ def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
     return facts
 
 
-class Performer:
+class LocalCaller:
     def __init__(
         self,
         db: Database,
@@ -114,7 +114,7 @@ class Performer:
         self._clients = build_clients(settings.messengers, http)
         self._clock = clock
 
-    async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
+    async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """Make the item's outside call. `active`: the messenger channels now active."""
         if item.kind == relay.TO_LIVECHAT:
             return await self._to_livechat(item, active)
@@ -124,18 +124,18 @@ class Performer:
             return await self._notice(item)
         if item.kind == relay.TO_SUBSCRIBER:
             return await self._to_subscriber(item)
-        return Performed(Failed(f"unknown outbox kind {item.kind!r}"))
+        return CallResult(Failed(f"unknown outbox kind {item.kind!r}"))
 
-    async def _to_livechat(self, item: OutboxItem, active: Collection[str]) -> Performed:
+    async def _to_livechat(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         assert item.ref_id is not None
         loaded = await messages.read_with_chat(self._db, item.ref_id)
         if loaded is None:
-            return Performed(Failed("the message is no longer stored"))
+            return CallResult(Failed("the message is no longer stored"))
         msg, chat, cached = loaded
         facts = _facts(msg, chat)
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
-            return Performed(
+            return CallResult(
                 Retry(f"live chat {chat.livechat_id!r} is not configured"), message=facts
             )
         user_id = msg.user_id or chat.user_id
@@ -152,12 +152,12 @@ class Performer:
             if chat.url_key
             else None,
         )
-        parts_done = int(item.payload.get("parts_done", 0))  # see followups._progress
+        parts_done = int(item.payload.get("parts_done", 0))  # see settle._progress
         result = await connector.deliver(
             customer, OutgoingMessage(msg.uid, msg.text, msg.files, msg.created_at, parts_done)
         )
         notified = isinstance(result, Delivered) and await self._outcome_now(facts, active)
-        return Performed(result, message=facts, profile=fetch, notified=notified)
+        return CallResult(result, message=facts, profile=fetch, notified=notified)
 
     async def _outcome_now(self, msg: MessageFacts, active: Collection[str]) -> bool:
         """Send the success outcome at once, rather than as an outbox item of its own (which
@@ -198,16 +198,16 @@ class Performer:
             log.info("dispatch.profile_unavailable", channel=channel_id, user=user_id)
         return ProfileFetch(channel_id, user_id, fetched, self._clock())
 
-    async def _to_messenger(self, item: OutboxItem) -> Performed:
+    async def _to_messenger(self, item: OutboxItem) -> CallResult:
         assert item.ref_id is not None and item.channel_id is not None
         loaded = await messages.read_with_chat(self._db, item.ref_id)
         if loaded is None:
-            return Performed(Failed("the message is no longer stored"))
+            return CallResult(Failed("the message is no longer stored"))
         msg, chat, _ = loaded
         facts = _facts(msg, chat)
         client = self._clients.get(item.channel_id)
         if client is None:
-            return Performed(Retry(f"messenger {item.channel_id!r} is not configured"))
+            return CallResult(Retry(f"messenger {item.channel_id!r} is not configured"))
         operator = (
             Operator(msg.operator_id, msg.operator_name)
             if msg.operator_id or msg.operator_name
@@ -216,23 +216,23 @@ class Performer:
         result = await client.send_message(
             OperatorReply(msg.uid, chat.external_chat_id, msg.text, msg.files, operator)
         )
-        return Performed(result, channel_id=item.channel_id, message=facts)
+        return CallResult(result, channel_id=item.channel_id, message=facts)
 
-    async def _notice(self, item: OutboxItem) -> Performed:
+    async def _notice(self, item: OutboxItem) -> CallResult:
         assert item.channel_id is not None
         structlog.contextvars.bind_contextvars(channel=item.channel_id)
         client = self._clients.get(item.channel_id)
         if client is None:
-            return Performed(Retry(f"messenger {item.channel_id!r} is not configured"))
+            return CallResult(Retry(f"messenger {item.channel_id!r} is not configured"))
         external_id = str(item.payload["external_id"])
         if item.kind == relay.OUTCOME:
             success = bool(item.payload["success"])
             if not success and await self._superseded(item):
-                return Performed(Delivered())
+                return CallResult(Delivered())
             result = await client.send_outcome(external_id, success)
         else:
             result = await client.mark_as_read(external_id)
-        return Performed(result, channel_id=item.channel_id)
+        return CallResult(result, channel_id=item.channel_id)
 
     async def _superseded(self, item: OutboxItem) -> bool:
         """A failure outcome not sent yet whose message the messenger has since resent: it
@@ -247,15 +247,15 @@ class Performer:
         log.info("dispatch.outcome_superseded", item=item.id, status=status)
         return True
 
-    async def _to_subscriber(self, item: OutboxItem) -> Performed:
+    async def _to_subscriber(self, item: OutboxItem) -> CallResult:
         key = item.payload["subscription"]
         sub = next((s for s in self._settings.subscriptions if s.key == key), None)
         if sub is None:
-            return Performed(Failed(f"subscription {key!r} is no longer configured"))
+            return CallResult(Failed(f"subscription {key!r} is no longer configured"))
         assert item.ref_id is not None
         event = await events.read(self._db, item.ref_id)
         if event is None:
-            return Performed(Failed("the event is no longer stored"))
+            return CallResult(Failed("the event is no longer stored"))
         connector = self._livechats.get(event.livechat_id)
         notice = webhooks.EventNotice(
             uid=event.uid,
@@ -276,4 +276,4 @@ class Performer:
             f"msg_{event.uid}_{key}",  # the same on every retry: receivers drop repeats
             webhooks.body(notice),
         )
-        return Performed(result)
+        return CallResult(result)

@@ -1,6 +1,6 @@
-"""The delivery process's entry point: `python -m bridge.delivery_process <fd> <event loop> <parent pid>`.
+"""The delivery process's entry point: `python -m bridge.delivery.child_main <fd> <event loop> <parent pid>`.
 
-Started by `bridge.remote` only. Before anything else, and before the imports that take a
+Started by `bridge.delivery.child_process` only. Before anything else, and before the imports that take a
 second or two on a busy machine, it ties itself to the serving process that started it, so that
 it never outlives it whatever stage it is at:
 
@@ -8,7 +8,7 @@ it never outlives it whatever stage it is at:
 - a parent that died before that was armed is seen at once (the parent pid has changed);
 - SIGINT and SIGTERM sent to the whole process group are for the serving process, which stops
   this one by closing their socket; a SIGTERM that finds the parent gone ends it, though;
-- then `bridge.deliverer` runs, which exits as soon as the socket closes, at every stage.
+- then `bridge.delivery.child` runs, which exits as soon as the socket closes, at every stage.
 
 Only the standard library is imported here.
 """
@@ -49,9 +49,9 @@ def main() -> None:
     fd, event_loop, parent = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     exit_with_parent(parent)
     # Imported only now, with the ties armed (see the module's docstring).
-    from bridge import deliverer
+    from bridge.delivery import child
 
-    deliverer.main(fd, event_loop)
+    child.main(fd, event_loop)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What an attempt's outcome changes in our database, committed with the item's settle.
 
-Built in the serving process from `Performed` (plain data): the database has one writer, and
+Built in the serving process from `CallResult` (plain data): the database has one writer, and
 the delivery process (when there is one) only reads and calls out.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge import relay
-from bridge.dispatch import MessageFacts, Performed
-from bridge.model import Delivered, DeliveryResult, Failed, Retry
+from bridge.core.model import Delivered, DeliveryResult, Failed, Retry
+from bridge.delivery.calls import CallResult, MessageFacts
 from storage import chats, messages, outbox
 from storage.outbox import OutboxItem
 
@@ -20,7 +20,7 @@ Work = Callable[[sqlite3.Connection], object]
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class Settlement:
     result: DeliveryResult
     on_delivered: Work | None = None  # committed with the item's completion
     on_dead: Work | None = None  # committed when the item is given up
@@ -29,12 +29,12 @@ class Attempt:
     notified: bool = False  # the messenger already has this message's outcome
 
 
-class FollowUps:
+class Settler:
     def __init__(self, relay_: relay.Relay, clock: Callable[[], float]) -> None:
         self._relay = relay_
         self._clock = clock
 
-    def plan(self, item: OutboxItem, done: Performed) -> Attempt:
+    def plan(self, item: OutboxItem, done: CallResult) -> Settlement:
         on_delivered = on_dead = None
         if done.message is not None and item.kind == relay.TO_LIVECHAT:
             on_delivered = self._outcome(
@@ -44,7 +44,7 @@ class FollowUps:
         elif done.message is not None and item.kind == relay.TO_MESSENGER:
             on_delivered = _status(done.message.id, "delivered")
             on_dead = _status(done.message.id, "failed")
-        return Attempt(
+        return Settlement(
             done.result,
             on_delivered=on_delivered,
             on_dead=on_dead,
@@ -87,7 +87,7 @@ class FollowUps:
 
         return work
 
-    def _customer_learnt(self, done: Performed) -> Work | None:
+    def _customer_learnt(self, done: CallResult) -> Work | None:
         """A failed attempt that still got the live chat's customer id (see `Retry`): stored,
         and the operator replies already kept for that customer delivered."""
         result, msg = done.result, done.message
@@ -107,7 +107,7 @@ class FollowUps:
 
         return work
 
-    def _save_profile(self, done: Performed) -> Work | None:
+    def _save_profile(self, done: CallResult) -> Work | None:
         fetch = done.profile
         if fetch is None:
             return None

@@ -1,4 +1,4 @@
-"""The delivery process's work, run by `bridge.delivery_process` (its entry point) only.
+"""The delivery process's work, run by `bridge.delivery.child_main` (its entry point) only.
 
 Reads the settings, then items, from the socket it was handed; performs each item in its own
 task (the serving process sends a lane's next item only after the last one settled, so order
@@ -22,11 +22,11 @@ from typing import Any
 
 import structlog
 
-from bridge.dispatch import Performed, Performer
+from bridge.core.model import Retry
+from bridge.delivery.calls import CallResult, LocalCaller
+from bridge.delivery.child_process import READY, Link, connect
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
-from bridge.model import Retry
-from bridge.remote import READY, Link, connect
 from bridge.settings import Settings
 from connectors import http as outside
 from storage.database import Database
@@ -42,14 +42,14 @@ class NoSettings(Exception):
     """The settings did not arrive within SETTINGS_TIMEOUT."""
 
 
-class Deliverer:
+class ChildLoop:
     """Takes the serving process's messages: the settings first, then items and the set of
     active channels (which come only after this process said READY)."""
 
     def __init__(self) -> None:
         self.settings: asyncio.Future[Settings] = asyncio.get_running_loop().create_future()
         self.link: Link | None = None
-        self.performer: Performer | None = None
+        self.caller: LocalCaller | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._active: Collection[str] = frozenset()
 
@@ -64,12 +64,12 @@ class Deliverer:
             task.add_done_callback(self.tasks.discard)
 
     async def _one(self, seq: int, item: OutboxItem, active: Collection[str]) -> None:
-        assert self.performer is not None and self.link is not None
+        assert self.caller is not None and self.link is not None
         try:
-            done = await self.performer.perform(item, active)
+            done = await self.caller.call(item, active)
         except Exception as exc:
             log.exception("delivery.attempt_crashed", item=item.id, kind=item.kind)
-            done = Performed(Retry(f"internal error: {type(exc).__name__}"))
+            done = CallResult(Retry(f"internal error: {type(exc).__name__}"))
         # Dropped if the serving process is gone: the item stays in its outbox, to be sent again.
         self.link.send((seq, done))
 
@@ -85,7 +85,7 @@ class Deliverer:
         try:
             await db.open_reader()
             async with outside.session(settings.delivery) as http:
-                self.performer = Performer(db, settings, http)
+                self.caller = LocalCaller(db, settings, http)
                 link.send(READY)
                 try:
                     await asyncio.get_running_loop().create_future()  # until cancelled
@@ -99,9 +99,9 @@ class Deliverer:
 
 async def serve(sock: socket.socket) -> None:
     """Runs the work until the socket closes. Raises NoSettings."""
-    deliverer = Deliverer()
-    link = deliverer.link = await connect(sock, deliverer.received)
-    work = asyncio.ensure_future(deliverer.run(link))
+    child_loop = ChildLoop()
+    link = child_loop.link = await connect(sock, child_loop.received)
+    work = asyncio.ensure_future(child_loop.run(link))
     try:
         await asyncio.wait([work, link.closed], return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -19,14 +19,14 @@ from collections.abc import Collection
 
 from prometheus_client import Counter
 
-from bridge.dispatch import Performed, Performer
-from bridge.remote import DeliveryProcess
+from bridge.delivery.calls import CallResult, LocalCaller
+from bridge.delivery.child_process import ChildProcess
 from storage.outbox import OutboxItem
 
 
-class Shared:
+class SplitCaller:
     def __init__(
-        self, process: DeliveryProcess, local: Performer, share_after: int, counter: Counter
+        self, process: ChildProcess, local: LocalCaller, share_after: int, counter: Counter
     ) -> None:
         self._process = process
         self._local = local
@@ -43,13 +43,13 @@ class Shared:
         remote = self._process.inflight
         return remote >= self._after and remote > self._local_inflight
 
-    async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed:
+    async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         if not self._here():
             self._in_process.inc()
-            return await self._process.perform(item, active)
+            return await self._process.call(item, active)
         self._in_serving.inc()
         self._local_inflight += 1
         try:
-            return await self._local.perform(item, active)
+            return await self._local.call(item, active)
         finally:
             self._local_inflight -= 1

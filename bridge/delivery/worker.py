@@ -18,11 +18,11 @@ import structlog
 
 from bridge.backoff import backoff
 from bridge.channels import ChannelManager
-from bridge.dispatch import Performed
-from bridge.followups import Attempt, FollowUps
+from bridge.core.model import Delivered, Failed, Retry, Unauthorized
+from bridge.delivery.calls import CallResult
+from bridge.delivery.settle import Settlement, Settler
 from bridge.logs import Redactor
 from bridge.metrics import Metrics, target_of
-from bridge.model import Delivered, Failed, Retry, Unauthorized
 from bridge.settings import DeliverySettings
 from storage import outbox
 from storage.database import Database, StorageUnavailable
@@ -38,19 +38,19 @@ BUSY_IDLE = 0.1  # between looks while deliveries are in flight
 SETTLE_RETRY_CAP = 10.0
 
 
-class Performs(Protocol):
-    """Makes an item's outside call: `dispatch.Performer` here, or the delivery process."""
+class Caller(Protocol):
+    """Makes an item's outside call: `calls.LocalCaller` here, or the delivery process."""
 
-    async def perform(self, item: OutboxItem, active: Collection[str]) -> Performed: ...
+    async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult: ...
 
 
-class DeliveryWorker:
+class OutboxWorker:
     def __init__(
         self,
         db: Database,
         settings: DeliverySettings,
-        performer: Performs,
-        followups: FollowUps,
+        caller: Caller,
+        settler: Settler,
         channels: ChannelManager,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
@@ -62,8 +62,8 @@ class DeliveryWorker:
         self._settings = settings
         # Every configured secret (Settings.secrets()), kept out of the stored last_error.
         self._scrub = Redactor(secrets).redact
-        self._performer = performer
-        self._followups = followups
+        self._caller = caller
+        self._settler = settler
         self._channels = channels
         self._clock = clock
         self._wakeup = asyncio.Event()
@@ -143,15 +143,15 @@ class DeliveryWorker:
             target = target_of(item.kind)
             started = time.perf_counter()
             try:
-                done = await self._performer.perform(item, self._channels.active_ids())
+                done = await self._caller.call(item, self._channels.active_ids())
             except Exception as exc:
                 log.exception("delivery.attempt_crashed", **ids)
-                done = Performed(Retry(f"internal error: {type(exc).__name__}"))
+                done = CallResult(Retry(f"internal error: {type(exc).__name__}"))
             if done.message is not None:  # the ids the attempt found, for the lines below
                 ids.update(done.message.log_ids())
             elif item.channel_id is not None:
                 ids["channel"] = item.channel_id
-            attempt = self._followups.plan(item, done)
+            attempt = self._settler.plan(item, done)
             if done.notified and done.message is not None:
                 self._metrics.deliveries.labels("messenger", "delivered").inc()
                 await self._channels.record_delivery(done.message.channel_id, Delivered())
@@ -169,7 +169,7 @@ class DeliveryWorker:
             self._inflight.pop(item.id, None)
             self.wake()
 
-    async def _settle(self, item: OutboxItem, attempt: Attempt, ids: dict[str, object]) -> None:
+    async def _settle(self, item: OutboxItem, attempt: Settlement, ids: dict[str, object]) -> None:
         # No bound logger kept: each would cost a logger's creation per delivery, for a line at
         # debug that is usually not written.
         result, now, cfg = attempt.result, self._clock(), self._settings

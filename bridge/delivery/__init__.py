@@ -1,0 +1,1 @@
+"""Deliveries of outbox items: the worker that claims and settles, the calls, the delivery process."""
