@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import structlog
 
+from bridge.core.outbox_kinds import MESSAGE_DELIVERIES
 from bridge.relay import Relay
 from storage import messages, outbox
 from storage.database import Database
@@ -114,7 +115,7 @@ class DeadLetters:
                         done.append(Done(item.id, item.kind, "dead", error=reason))
                     continue
                 new_id = outbox.requeue(conn, item, now)
-                if item.kind in (outbox.TO_LIVECHAT, outbox.TO_MESSENGER) and item.ref_id:
+                if item.kind in MESSAGE_DELIVERIES and item.ref_id:
                     messages.set_status(conn, item.ref_id, "pending")
                 done.append(Done(item.id, item.kind, "retried", new_id=new_id))
             return done

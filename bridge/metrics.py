@@ -9,11 +9,6 @@ from bridge.version import version
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def target_of(kind: str) -> str:
-    """The outside party an outbox kind goes to: livechat, messenger or subscriber."""
-    return kind.split(".", 1)[0]
-
-
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()

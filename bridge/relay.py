@@ -31,6 +31,12 @@ from bridge.core.model import (
     UserMessage,
     UserProfile,
 )
+from bridge.core.outbox_kinds import (
+    kept_reply_lane,
+    livechat_lane,
+    messenger_lane,
+    subscriber_lane,
+)
 from bridge.errors import BadRequest
 from bridge.settings import JivochatSettings, Settings
 from storage import chats, events, messages, outbox
@@ -47,14 +53,6 @@ from storage.outbox import TO_SUBSCRIBER as TO_SUBSCRIBER
 log = structlog.get_logger("relay")
 
 SESSION_REFUSED = "no open session and the messenger does not allow operator-started sessions"
-
-
-def livechat_lane(chat_id: int) -> str:
-    return f"lc:{chat_id}"
-
-
-def messenger_lane(chat_id: int) -> str:
-    return f"ms:{chat_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +96,7 @@ def _operator(operator_id: str | None, operator_name: str | None) -> Operator | 
 
 def _kept_lane(livechat_id: str, ref: ChatRef) -> str:
     """The lane of the dead letters keeping one chat's undeliverable replies."""
-    return f"reply:{livechat_id}:{ref.client_key or ref.customer_id}"
+    return kept_reply_lane(livechat_id, ref.client_key or ref.customer_id)
 
 
 def _reply_fields(event: AgentMessage) -> dict[str, Any]:
@@ -354,7 +352,7 @@ class Relay:
                 outbox.enqueue(
                     conn,
                     kind=TO_SUBSCRIBER,
-                    lane=f"sub:{sub.key}",
+                    lane=subscriber_lane(sub.key),
                     ref_id=event_id,
                     payload={"subscription": sub.key},
                     now=now,

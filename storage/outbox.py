@@ -14,22 +14,18 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.core import outbox_kinds
+from bridge.core.outbox_kinds import EVENT_KINDS, MESSAGE_KINDS
 from storage.database import Database
 
-# Outbox kinds: what the delivery worker does with an item.
-TO_LIVECHAT = "livechat.message"
-TO_MESSENGER = "messenger.message"
-OUTCOME = "messenger.outcome"
-READ = "messenger.read"
-TO_SUBSCRIBER = "subscriber.event"
-# An operator's reply that no chat could be found for: only ever dead, its text in the payload
-# (see `kept_reply_payload`); a retry routes it again instead of calling out.
-KEPT_REPLY = "operator.reply"
-
-# Kinds whose `ref_id` names a message, or an event: retention keeps that row while such an
-# item is in the outbox, pending or dead.
-MESSAGE_KINDS = (TO_LIVECHAT, TO_MESSENGER, OUTCOME, READ)
-EVENT_KINDS = (TO_SUBSCRIBER,)
+# Outbox kinds, as stored in the `kind` column. What each one is, and the groups derived from
+# that (MESSAGE_KINDS, EVENT_KINDS), are decided in `bridge.core.outbox_kinds`.
+TO_LIVECHAT = outbox_kinds.TO_LIVECHAT.name
+TO_MESSENGER = outbox_kinds.TO_MESSENGER.name
+OUTCOME = outbox_kinds.OUTCOME.name
+READ = outbox_kinds.READ.name
+TO_SUBSCRIBER = outbox_kinds.TO_SUBSCRIBER.name
+KEPT_REPLY = outbox_kinds.KEPT_REPLY.name
 
 
 def _sql_list(kinds: tuple[str, ...]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from itertools import takewhile
 
-from storage.outbox import EVENT_KINDS, MESSAGE_KINDS
+from bridge.core.outbox_kinds import EVENT_KINDS, MESSAGE_KINDS
 
 BODY_MARK = "message_bodies"
 

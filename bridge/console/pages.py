@@ -12,9 +12,9 @@ from aiohttp import web
 
 from bridge.console.overview import call_times, hourly_chart
 from bridge.console.render import render
+from bridge.core.outbox_kinds import MESSAGE_DELIVERIES
 from bridge.errors import NotFound
 from bridge.keys import CHANNELS, DATABASE, METRICS, SETTINGS
-from bridge.relay import TO_LIVECHAT, TO_MESSENGER
 from bridge.web.views import channel_views, row_id
 from storage import chats, events, outbox, stats
 
@@ -109,7 +109,7 @@ async def session(request: web.Request) -> web.Response:
     detail = None if session_id is None else await chats.session_detail(db, session_id)
     if session_id is None or detail is None:
         raise NotFound("unknown_session", "No session with this id.")
-    items = await outbox.items_of_session(db, session_id, (TO_LIVECHAT, TO_MESSENGER))
+    items = await outbox.items_of_session(db, session_id, MESSAGE_DELIVERIES)
     context = {
         "title": f"Session {session_id}",
         "s": detail,

@@ -1,4 +1,5 @@
-"""What each kind of outbox item means outside: which call it makes, and what it found out.
+"""The outside call each kind of outbox item makes, and what it found out (which call goes
+with which kind: `bridge.delivery.kinds`).
 
 `LocalCaller.call` only reads the database and calls out; everything it learnt comes back as
 `CallResult`, plain data, so that it can run in the delivery process (see `bridge.delivery.child`)
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 
-from bridge import chat_links, relay
+from bridge import chat_links
 from bridge.core.model import (
     Customer,
     Delivered,
@@ -26,10 +27,12 @@ from bridge.core.model import (
     Retry,
     UserProfile,
 )
+from bridge.core.outbox_kinds import messenger_lane
+from bridge.delivery import kinds
 from bridge.settings import Settings
 from connectors import webhooks
 from connectors.base import LiveChatConnector, build_livechat
-from connectors.messenger import build_clients
+from connectors.messenger import MessengerClient, build_clients
 from storage import chats, events, messages, outbox
 from storage.database import Database
 from storage.outbox import OutboxItem
@@ -116,17 +119,13 @@ class LocalCaller:
 
     async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """Make the item's outside call. `active`: the messenger channels now active."""
-        if item.kind == relay.TO_LIVECHAT:
-            return await self._to_livechat(item, active)
-        if item.kind == relay.TO_MESSENGER:
-            return await self._to_messenger(item)
-        if item.kind in (relay.OUTCOME, relay.READ):
-            return await self._notice(item)
-        if item.kind == relay.TO_SUBSCRIBER:
-            return await self._to_subscriber(item)
-        return CallResult(Failed(f"unknown outbox kind {item.kind!r}"))
+        handling = kinds.handling_of(item.kind)
+        if handling is None:
+            return CallResult(Failed(f"unknown outbox kind {item.kind!r}"))
+        return await handling.call(self, item, active)
 
-    async def _to_livechat(self, item: OutboxItem, active: Collection[str]) -> CallResult:
+    async def to_livechat(self, item: OutboxItem, active: Collection[str]) -> CallResult:
+        """A user's message to its chat's live chat."""
         assert item.ref_id is not None
         loaded = await messages.read_with_chat(self._db, item.ref_id)
         if loaded is None:
@@ -171,7 +170,7 @@ class LocalCaller:
         client = self._clients.get(msg.channel_id)
         if client is None or msg.external_id is None or msg.channel_id not in active:
             return False
-        if not await outbox.lane_idle(self._db, relay.messenger_lane(msg.chat_id)):
+        if not await outbox.lane_idle(self._db, messenger_lane(msg.chat_id)):
             return False
         seconds = min(INLINE_OUTCOME_SECONDS, self._settings.delivery.request_timeout)
         told = await client.send_outcome(msg.external_id, True, seconds=seconds)
@@ -198,7 +197,8 @@ class LocalCaller:
             log.info("dispatch.profile_unavailable", channel=channel_id, user=user_id)
         return ProfileFetch(channel_id, user_id, fetched, self._clock())
 
-    async def _to_messenger(self, item: OutboxItem) -> CallResult:
+    async def to_messenger(self, item: OutboxItem, active: Collection[str]) -> CallResult:
+        """An operator's reply to its chat's messenger."""
         assert item.ref_id is not None and item.channel_id is not None
         loaded = await messages.read_with_chat(self._db, item.ref_id)
         if loaded is None:
@@ -218,21 +218,34 @@ class LocalCaller:
         )
         return CallResult(result, channel_id=item.channel_id, message=facts)
 
-    async def _notice(self, item: OutboxItem) -> CallResult:
+    async def outcome(self, item: OutboxItem, active: Collection[str]) -> CallResult:
+        """A message's outcome (`success`: the live chat took it) to its messenger."""
+        client = self._notice_client(item)
+        if isinstance(client, CallResult):
+            return client
+        external_id = str(item.payload["external_id"])
+        success = bool(item.payload["success"])
+        if not success and await self._superseded(item):
+            return CallResult(Delivered())
+        result = await client.send_outcome(external_id, success)
+        return CallResult(result, channel_id=item.channel_id)
+
+    async def read(self, item: OutboxItem, active: Collection[str]) -> CallResult:
+        """A read receipt (an operator read the user's message) to its messenger."""
+        client = self._notice_client(item)
+        if isinstance(client, CallResult):
+            return client
+        result = await client.mark_as_read(str(item.payload["external_id"]))
+        return CallResult(result, channel_id=item.channel_id)
+
+    def _notice_client(self, item: OutboxItem) -> MessengerClient | CallResult:
+        """The client a notice goes through, or the result when its messenger is gone."""
         assert item.channel_id is not None
         structlog.contextvars.bind_contextvars(channel=item.channel_id)
         client = self._clients.get(item.channel_id)
         if client is None:
             return CallResult(Retry(f"messenger {item.channel_id!r} is not configured"))
-        external_id = str(item.payload["external_id"])
-        if item.kind == relay.OUTCOME:
-            success = bool(item.payload["success"])
-            if not success and await self._superseded(item):
-                return CallResult(Delivered())
-            result = await client.send_outcome(external_id, success)
-        else:
-            result = await client.mark_as_read(external_id)
-        return CallResult(result, channel_id=item.channel_id)
+        return client
 
     async def _superseded(self, item: OutboxItem) -> bool:
         """A failure outcome not sent yet whose message the messenger has since resent: it
@@ -247,7 +260,8 @@ class LocalCaller:
         log.info("dispatch.outcome_superseded", item=item.id, status=status)
         return True
 
-    async def _to_subscriber(self, item: OutboxItem) -> CallResult:
+    async def to_subscriber(self, item: OutboxItem, active: Collection[str]) -> CallResult:
+        """A recorded event to a subscription's webhook."""
         key = item.payload["subscription"]
         sub = next((s for s in self._settings.subscriptions if s.key == key), None)
         if sub is None:

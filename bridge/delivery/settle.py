@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge import relay
+from bridge.core import outbox_kinds
 from bridge.core.model import Delivered, DeliveryResult, Failed, Retry
+from bridge.core.outbox_kinds import messenger_lane
+from bridge.delivery import kinds
 from bridge.delivery.calls import CallResult, MessageFacts
 from storage import chats, messages, outbox
 from storage.outbox import OutboxItem
@@ -29,25 +32,29 @@ class Settlement:
     notified: bool = False  # the messenger already has this message's outcome
 
 
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What follows an item's outcome, by kind (see `bridge.delivery.kinds`)."""
+
+    on_delivered: Work | None = None  # committed with the item's completion
+    on_dead: Work | None = None  # committed when the item is given up
+
+
+NO_FOLLOW_UP = FollowUp()
+
+
 class Settler:
     def __init__(self, relay_: relay.Relay, clock: Callable[[], float]) -> None:
         self._relay = relay_
         self._clock = clock
 
     def plan(self, item: OutboxItem, done: CallResult) -> Settlement:
-        on_delivered = on_dead = None
-        if done.message is not None and item.kind == relay.TO_LIVECHAT:
-            on_delivered = self._outcome(
-                done.message, done.result, success=True, queue=not done.notified
-            )
-            on_dead = self._outcome(done.message, done.result, success=False)
-        elif done.message is not None and item.kind == relay.TO_MESSENGER:
-            on_delivered = _status(done.message.id, "delivered")
-            on_dead = _status(done.message.id, "failed")
+        handling = kinds.handling_of(item.kind)
+        follow = NO_FOLLOW_UP if handling is None else handling.follow_up(self, done)
         return Settlement(
             done.result,
-            on_delivered=on_delivered,
-            on_dead=on_dead,
+            on_delivered=follow.on_delivered,
+            on_dead=follow.on_dead,
             always=_both(
                 _both(self._save_profile(done), _progress(item, done.result)),
                 self._customer_learnt(done),
@@ -55,6 +62,31 @@ class Settler:
             channel_id=done.channel_id,
             notified=done.notified,
         )
+
+    def after_livechat(self, done: CallResult) -> FollowUp:
+        """A user's message reached the live chat, or never will: its status, the customer
+        the live chat named, and its outcome to the messenger."""
+        if done.message is None:
+            return NO_FOLLOW_UP
+        return FollowUp(
+            on_delivered=self._outcome(
+                done.message, done.result, success=True, queue=not done.notified
+            ),
+            on_dead=self._outcome(done.message, done.result, success=False),
+        )
+
+    def after_messenger(self, done: CallResult) -> FollowUp:
+        """An operator's reply reached the messenger, or never will: its status."""
+        if done.message is None:
+            return NO_FOLLOW_UP
+        return FollowUp(
+            on_delivered=_status(done.message.id, "delivered"),
+            on_dead=_status(done.message.id, "failed"),
+        )
+
+    def nothing(self, done: CallResult) -> FollowUp:
+        """A notice or an event: nothing of ours changes with its outcome."""
+        return NO_FOLLOW_UP
 
     def _outcome(
         self, msg: MessageFacts, result: DeliveryResult, *, success: bool, queue: bool = True
@@ -77,8 +109,8 @@ class Settler:
                 return
             outbox.enqueue(
                 conn,
-                kind=relay.OUTCOME,
-                lane=relay.messenger_lane(msg.chat_id),
+                kind=outbox_kinds.OUTCOME.name,
+                lane=messenger_lane(msg.chat_id),
                 channel_id=msg.channel_id,
                 ref_id=msg.id,
                 payload={"external_id": msg.external_id, "success": success},

@@ -19,10 +19,11 @@ import structlog
 from bridge.backoff import backoff
 from bridge.channels import ChannelManager
 from bridge.core.model import Delivered, Failed, Retry, Unauthorized
+from bridge.core.outbox_kinds import OUTCOME, target_of
 from bridge.delivery.calls import CallResult
 from bridge.delivery.settle import Settlement, Settler
 from bridge.logs import Redactor
-from bridge.metrics import Metrics, target_of
+from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
 from storage import outbox
 from storage.database import Database, StorageUnavailable
@@ -153,7 +154,7 @@ class OutboxWorker:
                 ids["channel"] = item.channel_id
             attempt = self._settler.plan(item, done)
             if done.notified and done.message is not None:
-                self._metrics.deliveries.labels("messenger", "delivered").inc()
+                self._metrics.deliveries.labels(target_of(OUTCOME.name), "delivered").inc()
                 await self._channels.record_delivery(done.message.channel_id, Delivered())
             self._metrics.delivery_seconds.labels(target).observe(time.perf_counter() - started)
             await self._settle(item, attempt, ids)
