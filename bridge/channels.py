@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from bridge.backoff import backoff
-from bridge.core.model import Delivered, DeliveryResult, Unauthorized
+from bridge.core.model import ChannelState, Delivered, DeliveryResult, Unauthorized
 from bridge.settings import Settings
 from connectors.registry import build_connectors
 from storage import channels as repo
@@ -29,7 +29,7 @@ from storage.database import Database
 
 log = structlog.get_logger("channels")
 
-STATES = ("connecting", "active", "interrupted", "rejected", "disconnected")
+STATES = tuple(ChannelState)
 CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = STATES
 NEED_AN_ADMIN = (INTERRUPTED, REJECTED)  # logged at warning when a channel enters one
 

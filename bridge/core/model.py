@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class ChannelState(StrEnum):
+    """A messenger channel's state (bridge/channels.py runs the life cycle; README, "Channel
+    life cycle"). The values are what the admin API, /metrics, the console and the database say."""
+
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    INTERRUPTED = "interrupted"
+    REJECTED = "rejected"
+    DISCONNECTED = "disconnected"
 
 
 @dataclass(frozen=True, slots=True)

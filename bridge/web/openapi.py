@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.core.model import ChannelState
 from connectors import jivochat
 
 routes = web.RouteTableDef()
@@ -407,7 +408,7 @@ LIVECHAT_SCHEMAS: dict[str, Schema] = {
 
 # --- what the bridge answers with -------------------------------------------------------------
 
-CHANNEL_STATES = ["connecting", "active", "interrupted", "rejected", "disconnected"]
+CHANNEL_STATES = [state.value for state in ChannelState]
 
 BRIDGE_SCHEMAS: dict[str, Schema] = {
     "Error": _closed(
