@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bridge.core.model import ChannelState
 from connectors import jivochat
+from connectors.registry import KINDS
 
 routes = web.RouteTableDef()
 
@@ -420,7 +421,7 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
     "Health": _closed(("status",), status={"type": "string", "enum": ["ok"]}),
     "LivechatReadiness": _closed(
         ("kind",),
-        kind={"type": "string", "enum": ["chatvisor", "jivochat"]},
+        kind={"type": "string", "enum": list(KINDS)},
         agents_online={
             **_nullable("boolean"),
             "description": "JivoChat: its Chat API /status; null when it could not be asked",
