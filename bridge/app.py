@@ -36,7 +36,7 @@ from bridge.settings import Settings, config_warnings
 from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
 from connectors import http as outside
-from connectors.base import build_livechat
+from connectors.registry import build_connectors
 from storage.database import Database
 
 log = structlog.get_logger("bridge")
@@ -78,9 +78,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         def wake() -> None:
             worker.wake()
 
-        livechats = {
-            lc_id: build_livechat(lc_id, lc, http) for lc_id, lc in settings.livechats.items()
-        }
+        livechats = build_connectors(settings.livechats, settings.messengers, http).livechats
         channels = ChannelManager(db, settings, http, wake, clock)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
         await relay.key_old_contacts()  # once after an upgrade; then an index lookup

@@ -19,9 +19,9 @@ import aiohttp
 import structlog
 
 from bridge.backoff import backoff
-from bridge.core.model import Delivered, DeliveryResult, Unauthorized
+from bridge.core.model import ChannelState, Delivered, DeliveryResult, Unauthorized
 from bridge.settings import Settings
-from connectors.messenger import build_clients
+from connectors.registry import build_connectors
 from storage import channels as repo
 from storage import outbox
 from storage.channels import ChannelRow
@@ -29,7 +29,7 @@ from storage.database import Database
 
 log = structlog.get_logger("channels")
 
-STATES = ("connecting", "active", "interrupted", "rejected", "disconnected")
+STATES = tuple(ChannelState)
 CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = STATES
 NEED_AN_ADMIN = (INTERRUPTED, REJECTED)  # logged at warning when a channel enters one
 
@@ -47,7 +47,7 @@ class ChannelManager:
         self._settings = settings
         self._wake = wake
         self._clock = clock
-        self.clients = build_clients(settings.messengers, http)
+        self.clients = build_connectors({}, settings.messengers, http).messengers
         self._rows: dict[str, ChannelRow] = {}
         self._active: frozenset[str] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}

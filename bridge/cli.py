@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from bridge.app import create_app
+from bridge.core.model import ChannelState
 from bridge.keys import CHANNELS
 from bridge.listen import listening_sockets
 from bridge.logs import configure_logging
@@ -238,7 +239,7 @@ async def admin_command(
         return 1
     rows = body["channels"] if command == "channels" else [body]
     _print_table(rows, ("id", "name", "livechat", "state", "since", "held_messages", "last_error"))
-    if command in ("connect", "reconnect") and body.get("state") != "active":
+    if command in ("connect", "reconnect") and body.get("state") != ChannelState.ACTIVE:
         # The admin API answers 200 once it has tried; the messenger may still refuse.
         print(
             f"{channel_id} is {body.get('state')}: {body.get('last_error') or 'not connected'}",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from bridge.core.errors import InvalidInput
 
 
 class ApiError(Exception):
@@ -64,34 +63,6 @@ class Unavailable(ApiError):
     status = 503
 
 
-def error_path(data: Any, loc: Sequence[int | str]) -> list[str]:
-    """A validation error's location as the sender wrote it.
-
-    Pydantic puts the name of a union's member into the location (`literal['*']`,
-    `dict[str,any]`, a model's tag); the sender's document has no such level, so a part that
-    is not a key or index of the data at that point is left out, unless it is the last part
-    and its parent an object: then it names a missing key.
-    """
-    path: list[str] = []
-    node = data
-    for index, part in enumerate(loc):
-        found, child = _child(node, part)
-        missing_key = (
-            isinstance(node, dict)
-            and index == len(loc) - 1
-            and isinstance(part, str)
-            and part.isidentifier()
-        )
-        if not found and not missing_key:
-            continue
-        node = child
-        path.append(str(part))
-    return path
-
-
-def _child(node: Any, part: int | str) -> tuple[bool, Any]:
-    if isinstance(node, dict) and part in node:
-        return True, node[part]
-    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-        return True, node[part]
-    return False, None
+def answer_for(exc: InvalidInput) -> BadRequest:
+    """The HTTP answer to input the bridge cannot take: a 400 with its errcode and message."""
+    return BadRequest(exc.errcode, exc.message)

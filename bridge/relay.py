@@ -15,7 +15,9 @@ from typing import Any
 
 import structlog
 
-from bridge import chat_links, contacts
+from bridge import chat_links
+from bridge.core import contacts
+from bridge.core.errors import InvalidInput
 from bridge.core.model import (
     AgentMessage,
     AgentRead,
@@ -37,8 +39,7 @@ from bridge.core.outbox_kinds import (
     messenger_lane,
     subscriber_lane,
 )
-from bridge.errors import BadRequest
-from bridge.settings import JivochatSettings, Settings
+from bridge.settings import Settings
 from storage import chats, events, messages, outbox
 from storage.database import Database
 
@@ -76,7 +77,7 @@ def _links_by_hand(
     chat's own (JivoChat's Webhooks API), not a record of the bridge's or a message."""
     try:
         parsed = parse(stored.livechat_id, stored.payload)
-    except BadRequest:  # a record of the bridge's own, not the live chat's body
+    except InvalidInput:  # a record of the bridge's own, not the live chat's body
         return False
     return any(isinstance(item, Lifecycle) for item in parsed)
 
@@ -195,13 +196,13 @@ class Relay:
         `delivery.give_up_after`), it is queued again: the same `uid`, a fresh item at the tail
         of the chat's lane, the dead items it supersedes deleted. A repeat that differs from
         the stored message is `Conflicting`. One write transaction: two resends at once queue
-        once. Raises StorageUnavailable when the database cannot take it, and BadRequest
+        once. Raises StorageUnavailable when the database cannot take it, and InvalidInput
         (`too_many_files`) for more than `server.max_files` files: the messenger is told, so
         nothing is cut silently.
         """
         limit = self._settings.server.max_files
         if len(msg.files) > limit:
-            raise BadRequest(
+            raise InvalidInput(
                 "too_many_files",
                 f"data.files: {len(msg.files)} files; a message takes at most {limit}",
             )
@@ -709,7 +710,7 @@ class Relay:
         if chat is None:
             # Kept under its own name, with the live chat's own body, for subscribers.
             log.info("relay.unlinked_conversation", livechat=livechat_id, name=event.name)
-            name = "conversation.new" if event.inferred else event.name
+            name = event.name_if_unknown or event.name
             reason = f"customerId {event.chat.customer_id}: no chat of the bridge has it"
             return Applied(self._record(conn, livechat_id, name, event.raw, None, reason))
         if event.open:
@@ -767,13 +768,13 @@ class Relay:
     ) -> CrmAnswer | None:
         """What a life-cycle event linked to this chat (and session) changes; the answer the
         agent is to see, if the event wants one."""
-        if event.contact is not None and event.name != "chat_finished":
+        if event.contact is not None and not event.closes:
             self._set_contact(conn, chat, event.contact)
         if session_id is None:
             return None
         agent = event.agent
-        if event.name == "chat_accepted" or event.chat.conversation_id:
-            accepted = agent is not None and event.name == "chat_accepted"
+        if event.accepts or event.chat.conversation_id:
+            accepted = agent is not None and event.accepts
             chats.link_session(
                 conn,
                 session_id,
@@ -808,7 +809,7 @@ class Relay:
            inferred, see connectors/jivochat.py);
         3. a JivoChat `chat_id` linked to a session before (by an earlier event or an admin);
         4. the visitor's phone as a number, or email trimmed and case-folded
-           (bridge/contacts.py), equal to the messenger user's profile phone or to a contact
+           (bridge/core/contacts.py), equal to the messenger user's profile phone or to a contact
            stored on the chat; the latest such chat.
 
         The contract lists `chat_id` last; it comes before the contact details here because it
@@ -944,7 +945,7 @@ class Relay:
             events.set_session(conn, event.id, session_id)
             try:
                 parsed = parse(event.livechat_id, event.payload)
-            except BadRequest:  # a record of the bridge's own, not the live chat's body
+            except InvalidInput:  # a record of the bridge's own, not the live chat's body
                 continue
             for item in parsed:
                 if isinstance(item, Lifecycle):
@@ -954,7 +955,7 @@ class Relay:
     def _region(self, livechat_id: str) -> str | None:
         """The default region phone numbers of this live chat's chats are read in."""
         settings = self._settings.livechats.get(livechat_id)
-        return settings.default_region if isinstance(settings, JivochatSettings) else None
+        return settings.phone_region() if settings is not None else None
 
     def _channel_region(self, channel_id: str) -> str | None:
         messenger = self._settings.messengers.get(channel_id)

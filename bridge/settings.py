@@ -14,22 +14,18 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-)
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from yarl import URL
 
-from bridge.contacts import known_region
-from bridge.errors import error_path
+from bridge.core.config import HttpUrl, RequiredSecret
+from bridge.core.config import Section as _Section
+from bridge.core.errors import error_path
+from connectors.base import LiveChatSettingsBase
+from connectors.chatvisor import ChatvisorSettings as ChatvisorSettings  # importable from here
+from connectors.jivochat import JivochatSettings as JivochatSettings  # as before the registry
+from connectors.registry import KINDS
 
 CHANNEL_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -40,44 +36,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def _http_url(value: str) -> str:
-    if any(ch.isspace() for ch in value):
-        raise ValueError("must be an absolute http:// or https:// URL (it contains white space)")
-    try:
-        url = URL(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a URL: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return value.rstrip("/")
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-
-
-def _not_blank(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value().strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-RequiredSecret = Annotated[SecretStr, AfterValidator(_not_blank)]
-
-
-def _phone_region(value: str) -> str:
-    region = value.strip().upper()
-    if not known_region(region):
-        raise ValueError(
-            f'unknown region {value!r} (a two-letter ISO 3166 country code such as "RU" or'
-            ' "US", or leave the key out)'
-        )
-    return region
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ServerSettings(_Section):
@@ -161,31 +119,15 @@ class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class ChatvisorSettings(_Section):
-    kind: Literal["chatvisor"]
-    api_url: HttpUrl
-    api_token: RequiredSecret
-    hook_token: RequiredSecret
-
-
-class JivochatSettings(_Section):
-    kind: Literal["jivochat"]
-    # The Chat API channel's URL carries a random secret in its path: treated as a secret.
-    chat_api_url: Annotated[
-        SecretStr, AfterValidator(lambda v: SecretStr(_http_url(v.get_secret_value())))
+# Each live-chat kind's settings model lives in its connector's module; the registry lists them.
+if TYPE_CHECKING:
+    LiveChatSettings = LiveChatSettingsBase
+else:
+    LiveChatSettings = Annotated[
+        Union[tuple(kind.settings for kind in KINDS.values())],  # noqa: UP007 (built at run time)
+        Field(discriminator="kind"),
     ]
-    hook_token: RequiredSecret
-    status_timeout: float = Field(default=2.0, gt=0)
-    # Seconds /readyz reuses the answer of the Chat API's /status (0: probe on every /readyz,
-    # still one probe at a time).
-    status_cache: float = Field(default=30.0, ge=0)
-    # Reads phone numbers written without "+" (in events and profiles) as national numbers of
-    # this country when linking events to chats; None: such numbers are read as international.
-    default_region: Annotated[str, AfterValidator(_phone_region)] | None = None
-
-
-LiveChatSettings = Annotated[ChatvisorSettings | JivochatSettings, Field(discriminator="kind")]
-LIVECHAT_KINDS = ("chatvisor", "jivochat")
+LIVECHAT_KINDS = tuple(KINDS)
 
 
 def _webhook_secret(value: SecretStr) -> SecretStr:
@@ -272,12 +214,7 @@ class Settings(BaseSettings):
         """Every secret value configured, for the log redactor."""
         values = [self.admin.token.get_secret_value()]
         for lc in self.livechats.values():
-            values.append(lc.hook_token.get_secret_value())
-            if isinstance(lc, ChatvisorSettings):
-                values.append(lc.api_token.get_secret_value())
-            else:
-                url = lc.chat_api_url.get_secret_value()
-                values += [url, url.rstrip("/").rsplit("/", 2)[-2]]  # the random path part too
+            values += lc.secret_values()
         values += [m.confirmation_code.get_secret_value() for m in self.messengers.values()]
         values += [sub.secret.get_secret_value() for sub in self.subscriptions]
         return [v for v in values if v]
@@ -292,11 +229,7 @@ def config_warnings(settings: Settings) -> list[str]:
     found = []
     named: list[tuple[str, SecretStr]] = [("admin.token", settings.admin.token)]
     for lc_id, lc in settings.livechats.items():
-        named.append((f"livechats.{lc_id}.hook_token", lc.hook_token))
-        if isinstance(lc, ChatvisorSettings):
-            named.append((f"livechats.{lc_id}.api_token", lc.api_token))
-        else:
-            named.append((f"livechats.{lc_id}.chat_api_url", lc.chat_api_url))
+        named += [(f"livechats.{lc_id}.{key}", secret) for key, secret in lc.named_secrets()]
     for m_id, messenger in settings.messengers.items():
         code = messenger.confirmation_code
         if not code.get_secret_value():

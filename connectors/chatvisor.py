@@ -9,8 +9,9 @@ The hook takes two shapes, told apart by the `event` field:
   "status", "lastMessage", "url"}`, with no `event`. Its status decides: `DONE` closes the
   session; `UNREAD` is a new or reopened conversation (the docs fire "new conversation" for a
   new customer or one going from `DONE` back to `UNREAD`); anything else is a status change,
-  which reopens a closed session as `UNRESOLVED` does. A customer the bridge does not know is
-  a new conversation too (the relay decides that: see `ConversationState.inferred`). The
+  which reopens a closed session as `UNRESOLVED` does. A bare conversation of a customer the
+  bridge does not know is recorded as a new one too (`ConversationState.name_if_unknown`: the
+  relay knows whether the customer is known). The
   docs' example spells `lastMessage`'s text key `test`; `text` and `test` are read alike.
 
 Chatvisor sends no webhook for an agent's message: operator replies arrive only from a live
@@ -28,12 +29,14 @@ import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from bridge.core.config import HttpUrl, RequiredSecret
+from bridge.core.errors import InvalidInput
 from bridge.core.model import (
     AgentMessage,
     AgentRead,
@@ -51,13 +54,24 @@ from bridge.core.model import (
     OutgoingMessage,
     Retry,
 )
-from bridge.errors import BadRequest
-from bridge.settings import ChatvisorSettings
 from connectors import http as outside
+from connectors.base import LiveChatSettingsBase
 from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
 
 CLOSED_STATUS = "DONE"
 NEW_STATUS = "UNREAD"
+
+
+class ChatvisorSettings(LiveChatSettingsBase):
+    """`[livechats.<id>]` with `kind = "chatvisor"`."""
+
+    kind: Literal["chatvisor"]
+    api_url: HttpUrl
+    api_token: RequiredSecret
+    hook_token: RequiredSecret
+
+    def named_secrets(self) -> list[tuple[str, SecretStr]]:
+        return [("hook_token", self.hook_token), ("api_token", self.api_token)]
 
 
 class _File(WireModel):
@@ -137,6 +151,8 @@ def _conversation(conv: _Conversation, doc: dict[str, Any], name: str | None) ->
         raw=doc,
         inferred=inferred,
         last_text=conv.lastMessage,
+        # An unknown customer's bare conversation is a new one, whatever its status.
+        name_if_unknown="conversation.new" if inferred else None,
     )
 
 
@@ -146,7 +162,7 @@ def parse_hook(body: bytes) -> list[LiveChatEvent]:
     if name is None and "customerId" in doc:
         return [_conversation(validate(_Conversation, doc), doc, None)]
     if not isinstance(name, str) or not name:
-        raise BadRequest(
+        raise InvalidInput(
             "missing_field",
             "event: required string is missing (or customerId, for a bare conversation)",
         )
@@ -161,7 +177,7 @@ def parse_hook(body: bytes) -> list[LiveChatEvent]:
             FileRef(f.name or f.url.rsplit("/", 1)[-1], f.url, f.size) for f in event.message.files
         )
         if not event.message.text and not files:
-            raise BadRequest("empty_message", "message.text: a message needs text or files")
+            raise InvalidInput("empty_message", "message.text: a message needs text or files")
         sender = event.message.sender
         return [
             AgentMessage(

@@ -19,19 +19,31 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
 
 from bridge.core.model import Delivered, DeliveryResult, Failed, Retry
-from bridge.settings import DeliverySettings
 
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 USER_AGENT = "messenger-bridge/0.1"
 
 
-def session(cfg: DeliverySettings) -> aiohttp.ClientSession:
+class ClientLimits(Protocol):
+    """What the HTTP client is made with (bridge.settings.DeliverySettings has it): seconds."""
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def request_timeout(self) -> float: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+
+def session(cfg: ClientLimits) -> aiohttp.ClientSession:
     """The one HTTP client for every outside call of a process: its timeouts and pool size."""
     return client_session(
         aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),

@@ -20,11 +20,13 @@ import asyncio
 import mimetypes
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import aiohttp
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 
+from bridge.core.config import PhoneRegion, RequiredSecret, http_url
+from bridge.core.errors import InvalidInput
 from bridge.core.model import (
     AgentMessage,
     ChatRef,
@@ -43,9 +45,8 @@ from bridge.core.model import (
     Retry,
     TranscriptLine,
 )
-from bridge.errors import BadRequest
-from bridge.settings import JivochatSettings
 from connectors import http as outside
+from connectors.base import LiveChatSettingsBase
 from connectors.wire import (
     WireModel,
     empty_list_as_null,
@@ -58,7 +59,39 @@ from connectors.wire import (
 # Event names as documented, with the quirks real payloads have mapped to one name each.
 EVENT_ALIASES = {"offline_messages": "offline_message"}
 ANSWERED = {"chat_accepted", "chat_updated"}
+ACCEPTED = "chat_accepted"  # an agent took the chat: the event's agent is the session's
+FINISHED = "chat_finished"
 FILE_TYPES = {"photo", "video", "document", "audio", "file", "image"}
+
+
+class JivochatSettings(LiveChatSettingsBase):
+    """`[livechats.<id>]` with `kind = "jivochat"`."""
+
+    kind: Literal["jivochat"]
+    # The Chat API channel's URL carries a random secret in its path: treated as a secret.
+    chat_api_url: Annotated[
+        SecretStr, AfterValidator(lambda v: SecretStr(http_url(v.get_secret_value())))
+    ]
+    hook_token: RequiredSecret
+    status_timeout: float = Field(default=2.0, gt=0)
+    # Seconds /readyz reuses the answer of the Chat API's /status (0: probe on every /readyz,
+    # still one probe at a time).
+    status_cache: float = Field(default=30.0, ge=0)
+    # Reads phone numbers written without "+" (in events and profiles) as national numbers of
+    # this country when linking events to chats; None: such numbers are read as international.
+    default_region: PhoneRegion | None = None
+
+    def named_secrets(self) -> list[tuple[str, SecretStr]]:
+        return [("hook_token", self.hook_token), ("chat_api_url", self.chat_api_url)]
+
+    def secret_values(self) -> list[str]:
+        url = self.chat_api_url.get_secret_value()
+        # The URL's random path part too: it may be logged apart from the rest.
+        return [self.hook_token.get_secret_value(), url, url.rstrip("/").rsplit("/", 2)[-2]]
+
+    def phone_region(self) -> str | None:
+        return self.default_region
+
 
 # --- Webhooks API: the documented objects (seed 001's field tables) ------------------------
 
@@ -221,7 +254,7 @@ def parse_hook(body: bytes) -> list[LiveChatEvent]:
         return [_lifecycle(doc)]
     if "recipient" in doc or "message" in doc:
         return [_agent_message(doc)]
-    raise BadRequest(
+    raise InvalidInput(
         "unknown_body",
         "neither a Webhooks API event (event_name) nor a Chat API message (recipient, message)",
     )
@@ -230,7 +263,7 @@ def parse_hook(body: bytes) -> list[LiveChatEvent]:
 def _lifecycle(doc: dict[str, Any]) -> LiveChatEvent:
     raw_name = doc.get("event_name")
     if not isinstance(raw_name, str) or not raw_name:
-        raise BadRequest("invalid_field", "event_name: must be a non-empty string")
+        raise InvalidInput("invalid_field", "event_name: must be a non-empty string")
     name = EVENT_ALIASES.get(raw_name, raw_name)
     model = EVENT_MODELS.get(name)
     if model is None:
@@ -268,7 +301,8 @@ def _lifecycle(doc: dict[str, Any]) -> LiveChatEvent:
         contact=contact,
         agent=Operator(agent.id, agent.name) if agent else None,
         wants_answer=name in ANSWERED,
-        closes=name == "chat_finished",
+        accepts=name == ACCEPTED,
+        closes=name == FINISHED,
         assign_to=event.assign_to if isinstance(event, ChatAssigned) else None,
         transcript=transcript,
     )
@@ -281,13 +315,13 @@ def _agent_message(doc: dict[str, Any]) -> LiveChatEvent:
     files: tuple[FileRef, ...] = ()
     if msg.type in FILE_TYPES:
         if not msg.file:
-            raise BadRequest("missing_field", f"message.file: required for a {msg.type} message")
+            raise InvalidInput("missing_field", f"message.file: required for a {msg.type} message")
         files = (FileRef(msg.file_name or msg.file.rsplit("/", 1)[-1], msg.file),)
     elif msg.type != "text":
         return OtherEvent(f"chat_api.{msg.type}", doc, chat)  # typing notices and the like
     text = msg.text or ""
     if not text and not files:
-        raise BadRequest("empty_message", "message.text: a message needs text or a file")
+        raise InvalidInput("empty_message", "message.text: a message needs text or a file")
     sender = payload.sender
     return AgentMessage(
         chat=chat,

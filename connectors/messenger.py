@@ -7,11 +7,12 @@ Outbound: `MessengerClient` formats each call and reads the answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from bridge.core.errors import InvalidInput
 from bridge.core.model import (
     Delivered,
     DeliveryResult,
@@ -26,8 +27,6 @@ from bridge.core.model import (
     UserProfile,
     UserRead,
 )
-from bridge.errors import BadRequest
-from bridge.settings import MessengerSettings
 from connectors import http as outside
 from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
 
@@ -48,17 +47,17 @@ class Envelope:
 
 
 def parse_envelope(body: bytes) -> Envelope:
-    """The common part of every request. Raises BadRequest for anything unreadable."""
+    """The common part of every request. Raises InvalidInput for anything unreadable."""
     doc = json_object(body)
     kind = doc.get("type")
     if not isinstance(kind, str) or not kind:
-        raise BadRequest("missing_field", "type: required string is missing")
+        raise InvalidInput("missing_field", "type: required string is missing")
     token = doc.get("token")
     data = doc.get("data")
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise BadRequest("invalid_field", "data: must be an object")
+        raise InvalidInput("invalid_field", "data: must be an object")
     return Envelope(
         type=INBOUND_TYPES.get(kind.lower(), kind),
         token=token if isinstance(token, str) else None,
@@ -106,16 +105,16 @@ class _UserInfoData(WireModel):
 
 
 def parse_request(envelope: Envelope) -> MessengerRequest:
-    """The bridge type for an inbound request. Raises BadRequest naming the faulty field."""
+    """The bridge type for an inbound request. Raises InvalidInput naming the faulty field."""
     if envelope.type == "message":
         data = validate(_MessageData, envelope.data, "data")
         files = []
         for index, item in enumerate(data.files):
             if not (item.url_upper or item.url_lower):
-                raise BadRequest("missing_field", f"data.files.{index}.URL: required")
+                raise InvalidInput("missing_field", f"data.files.{index}.URL: required")
             files.append(item.to_ref())
         if not data.text and not files:
-            raise BadRequest("empty_message", "data.text: a message needs text or files")
+            raise InvalidInput("empty_message", "data.text: a message needs text or files")
         return UserMessage(
             external_message_id=data.externalMessageId,
             external_chat_id=data.externalChatId,
@@ -130,7 +129,7 @@ def parse_request(envelope: Envelope) -> MessengerRequest:
         return MessengerDisconnect()
     if envelope.type == "markAsRead":
         return UserRead(validate(_ReadData, envelope.data, "data").messageId)
-    raise BadRequest(
+    raise InvalidInput(
         "unknown_type", f"type: {envelope.type[:64]!r} is not a request the bridge takes"
     )
 
@@ -153,6 +152,16 @@ def _files(files: tuple[FileRef, ...]) -> list[dict[str, Any]]:
             item["size"] = f.size
         out.append(item)
     return out
+
+
+class MessengerAccount(Protocol):
+    """What a messenger client is made from (bridge.settings.MessengerSettings has it)."""
+
+    @property
+    def webhook(self) -> str: ...
+
+    @property
+    def confirmation_code(self) -> SecretStr: ...
 
 
 class MessengerClient:
@@ -248,12 +257,3 @@ def _read_answer(outcome: outside.Response | outside.NoResponse) -> DeliveryResu
     if outcome.status == 404:
         return Unauthorized("the messenger has no such channel (HTTP 404)")
     return Retry(outside.describe(outcome), after=outcome.retry_after)
-
-
-def build_clients(
-    messengers: dict[str, MessengerSettings], http: aiohttp.ClientSession
-) -> dict[str, MessengerClient]:
-    return {
-        cid: MessengerClient(http, cid, m.webhook, m.confirmation_code.get_secret_value())
-        for cid, m in messengers.items()
-    }

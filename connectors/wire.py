@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bridge.errors import BadRequest, error_path
+from bridge.core.errors import InvalidInput, error_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,13 +41,13 @@ def json_object(body: bytes) -> dict[str, Any]:
         if _SURROGATE_ESCAPE.search(body):
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise BadRequest("invalid_json", "the body holds an unpaired UTF-16 surrogate") from None
+        raise InvalidInput("invalid_json", "the body holds an unpaired UTF-16 surrogate") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid_json", "the body is not valid JSON") from None
+        raise InvalidInput("invalid_json", "the body is not valid JSON") from None
     except RecursionError:  # nesting deep enough to exhaust the parser's stack
-        raise BadRequest("invalid_json", "the body is nested too deeply") from None
+        raise InvalidInput("invalid_json", "the body is nested too deeply") from None
     if not isinstance(doc, dict):
-        raise BadRequest("invalid_json", "the body must be a JSON object")
+        raise InvalidInput("invalid_json", "the body must be a JSON object")
     return doc
 
 
@@ -65,8 +65,8 @@ def validate(model: type[M], data: dict[str, Any], prefix: str = "") -> M:
         err = exc.errors()[0]
         where = ".".join([*([prefix] if prefix else []), *error_path(data, err["loc"])])
         if err["type"] == "missing":
-            raise BadRequest("missing_field", f"{where}: required") from None
-        raise BadRequest("invalid_field", f"{where}: {err['msg']}") from None
+            raise InvalidInput("missing_field", f"{where}: required") from None
+        raise InvalidInput("invalid_field", f"{where}: {err['msg']}") from None
 
 
 def null_as_empty(value: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bridge.contacts import email_key, phone_key
+from bridge.core.contacts import email_key, phone_key
 from bridge.settings import ConfigError, settings_from_dict
 from tests.conftest import HOOK, Jivo, World, eventually, seed
 from tests.procs import ROOT, toml

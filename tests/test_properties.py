@@ -8,7 +8,7 @@ Properties, for each of them:
 
 - robustness: arbitrary bytes, arbitrary JSON values and objects, and valid payloads with one
   random part deleted, replaced or extended, give either the bridge's own types or exactly
-  `BadRequest` (settings: `ConfigError`), never any other exception; every `BadRequest` has an
+  `InvalidInput` (settings: `ConfigError`), never any other exception; every `InvalidInput` has an
   errcode from a small known set and a message naming a field path or the body, never a token;
 - correctness: valid payloads generated from the contracts (ids as strings or integers, optional
   fields present, absent or null, unknown fields added, every documented alias and quirk) parse
@@ -42,7 +42,8 @@ from pydantic_settings import BaseSettings
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bridge.core import model
-from bridge.errors import BadRequest
+from bridge.core.errors import InvalidInput
+from bridge.errors import answer_for
 from bridge.settings import (
     AdminSettings,
     ChatvisorSettings,
@@ -233,13 +234,13 @@ JIVOCHAT_FIELDS = {
 
 
 def check_refusal(
-    exc: BadRequest, errcodes: set[str], fields: set[str], token: str | None = None
+    exc: InvalidInput, errcodes: set[str], fields: set[str], token: str | None = None
 ) -> None:
-    assert type(exc) is BadRequest, repr(exc)
-    assert exc.status == 400
+    assert type(exc) is InvalidInput, repr(exc)
+    assert answer_for(exc).status == 400
     assert exc.errcode in errcodes, exc.errcode
     assert exc.message and exc.message == str(exc)
-    assert exc.body() == {"error": exc.message, "errcode": exc.errcode}
+    assert answer_for(exc).body() == {"error": exc.message, "errcode": exc.errcode}
     if token is not None:
         assert token not in exc.message
         assert token not in repr(exc)
@@ -316,7 +317,7 @@ def run_messenger(body: bytes, token: str | None = None) -> model.MessengerReque
         assert envelope.token is None or type(envelope.token) is str
         assert type(envelope.data) is dict
         request = messenger.parse_request(envelope)
-    except BadRequest as exc:
+    except InvalidInput as exc:
         check_refusal(exc, MESSENGER_ERRCODES, MESSENGER_FIELDS, token)
         return None
     assert isinstance(
@@ -343,7 +344,7 @@ def run_messenger(body: bytes, token: str | None = None) -> model.MessengerReque
 def run_chatvisor(body: bytes) -> list[model.LiveChatEvent] | None:
     try:
         events = chatvisor.parse_hook(body)
-    except BadRequest as exc:
+    except InvalidInput as exc:
         check_refusal(exc, CHATVISOR_ERRCODES, CHATVISOR_FIELDS)
         return None
     check_events(events)
@@ -353,7 +354,7 @@ def run_chatvisor(body: bytes) -> list[model.LiveChatEvent] | None:
 def run_jivochat(body: bytes) -> list[model.LiveChatEvent] | None:
     try:
         events = jivochat.parse_hook(body)
-    except BadRequest as exc:
+    except InvalidInput as exc:
         check_refusal(exc, JIVOCHAT_ERRCODES, JIVOCHAT_FIELDS)
         return None
     check_events(events)
@@ -361,8 +362,8 @@ def run_jivochat(body: bytes) -> list[model.LiveChatEvent] | None:
     return events
 
 
-def refusal(parse: Callable[[bytes], Any], body: bytes) -> BadRequest:
-    with pytest.raises(BadRequest) as info:
+def refusal(parse: Callable[[bytes], Any], body: bytes) -> InvalidInput:
+    with pytest.raises(InvalidInput) as info:
         parse(body)
     return info.value
 
@@ -719,7 +720,15 @@ def chatvisor_hooks(draw: st.DrawFn) -> tuple[dict[str, Any], list[model.LiveCha
             new = status is ABSENT or status.upper() == "UNREAD"
             name = "conversation.new" if new else "conversation.status"
             state = model.ConversationState(
-                chat, is_open, name, present(url), doc, inferred=True, last_text=last_text
+                chat,
+                is_open,
+                name,
+                present(url),
+                doc,
+                inferred=True,
+                last_text=last_text,
+                # An unknown customer's bare conversation is recorded as a new one.
+                name_if_unknown="conversation.new",
             )
             return doc, [state]
         doc = {**draw(extras), "event": event, "conversation": conversation}
@@ -991,6 +1000,7 @@ def jivo_events(
         contact=contact,
         agent=agent,
         wants_answer=name in ("chat_accepted", "chat_updated"),
+        accepts=name == "chat_accepted",
         closes=name == "chat_finished",
         assign_to=present(assign_to),
         transcript=transcript,

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from bridge.console.auth import CSRF_FIELD, csrf_matches, session_of
 from bridge.console.render import render
-from bridge.errors import ApiError
+from bridge.core.errors import InvalidInput
+from bridge.errors import ApiError, answer_for
 from bridge.web.common import Handler
 
 PUBLIC, PAGE, ACTION = "console.public.", "console.page.", "console.action."
@@ -70,3 +71,5 @@ async def _guarded(request: web.Request, handler: Handler, kind: str) -> web.Str
         return await handler(request)
     except ApiError as exc:
         return _refuse(request, exc.status, exc.message)
+    except InvalidInput as exc:
+        return _refuse(request, answer_for(exc).status, exc.message)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bridge.console.overview import call_times, hourly_chart
 from bridge.console.render import render
+from bridge.core.model import ChannelState
 from bridge.core.outbox_kinds import MESSAGE_DELIVERIES
 from bridge.errors import NotFound
 from bridge.keys import CHANNELS, DATABASE, METRICS, SETTINGS
@@ -44,7 +45,7 @@ async def overview(request: web.Request) -> web.Response:
         "traffic": traffic,
         "depth": depth,
         "oldest_age": None if oldest is None else now - oldest,
-        "not_active": [v for v in views if v["state"] != "active"],
+        "not_active": [v for v in views if v["state"] != ChannelState.ACTIVE],
         "channel_count": len(views),
         "calls": call_times(app[METRICS].delivery_seconds),
         "chart": hourly_chart(hours),

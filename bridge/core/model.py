@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class ChannelState(StrEnum):
+    """A messenger channel's state (bridge/channels.py runs the life cycle; README, "Channel
+    life cycle"). The values are what the admin API, /metrics, the console and the database say."""
+
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    INTERRUPTED = "interrupted"
+    REJECTED = "rejected"
+    DISCONNECTED = "disconnected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +130,8 @@ class ConversationState:
     # from its status, and a customer the bridge does not know makes it "conversation.new".
     inferred: bool = False
     last_text: str | None = None  # the conversation's last message, if the live chat said
+    # The name it is recorded under when no chat of the bridge has its customer (None: `name`).
+    name_if_unknown: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +159,8 @@ class Lifecycle:
     contact: Contact | None = None
     agent: Operator | None = None
     wants_answer: bool = False  # the live chat shows the agent what we answer
-    closes: bool = False
+    accepts: bool = False  # an agent took the chat: `agent` becomes the session's operator
+    closes: bool = False  # the chat is over: the session closes (its contact is not taken)
     assign_to: str | None = None
     transcript: tuple[TranscriptLine, ...] | None = None
 

@@ -31,8 +31,9 @@ from bridge.core.outbox_kinds import messenger_lane
 from bridge.delivery import kinds
 from bridge.settings import Settings
 from connectors import webhooks
-from connectors.base import LiveChatConnector, build_livechat
-from connectors.messenger import MessengerClient, build_clients
+from connectors.base import LiveChatConnector
+from connectors.messenger import MessengerClient
+from connectors.registry import build_connectors
 from storage import chats, events, messages, outbox
 from storage.database import Database
 from storage.outbox import OutboxItem
@@ -111,10 +112,9 @@ class LocalCaller:
         self._http = http
         self._db = db
         self._settings = settings
-        self._livechats: dict[str, LiveChatConnector] = {
-            lc_id: build_livechat(lc_id, lc, http) for lc_id, lc in settings.livechats.items()
-        }
-        self._clients = build_clients(settings.messengers, http)
+        connectors = build_connectors(settings.livechats, settings.messengers, http)
+        self._livechats: dict[str, LiveChatConnector] = connectors.livechats
+        self._clients = connectors.messengers
         self._clock = clock
 
     async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:

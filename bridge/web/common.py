@@ -14,6 +14,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bridge.core.errors import InvalidInput
 from bridge.errors import (
     ApiError,
     BadRequest,
@@ -22,6 +23,7 @@ from bridge.errors import (
     TooLarge,
     UnreadableBody,
     UnsupportedEncoding,
+    answer_for,
 )
 from bridge.keys import METRICS, SETTINGS
 from storage.database import StorageUnavailable
@@ -150,6 +152,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_error(exc.status, exc.errcode, exc.message)
         if exc.closes_connection:
             await _answer_and_close(request, response)
+    except InvalidInput as exc:  # a connector could not read the body, or the relay refused it
+        error = answer_for(exc)
+        response = json_error(error.status, error.errcode, error.message)
     except ClientGone:
         response = json_error(CLIENT_GONE, "client_gone", "the client disconnected")
     except web.HTTPException as exc:

@@ -14,7 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.core.model import ChannelState
 from connectors import jivochat
+from connectors.registry import KINDS
 
 routes = web.RouteTableDef()
 
@@ -407,7 +409,7 @@ LIVECHAT_SCHEMAS: dict[str, Schema] = {
 
 # --- what the bridge answers with -------------------------------------------------------------
 
-CHANNEL_STATES = ["connecting", "active", "interrupted", "rejected", "disconnected"]
+CHANNEL_STATES = [state.value for state in ChannelState]
 
 BRIDGE_SCHEMAS: dict[str, Schema] = {
     "Error": _closed(
@@ -419,7 +421,7 @@ BRIDGE_SCHEMAS: dict[str, Schema] = {
     "Health": _closed(("status",), status={"type": "string", "enum": ["ok"]}),
     "LivechatReadiness": _closed(
         ("kind",),
-        kind={"type": "string", "enum": ["chatvisor", "jivochat"]},
+        kind={"type": "string", "enum": list(KINDS)},
         agents_online={
             **_nullable("boolean"),
             "description": "JivoChat: its Chat API /status; null when it could not be asked",
