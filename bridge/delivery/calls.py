@@ -31,8 +31,8 @@ from connectors import webhooks
 from connectors.base import LiveChatConnector, build_livechat
 from connectors.messenger import build_clients
 from storage import chats, events, messages, outbox
-from storage.database import Database
 from storage.outbox import OutboxItem
+from storage.port import Store
 
 log = structlog.get_logger("dispatch")
 
@@ -100,7 +100,7 @@ def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
 class LocalCaller:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         settings: Settings,
         http: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,

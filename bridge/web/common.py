@@ -24,7 +24,7 @@ from bridge.errors import (
     UnsupportedEncoding,
 )
 from bridge.keys import METRICS, SETTINGS
-from storage.database import StorageUnavailable
+from storage.port import StorageUnavailable
 
 log = structlog.get_logger("http")
 
