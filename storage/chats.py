@@ -297,6 +297,15 @@ async def read_user(
     return _user(row) if row else None
 
 
+async def read_chat(db: Store, channel_id: str, external_chat_id: str) -> ChatRow | None:
+    """A messenger chat's row, or None when the bridge has not stored it."""
+    row = await db.fetch_one(
+        "SELECT * FROM chats WHERE channel_id = ? AND external_chat_id = ?",
+        (channel_id, external_chat_id),
+    )
+    return _chat(row) if row else None
+
+
 async def count_open_sessions(db: Store) -> int:
     row = await db.fetch_one("SELECT count(*) AS n FROM sessions WHERE status = 'open'")
     return int(row["n"]) if row else 0

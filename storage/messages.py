@@ -295,6 +295,25 @@ class Orphan:
     received_at: float
 
 
+def _orphan(r: Row) -> Orphan:
+    return Orphan(
+        r["livechat_id"],
+        r["customer_id"],
+        r["message_id"],
+        r["text"],
+        _files(r["files"]),
+        r["operator_id"],
+        r["operator_name"],
+        r["received_at"],
+    )
+
+
+async def list_orphans(db: Store, limit: int = 1000) -> list[Orphan]:
+    """The operator messages kept until their customer is linked, oldest first."""
+    rows = await db.fetch_all("SELECT * FROM orphans ORDER BY id LIMIT ?", (limit,))
+    return [_orphan(r) for r in rows]
+
+
 def take_expired_orphans(conn: Connection, cutoff: float, limit: int) -> list[Orphan]:
     """Up to `limit` orphans received before `cutoff`, oldest first, removed."""
     rows = conn.execute(
@@ -304,16 +323,4 @@ def take_expired_orphans(conn: Connection, cutoff: float, limit: int) -> list[Or
         (cutoff, limit),
     ).fetchall()
     rows.sort(key=lambda r: r["id"])  # RETURNING promises no order
-    return [
-        Orphan(
-            r["livechat_id"],
-            r["customer_id"],
-            r["message_id"],
-            r["text"],
-            _files(r["files"]),
-            r["operator_id"],
-            r["operator_name"],
-            r["received_at"],
-        )
-        for r in rows
-    ]
+    return [_orphan(r) for r in rows]

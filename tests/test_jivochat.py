@@ -282,7 +282,7 @@ async def test_chat_finished_closes_keeps_transcript_and_next_message_reopens(
     assert await jivo.sim.event(jivo.http, finished) == (200, {"result": "ok"})
     ((_, status, _, _, _, transcript),) = await jivo.sessions("c6")
     assert status == "closed"
-    assert json.loads(transcript) == [
+    assert transcript == [
         {"sender": "visitor", "text": "first", "timestamp": 1700000000, "agent_id": None},
         {"sender": "agent", "text": "hello", "timestamp": 1700000005, "agent_id": "2224"},
     ]

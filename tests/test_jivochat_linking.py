@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -229,7 +228,7 @@ async def test_later_events_of_a_linked_chat_id_link_and_finished_closes(
     assert await jivo.sim.event(jivo.http, finished) == (200, {"result": "ok"})
     ((session_id, state, _, _, _, transcript),) = await jivo.sessions("f1")
     assert state == "closed"
-    assert [line["text"] for line in json.loads(transcript)] == ["hello from f1", "hi!"]
+    assert [line["text"] for line in transcript] == ["hello from f1", "hi!"]
     events = (await admin_get(world, "/admin/events?livechat=sales"))["events"]
     assert [(e["name"], e["session_id"]) for e in events] == [
         ("chat_finished", session_id),
