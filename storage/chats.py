@@ -306,6 +306,30 @@ async def read_chat(db: Store, channel_id: str, external_chat_id: str) -> ChatRo
     return _chat(row) if row else None
 
 
+@dataclass(frozen=True, slots=True)
+class ContactKeys:
+    """A chat's contact details as keys (bridge.contacts): its user's profile phone, and the
+    phone and email of the contact the live chat holds ('' for a value with no key, None
+    for none stored or not keyed yet)."""
+
+    user_phone: str | None
+    contact_phone: str | None
+    contact_email: str | None
+
+
+async def read_keys(db: Store, channel_id: str, external_chat_id: str) -> ContactKeys | None:
+    """The keys a messenger chat is found by, or None when the chat is not stored."""
+    row = await db.fetch_one(
+        """SELECT u.phone_key, c.contact_phone_key, c.contact_email_key FROM chats c
+           LEFT JOIN users u ON u.channel_id = c.channel_id AND u.user_id = c.user_id
+           WHERE c.channel_id = ? AND c.external_chat_id = ?""",
+        (channel_id, external_chat_id),
+    )
+    if row is None:
+        return None
+    return ContactKeys(row["phone_key"], row["contact_phone_key"], row["contact_email_key"])
+
+
 async def count_open_sessions(db: Store) -> int:
     row = await db.fetch_one("SELECT count(*) AS n FROM sessions WHERE status = 'open'")
     return int(row["n"]) if row else 0

@@ -27,7 +27,7 @@ async def sessions(db: Store, chat: str | None = None) -> list[dict[str, Any]]:
 async def all_messages(db: Store) -> list[dict[str, Any]]:
     """Every message of every session, in the order they were stored."""
     found = [m for s in await sessions(db) for m in s["messages"]]
-    return sorted(found, key=lambda m: (m["created_at"], m["uid"]))
+    return sorted(found, key=lambda m: m["created_at"])  # stable: by id within a session
 
 
 async def count_messages(db: Store, direction: str | None = None) -> int:
