@@ -154,11 +154,6 @@ class Bridge:
         assert self.app is not None
         return self.app[DATABASE]
 
-    async def query(self, sql: str, params: Any = ()) -> list[Any]:
-        """Raw SQL on the bridge's database; tests read through tests/stored.py instead."""
-        assert self.app is not None
-        return [tuple(r) for r in await self.app[DATABASE].fetch_all(sql, params)]
-
     def hook_url(self, livechat_id: str = "support", token: str = HOOK_TOKEN) -> str:
         return f"{self.url}/livechats/{livechat_id}/webhook/{token}"
 
