@@ -37,7 +37,7 @@ from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
 from connectors import http as outside
 from connectors.registry import build_connectors
-from storage.database import Database
+from storage.open import build_reader, build_store
 
 log = structlog.get_logger("bridge")
 
@@ -53,12 +53,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[METRICS] = Metrics()
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-        db = Database(
-            settings.storage.path,
-            settings.storage.synchronous,
-            settings.storage.busy_timeout,
-            settings.storage.wal_max_bytes,
-        )
+        db = build_store(settings.storage)
         await db.open()
         app[DATABASE] = db
         yield
@@ -85,9 +80,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         # A delivery's reads run on the loop, on a connection of their own: they are point
         # lookups, which under WAL never wait for the writer, and a hop to aiosqlite's thread
         # and back costs more than the lookups themselves.
-        reads = db
-        if settings.storage.path != ":memory:":  # a second connection would see another database
-            reads = Database(settings.storage.path, settings.storage.synchronous)
+        reads = build_reader(settings.storage) or db
+        if reads is not db:
             await reads.open_reader()
         local = LocalCaller(reads, settings, http, clock)
         caller: LocalCaller | SplitCaller = local

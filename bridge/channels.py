@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import sqlite3
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,7 +24,7 @@ from connectors.registry import build_connectors
 from storage import channels as repo
 from storage import outbox
 from storage.channels import ChannelRow
-from storage.database import Database
+from storage.port import Connection, Store
 
 log = structlog.get_logger("channels")
 
@@ -37,7 +36,7 @@ NEED_AN_ADMIN = (INTERRUPTED, REJECTED)  # logged at warning when a channel ente
 class ChannelManager:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         settings: Settings,
         http: aiohttp.ClientSession,
         wake: Callable[[], None],
@@ -183,7 +182,7 @@ class ChannelManager:
         now = self._clock()
         became_active = state == ACTIVE and self.state(channel_id) != ACTIVE
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Connection) -> None:
             repo.set_state(
                 conn,
                 channel_id,

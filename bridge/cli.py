@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -39,8 +38,8 @@ from bridge.settings import (
 )
 from bridge.version import version
 from connectors import http as outside
-from storage.database import DatabaseInUse
 from storage.migrations import SchemaTooNew
+from storage.port import CannotOpen, DatabaseInUse
 
 EXIT_CONFIG = 2
 
@@ -168,11 +167,8 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
             shutdown_timeout=5,
             handle_signals=True,
         )
-    except (DatabaseInUse, SchemaTooNew, OSError) as exc:
+    except (DatabaseInUse, SchemaTooNew, CannotOpen, OSError) as exc:
         log.error("bridge.cannot_start", error=str(exc))
-        return 1
-    except sqlite3.Error as exc:  # locked by another program past busy_timeout, unreadable...
-        log.error("bridge.cannot_start", error=f"{settings.storage.path}: {exc}")
         return 1
     finally:
         for sock in sockets:

@@ -14,7 +14,6 @@ in batches of `retention.batch` items, each its own short write.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ import structlog
 from bridge.core.outbox_kinds import MESSAGE_DELIVERIES
 from bridge.relay import Relay
 from storage import messages, outbox
-from storage.database import Database
 from storage.outbox import Scope
+from storage.port import Connection, Store
 
 log = structlog.get_logger("deadletters")
 
@@ -89,7 +88,7 @@ class UnknownItem(Exception):
 class DeadLetters:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         relay: Relay,
         wake: Callable[[], None],
         batch: int,
@@ -102,7 +101,7 @@ class DeadLetters:
         self._clock = clock
 
     async def retry(self, scope: Scope) -> Report:
-        def work(conn: sqlite3.Connection, after: int) -> list[Done]:
+        def work(conn: Connection, after: int) -> list[Done]:
             now, done = self._clock(), []
             for item, _ in outbox.dead_items(conn, scope, after, self._batch):
                 if item.kind == outbox.KEPT_REPLY:
@@ -126,7 +125,7 @@ class DeadLetters:
         return report
 
     async def purge(self, scope: Scope) -> Report:
-        def work(conn: sqlite3.Connection, after: int) -> list[Done]:
+        def work(conn: Connection, after: int) -> list[Done]:
             found = [item for item, _ in outbox.dead_items(conn, scope, after, self._batch)]
             outbox.purge(conn, [item.id for item in found])
             return [Done(item.id, item.kind, "purged") for item in found]
@@ -145,7 +144,7 @@ class DeadLetters:
         if scope.item_id is not None:
             item_id = scope.item_id
 
-            def status(conn: sqlite3.Connection) -> str | None:
+            def status(conn: Connection) -> str | None:
                 return outbox.status_of(conn, item_id)
 
             found = await self._db.write(status)

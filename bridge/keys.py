@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bridge.metrics import Metrics
 from bridge.settings import Settings
-from storage.database import Database
+from storage.port import Store
 
 if TYPE_CHECKING:
     from bridge.channels import ChannelManager
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from connectors.base import LiveChatConnector
 
 SETTINGS = web.AppKey("settings", Settings)
-DATABASE = web.AppKey("database", Database)
+DATABASE: web.AppKey[Store] = web.AppKey("database")
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
 RELAY: web.AppKey[Relay] = web.AppKey("relay")

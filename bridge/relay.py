@@ -6,7 +6,6 @@ returns, everything it decided is on disk and the delivery worker has been woken
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,7 +40,6 @@ from bridge.core.outbox_kinds import (
 )
 from bridge.settings import Settings
 from storage import chats, events, messages, outbox
-from storage.database import Database
 
 # Outbox kinds: what the delivery worker does with an item (named with the outbox).
 from storage.outbox import KEPT_REPLY as KEPT_REPLY
@@ -50,6 +48,7 @@ from storage.outbox import READ as READ
 from storage.outbox import TO_LIVECHAT as TO_LIVECHAT
 from storage.outbox import TO_MESSENGER as TO_MESSENGER
 from storage.outbox import TO_SUBSCRIBER as TO_SUBSCRIBER
+from storage.port import Connection, Store
 
 log = structlog.get_logger("relay")
 
@@ -62,7 +61,7 @@ class Applied:
     answer: CrmAnswer | None = None
 
 
-def _failed_for_good(conn: sqlite3.Connection, stored: messages.Stored) -> bool:
+def _failed_for_good(conn: Connection, stored: messages.Stored) -> bool:
     """The message's delivery was given up (its messenger told `success: false`) and nothing
     is delivering it now (an admin may have put its dead item back in the lane)."""
     return stored.status == "failed" and not outbox.has_pending(
@@ -175,7 +174,7 @@ def _differences(stored: messages.Stored, msg: UserMessage) -> tuple[str, ...]:
 class Relay:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         settings: Settings,
         wake: Callable[[], None],
         clock: Callable[[], float] = time.time,
@@ -210,7 +209,7 @@ class Relay:
         dedupe_key = f"in:{channel_id}:{msg.external_message_id}"
         url_key = self._url_key(livechat_id, chats.client_key(channel_id, msg.external_chat_id))
 
-        def work(conn: sqlite3.Connection) -> Accepted | Conflicting:
+        def work(conn: Connection) -> Accepted | Conflicting:
             stored = messages.stored(conn, dedupe_key)
             if stored is not None:
                 differs = _differences(stored, msg)
@@ -278,7 +277,7 @@ class Relay:
     ) -> list[CrmAnswer]:
         """Apply a hook's events; return what the live chat should show its agent."""
 
-        def work(conn: sqlite3.Connection) -> tuple[bool, list[CrmAnswer]]:
+        def work(conn: Connection) -> tuple[bool, list[CrmAnswer]]:
             queued, answers = False, []
             for event in batch:
                 applied = self._apply(conn, livechat_id, event)
@@ -294,7 +293,7 @@ class Relay:
             self._wake()
         return answers
 
-    def _apply(self, conn: sqlite3.Connection, livechat_id: str, event: LiveChatEvent) -> Applied:
+    def _apply(self, conn: Connection, livechat_id: str, event: LiveChatEvent) -> Applied:
         if isinstance(event, OtherEvent):
             chat = chats.find_chat(conn, livechat_id, event.chat) if event.chat else None
             session_id = chats.open_session_id(conn, chat.id) if chat else None
@@ -327,7 +326,7 @@ class Relay:
 
     def _record(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         livechat_id: str,
         name: str,
         payload: dict[str, Any],
@@ -363,9 +362,7 @@ class Relay:
 
     # --- an operator's reply: delivered, kept until its chat is linked, or a dead letter ------
 
-    def _reply_chat(
-        self, conn: sqlite3.Connection, livechat_id: str, ref: ChatRef
-    ) -> chats.ChatRow | str:
+    def _reply_chat(self, conn: Connection, livechat_id: str, ref: ChatRef) -> chats.ChatRow | str:
         """The chat an operator's reply is for, or why there is none.
 
         Found by our client key or the live chat's customer id (`chats.find_chat`). Failing
@@ -404,7 +401,7 @@ class Relay:
         return chat
 
     def _on_unlinked_reply(
-        self, conn: sqlite3.Connection, livechat_id: str, event: AgentMessage, reason: str
+        self, conn: Connection, livechat_id: str, event: AgentMessage, reason: str
     ) -> Applied:
         """A reply no chat was found for. One naming a live chat's customer id is kept as an
         orphan: the live chat may have answered before the bridge stored that id, and it is
@@ -440,7 +437,7 @@ class Relay:
         return Applied(self._record(conn, livechat_id, "unlinked", payload, None))
 
     def _keep_orphan(
-        self, conn: sqlite3.Connection, livechat_id: str, customer_id: str, event: AgentMessage
+        self, conn: Connection, livechat_id: str, customer_id: str, event: AgentMessage
     ) -> None:
         operator = event.operator
         messages.keep_orphan(
@@ -455,7 +452,7 @@ class Relay:
             now=self._clock(),
         )
 
-    def adopt_orphans(self, conn: sqlite3.Connection, chat_id: int) -> bool:
+    def adopt_orphans(self, conn: Connection, chat_id: int) -> bool:
         """The chat's customer id was just stored: deliver what its operator already wrote."""
         chat = chats.get_chat(conn, chat_id)
         if chat is None or chat.customer_id is None:
@@ -480,7 +477,7 @@ class Relay:
 
     def bury_reply(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         livechat_id: str,
         event: AgentMessage,
         reason: str,
@@ -529,9 +526,7 @@ class Relay:
         return item_id
 
     @staticmethod
-    def _kept_already(
-        conn: sqlite3.Connection, livechat_id: str, event: AgentMessage
-    ) -> int | None:
+    def _kept_already(conn: Connection, livechat_id: str, event: AgentMessage) -> int | None:
         """The dead letter already holding this reply (the live chat sent it again), if any."""
         if event.message_id is None:
             return None
@@ -540,7 +535,7 @@ class Relay:
             log.info("relay.reply_dead_repeat", livechat=livechat_id, item=kept)
         return kept
 
-    def bury_orphans(self, conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    def bury_orphans(self, conn: Connection, cutoff: float, limit: int) -> int:
         """Orphans received before `cutoff` whose customer was never linked become dead
         letters; return how many (at most `limit`)."""
         orphans = messages.take_expired_orphans(conn, cutoff, limit)
@@ -559,7 +554,7 @@ class Relay:
             self.bury_reply(conn, orphan.livechat_id, event, reason, received_at=orphan.received_at)
         return len(orphans)
 
-    def route_kept_reply(self, conn: sqlite3.Connection, payload: dict[str, Any]) -> str | None:
+    def route_kept_reply(self, conn: Connection, payload: dict[str, Any]) -> str | None:
         """Try a dead letter of kind `KEPT_REPLY` again: None when it is now queued for its
         chat's messenger (or was delivered before), else why it still cannot be. Its chat is
         found, or recovered from its client key, as when it first came (`_reply_chat`)."""
@@ -585,7 +580,7 @@ class Relay:
         messenger = self._settings.messengers.get(chat.channel_id)
         return messenger is not None and messenger.operator_sessions
 
-    def _undeliverable(self, conn: sqlite3.Connection, chat: chats.ChatRow) -> str | None:
+    def _undeliverable(self, conn: Connection, chat: chats.ChatRow) -> str | None:
         """Why a reply for this chat cannot be queued for its messenger now, or None. A
         messenger that is configured but not active (disconnected, interrupted) is no reason:
         its replies are queued and held."""
@@ -596,7 +591,7 @@ class Relay:
         return None
 
     def _on_agent_message(
-        self, conn: sqlite3.Connection, livechat_id: str, chat: chats.ChatRow, event: AgentMessage
+        self, conn: Connection, livechat_id: str, chat: chats.ChatRow, event: AgentMessage
     ) -> Applied:
         """Store an operator's reply and queue it for the chat's messenger, in the chat's open
         session or in one the operator opens (when the messenger allows it).
@@ -645,7 +640,7 @@ class Relay:
 
     def _refuse_reply(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         livechat_id: str,
         chat: chats.ChatRow,
         event: AgentMessage,
@@ -671,7 +666,7 @@ class Relay:
 
     def _keep_files(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         livechat_id: str,
         chat: chats.ChatRow,
         session_id: int,
@@ -701,7 +696,7 @@ class Relay:
 
     def _on_conversation(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         livechat_id: str,
         chat: chats.ChatRow | None,
         event: ConversationState,
@@ -723,7 +718,7 @@ class Relay:
             session_id = chats.close_session(conn, chat.id, now)
         return Applied(self._record(conn, livechat_id, event.name, event.raw, session_id))
 
-    def _on_read(self, conn: sqlite3.Connection, chat: chats.ChatRow, event: AgentRead) -> Applied:
+    def _on_read(self, conn: Connection, chat: chats.ChatRow, event: AgentRead) -> Applied:
         target = messages.find_inbound(conn, chat.id, event.message_id)
         if target is None or target.status == "read" or target.external_id is None:
             return Applied()
@@ -739,9 +734,7 @@ class Relay:
         )
         return Applied(queued=True)
 
-    def _on_lifecycle(
-        self, conn: sqlite3.Connection, livechat_id: str, event: Lifecycle
-    ) -> Applied:
+    def _on_lifecycle(self, conn: Connection, livechat_id: str, event: Lifecycle) -> Applied:
         link = self._link(conn, livechat_id, event)
         answer = None
         if link.chat is not None:
@@ -761,7 +754,7 @@ class Relay:
 
     def _lifecycle_effects(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         chat: chats.ChatRow,
         session_id: int | None,
         event: Lifecycle,
@@ -801,7 +794,7 @@ class Relay:
             chats.finish_session(conn, session_id, transcript, self._clock())
         return self._crm_answer(conn, chat, session_id) if event.wants_answer else None
 
-    def _link(self, conn: sqlite3.Connection, livechat_id: str, event: Lifecycle) -> Link:
+    def _link(self, conn: Connection, livechat_id: str, event: Lifecycle) -> Link:
         """The chat and session a life-cycle event speaks of. The ways, in order:
 
         1. `user_token` equal to the chat's client key (set only by a website widget);
@@ -855,7 +848,7 @@ class Relay:
         return Link(chat, session_id, None if chat else "; ".join(tried))
 
     def _link_by_contact(
-        self, conn: sqlite3.Connection, livechat_id: str, ref: ChatRef, tried: list[str]
+        self, conn: Connection, livechat_id: str, ref: ChatRef, tried: list[str]
     ) -> chats.ChatRow | None:
         phone = contacts.phone_key(ref.phone, self._region(livechat_id))
         email = contacts.email_key(ref.email)
@@ -883,7 +876,7 @@ class Relay:
         `parse(livechat_id, payload)` reads a stored event's payload (the live chat's
         connector)."""
 
-        def work(conn: sqlite3.Connection) -> HandLink:
+        def work(conn: Connection) -> HandLink:
             return self._link_by_hand(conn, event_id, session_id, parse)
 
         done = await self._db.write(work)
@@ -893,7 +886,7 @@ class Relay:
 
     def _link_by_hand(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         event_id: int,
         session_id: int,
         parse: Callable[[str, dict[str, Any]], list[LiveChatEvent]],
@@ -965,7 +958,7 @@ class Relay:
         secret = self._settings.livechats[livechat_id].hook_token.get_secret_value()
         return chat_links.url_key(secret, client_key)
 
-    def _set_contact(self, conn: sqlite3.Connection, chat: chats.ChatRow, contact: Contact) -> None:
+    def _set_contact(self, conn: Connection, chat: chats.ChatRow, contact: Contact) -> None:
         chats.set_contact(
             conn,
             chat.id,
@@ -975,7 +968,7 @@ class Relay:
         )
 
     def save_profile(
-        self, conn: sqlite3.Connection, channel_id: str, profile: UserProfile, now: float
+        self, conn: Connection, channel_id: str, profile: UserProfile, now: float
     ) -> None:
         """Store a messenger user's fetched profile, its phone keyed for linking."""
         key = contacts.phone_key(profile.phone, self._channel_region(channel_id))
@@ -985,14 +978,14 @@ class Relay:
         """Key the phones and emails stored before keys existed (storage/migrations.py V5), in
         batches; a no-op once done (partial indexes find what is left). Returns rows keyed."""
 
-        def users(conn: sqlite3.Connection) -> int:
+        def users(conn: Connection) -> int:
             rows = chats.unkeyed_users(conn, KEYING_BATCH)
             for channel_id, user_id, phone in rows:
                 key = contacts.phone_key(phone, self._channel_region(channel_id))
                 chats.set_user_phone_key(conn, channel_id, user_id, phone, key)
             return len(rows)
 
-        def chat_contacts(conn: sqlite3.Connection) -> int:
+        def chat_contacts(conn: Connection) -> int:
             rows = chats.unkeyed_contacts(conn, KEYING_BATCH)
             for chat_id, livechat_id, contact in rows:
                 contact = contact if isinstance(contact, dict) else {}
@@ -1013,9 +1006,7 @@ class Relay:
                 total += done
         return total
 
-    def _crm_answer(
-        self, conn: sqlite3.Connection, chat: chats.ChatRow, session_id: int
-    ) -> CrmAnswer:
+    def _crm_answer(self, conn: Connection, chat: chats.ChatRow, session_id: int) -> CrmAnswer:
         found = chats.get_user(conn, chat.channel_id, chat.user_id)
         profile = found[0] if found else UserProfile(chat.user_id)
         messenger = self._settings.messengers.get(chat.channel_id)
@@ -1039,7 +1030,7 @@ class Relay:
     async def user_read(self, channel_id: str, uid: str) -> None:
         """The messenger reports that its user read an operator's message."""
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: Connection) -> bool:
             return messages.mark_read_by_uid(conn, channel_id, uid)
 
         await self._db.write(work)

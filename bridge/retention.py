@@ -1,6 +1,6 @@
 """The pruner: applies `[retention]` in the background, in small batches.
 
-Every batch is its own short write through `Database.write`, with a pause after it, so an
+Every batch is its own short write through `Store.write`, with a pause after it, so an
 ack queued meanwhile waits for one batch at most, never for a whole pass. A pass runs shortly
 after start-up and then every `PASS_EVERY` seconds; `prune_once` runs one at once (tests).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import Callable
 from functools import partial
@@ -20,7 +19,7 @@ from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.settings import RetentionSettings
 from storage import retention
-from storage.database import Database, StorageUnavailable
+from storage.port import Connection, StorageUnavailable, Store
 
 log = structlog.get_logger("retention")
 
@@ -35,7 +34,7 @@ Step = Callable[..., tuple[int, int | None]]
 class Pruner:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         settings: RetentionSettings,
         relay: Relay,
         metrics: Metrics,
@@ -109,7 +108,7 @@ class Pruner:
             await asyncio.sleep(self._settings.pause)
 
     def _bury_orphans(
-        self, conn: sqlite3.Connection, *, cutoff: float, after: int, limit: int
+        self, conn: Connection, *, cutoff: float, after: int, limit: int
     ) -> tuple[int, int | None]:
         buried = self._relay.bury_orphans(conn, cutoff, limit)
         return buried, after if buried == limit else None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from storage.database import Database
+from storage.port import Connection, Row, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +17,7 @@ class ChannelRow:
     connected_webhook: str | None = None  # the URL the messenger accepted in its last `connect`
 
 
-def _row(row: sqlite3.Row) -> ChannelRow:
+def _row(row: Row) -> ChannelRow:
     return ChannelRow(
         row["id"],
         row["state"],
@@ -30,7 +29,7 @@ def _row(row: sqlite3.Row) -> ChannelRow:
 
 
 def sync_from_config(
-    conn: sqlite3.Connection, channel_id: str, config_enabled: bool, now: float
+    conn: Connection, channel_id: str, config_enabled: bool, now: float
 ) -> ChannelRow:
     """Create the row, or apply the config's `enabled` if it changed since we last read it.
 
@@ -39,12 +38,12 @@ def sync_from_config(
     """
     conn.execute(
         """INSERT INTO channels (id, state, since, enabled, config_enabled)
-           VALUES (?, CASE WHEN ? THEN 'connecting' ELSE 'disconnected' END, ?, ?, ?)
+           VALUES (?, CASE WHEN ? = 1 THEN 'connecting' ELSE 'disconnected' END, ?, ?, ?)
            ON CONFLICT (id) DO UPDATE SET
                enabled = CASE WHEN config_enabled != excluded.config_enabled
                               THEN excluded.config_enabled ELSE enabled END,
                config_enabled = excluded.config_enabled""",
-        (channel_id, config_enabled, now, config_enabled, config_enabled),
+        (channel_id, int(config_enabled), now, int(config_enabled), int(config_enabled)),
     )
     row = conn.execute("SELECT * FROM channels WHERE id = ?", (channel_id,)).fetchone()
     assert row is not None
@@ -52,7 +51,7 @@ def sync_from_config(
 
 
 def set_state(
-    conn: sqlite3.Connection,
+    conn: Connection,
     channel_id: str,
     state: str,
     now: float,
@@ -68,9 +67,17 @@ def set_state(
                state = ?, last_error = ?, enabled = coalesce(?, enabled),
                connected_webhook = coalesce(?, connected_webhook)
            WHERE id = ?""",
-        (state, now, state, last_error, enabled, connected_webhook, channel_id),
+        (
+            state,
+            now,
+            state,
+            last_error,
+            None if enabled is None else int(enabled),
+            connected_webhook,
+            channel_id,
+        ),
     )
 
 
-async def all_channels(db: Database) -> list[ChannelRow]:
+async def all_channels(db: Store) -> list[ChannelRow]:
     return [_row(r) for r in await db.fetch_all("SELECT * FROM channels ORDER BY id")]

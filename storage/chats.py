@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.model import ChatRef, UserProfile
-from storage.database import Database
+from storage.port import Connection, Row, Store, matching
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +24,7 @@ class ChatRow:
     url_key: str | None = None  # of the chat's URL sent as JivoChat's sender.url
 
 
-def _chat(row: sqlite3.Row) -> ChatRow:
+def _chat(row: Row) -> ChatRow:
     return ChatRow(
         row["id"],
         row["channel_id"],
@@ -57,7 +56,7 @@ def parse_client_key(key: str) -> tuple[str, str] | None:
 
 
 def recover_chat(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     channel_id: str,
     external_chat_id: str,
@@ -84,7 +83,7 @@ def recover_chat(
 
 
 def upsert_chat(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     channel_id: str,
     external_chat_id: str,
@@ -104,12 +103,12 @@ def upsert_chat(
         (channel_id, external_chat_id),
     ).fetchone()
     if known is not None and (
-        (name is None or name == known[1])
-        and known[2] == user_id
-        and known[3] == livechat_id
-        and known[4] is not None
+        (name is None or name == known["name"])
+        and known["user_id"] == user_id
+        and known["livechat_id"] == livechat_id
+        and known["url_key"] is not None
     ):
-        return int(known[0])
+        return int(known["id"])
     row = conn.execute(
         """INSERT INTO chats (channel_id, external_chat_id, name, user_id, client_key,
                               livechat_id, created_at, url_key)
@@ -132,15 +131,15 @@ def upsert_chat(
         ),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row["id"])
 
 
-def get_chat(conn: sqlite3.Connection, chat_id: int) -> ChatRow | None:
+def get_chat(conn: Connection, chat_id: int) -> ChatRow | None:
     row = conn.execute("SELECT * FROM chats WHERE id = ?", (chat_id,)).fetchone()
     return _chat(row) if row else None
 
 
-def find_chat(conn: sqlite3.Connection, livechat_id: str, ref: ChatRef) -> ChatRow | None:
+def find_chat(conn: Connection, livechat_id: str, ref: ChatRef) -> ChatRow | None:
     """The chat a live chat means: by our client key first, else by its customer id."""
     row = None
     if ref.client_key is not None:
@@ -156,9 +155,7 @@ def find_chat(conn: sqlite3.Connection, livechat_id: str, ref: ChatRef) -> ChatR
     return _chat(row) if row else None
 
 
-def set_customer(
-    conn: sqlite3.Connection, chat_id: int, customer_id: str | None, tag: str | None
-) -> None:
+def set_customer(conn: Connection, chat_id: int, customer_id: str | None, tag: str | None) -> None:
     conn.execute(
         """UPDATE chats SET customer_id = coalesce(?, customer_id),
                             customer_tag = coalesce(?, customer_tag) WHERE id = ?""",
@@ -169,7 +166,7 @@ def set_customer(
 # --- users --------------------------------------------------------------------------------
 
 
-def ensure_user(conn: sqlite3.Connection, channel_id: str, user_id: str) -> None:
+def ensure_user(conn: Connection, channel_id: str, user_id: str) -> None:
     conn.execute(
         "INSERT INTO users (channel_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (channel_id, user_id),
@@ -177,7 +174,7 @@ def ensure_user(conn: sqlite3.Connection, channel_id: str, user_id: str) -> None
 
 
 def get_user(
-    conn: sqlite3.Connection, channel_id: str, user_id: str
+    conn: Connection, channel_id: str, user_id: str
 ) -> tuple[UserProfile, float | None] | None:
     """The cached profile and when it was fetched (None: never)."""
     row = conn.execute(
@@ -186,7 +183,7 @@ def get_user(
     return _user(row) if row else None
 
 
-def _user(row: sqlite3.Row) -> tuple[UserProfile, float | None]:
+def _user(row: Row) -> tuple[UserProfile, float | None]:
     """The cached profile and when it was fetched (None: never)."""
     return UserProfile(row["user_id"], row["username"], row["phone"], row["avatar"]), row[
         "fetched_at"
@@ -194,7 +191,7 @@ def _user(row: sqlite3.Row) -> tuple[UserProfile, float | None]:
 
 
 def save_profile(
-    conn: sqlite3.Connection,
+    conn: Connection,
     channel_id: str,
     profile: UserProfile,
     now: float,
@@ -229,7 +226,7 @@ def _stored_key(raw: str | None, key: str | None) -> str | None:
     return key or ""
 
 
-def mark_profile_tried(conn: sqlite3.Connection, channel_id: str, user_id: str, now: float) -> None:
+def mark_profile_tried(conn: Connection, channel_id: str, user_id: str, now: float) -> None:
     """A failed lookup counts as a fetch, so a messenger that cannot answer is not asked for
     every message; the profile is asked for again when the cache ages out."""
     conn.execute(
@@ -241,15 +238,15 @@ def mark_profile_tried(conn: sqlite3.Connection, channel_id: str, user_id: str, 
 # --- sessions -----------------------------------------------------------------------------
 
 
-def open_session_id(conn: sqlite3.Connection, chat_id: int) -> int | None:
+def open_session_id(conn: Connection, chat_id: int) -> int | None:
     row = conn.execute(
         "SELECT id FROM sessions WHERE chat_id = ? AND status = 'open'", (chat_id,)
     ).fetchone()
-    return int(row[0]) if row else None
+    return int(row["id"]) if row else None
 
 
 def open_session(
-    conn: sqlite3.Connection, chat_id: int, livechat_id: str, opened_by: str, now: float
+    conn: Connection, chat_id: int, livechat_id: str, opened_by: str, now: float
 ) -> tuple[int, bool]:
     """The chat's open session, creating one if there is none; (id, created)."""
     existing = open_session_id(conn, chat_id)
@@ -261,10 +258,10 @@ def open_session(
         (chat_id, livechat_id, opened_by, now),
     ).fetchone()
     assert row is not None
-    return int(row[0]), True
+    return int(row["id"]), True
 
 
-def reopen_last_session(conn: sqlite3.Connection, chat_id: int) -> int | None:
+def reopen_last_session(conn: Connection, chat_id: int) -> int | None:
     """Reopen the chat's latest session if none is open; return the open session's id."""
     existing = open_session_id(conn, chat_id)
     if existing is not None:
@@ -274,25 +271,25 @@ def reopen_last_session(conn: sqlite3.Connection, chat_id: int) -> int | None:
            WHERE id = (SELECT max(id) FROM sessions WHERE chat_id = ?) RETURNING id""",
         (chat_id,),
     ).fetchone()
-    return int(row[0]) if row else None
+    return int(row["id"]) if row else None
 
 
-def close_session(conn: sqlite3.Connection, chat_id: int, now: float) -> int | None:
+def close_session(conn: Connection, chat_id: int, now: float) -> int | None:
     row = conn.execute(
         """UPDATE sessions SET status = 'closed', closed_at = ?
            WHERE chat_id = ? AND status = 'open' RETURNING id""",
         (now, chat_id),
     ).fetchone()
-    return int(row[0]) if row else None
+    return int(row["id"]) if row else None
 
 
-def set_session_url(conn: sqlite3.Connection, session_id: int, url: str | None) -> None:
+def set_session_url(conn: Connection, session_id: int, url: str | None) -> None:
     if url:
         conn.execute("UPDATE sessions SET conversation_url = ? WHERE id = ?", (url, session_id))
 
 
 async def read_user(
-    db: Database, channel_id: str, user_id: str
+    db: Store, channel_id: str, user_id: str
 ) -> tuple[UserProfile, float | None] | None:
     row = await db.fetch_one(
         "SELECT * FROM users WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
@@ -300,8 +297,46 @@ async def read_user(
     return _user(row) if row else None
 
 
+async def read_chat(db: Store, channel_id: str, external_chat_id: str) -> ChatRow | None:
+    """A messenger chat's row, or None when the bridge has not stored it."""
+    row = await db.fetch_one(
+        "SELECT * FROM chats WHERE channel_id = ? AND external_chat_id = ?",
+        (channel_id, external_chat_id),
+    )
+    return _chat(row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactKeys:
+    """A chat's contact details as keys (bridge.contacts): its user's profile phone, and the
+    phone and email of the contact the live chat holds ('' for a value with no key, None
+    for none stored or not keyed yet)."""
+
+    user_phone: str | None
+    contact_phone: str | None
+    contact_email: str | None
+
+
+async def read_keys(db: Store, channel_id: str, external_chat_id: str) -> ContactKeys | None:
+    """The keys a messenger chat is found by, or None when the chat is not stored."""
+    row = await db.fetch_one(
+        """SELECT u.phone_key, c.contact_phone_key, c.contact_email_key FROM chats c
+           LEFT JOIN users u ON u.channel_id = c.channel_id AND u.user_id = c.user_id
+           WHERE c.channel_id = ? AND c.external_chat_id = ?""",
+        (channel_id, external_chat_id),
+    )
+    if row is None:
+        return None
+    return ContactKeys(row["phone_key"], row["contact_phone_key"], row["contact_email_key"])
+
+
+async def count_open_sessions(db: Store) -> int:
+    row = await db.fetch_one("SELECT count(*) AS n FROM sessions WHERE status = 'open'")
+    return int(row["n"]) if row else 0
+
+
 async def list_sessions(
-    db: Database,
+    db: Store,
     channel_id: str | None,
     status: str | None,
     limit: int,
@@ -310,16 +345,22 @@ async def list_sessions(
     user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Sessions newest first; each filter that is not None must match exactly."""
+    where, params = matching(
+        {
+            "c.channel_id": channel_id,
+            "s.status": status,
+            "c.external_chat_id": external_chat_id,
+            "c.user_id": user_id,
+        }
+    )
     rows = await db.fetch_all(
-        """SELECT s.id, s.status, s.opened_by, s.opened_at, s.closed_at, s.conversation_url,
+        f"""SELECT s.id, s.status, s.opened_by, s.opened_at, s.closed_at, s.conversation_url,
                   s.livechat_id, c.channel_id, c.external_chat_id, c.name AS chat_name,
                   c.user_id, c.customer_id,
                   (SELECT count(*) FROM messages m WHERE m.session_id = s.id) AS messages
            FROM sessions s JOIN chats c ON c.id = s.chat_id
-           WHERE (?1 IS NULL OR c.channel_id = ?1) AND (?2 IS NULL OR s.status = ?2)
-             AND (?4 IS NULL OR c.external_chat_id = ?4) AND (?5 IS NULL OR c.user_id = ?5)
-           ORDER BY s.id DESC LIMIT ?3""",
-        (channel_id, status, limit, external_chat_id, user_id),
+           WHERE {where} ORDER BY s.id DESC LIMIT ?""",  # noqa: S608 (column names only)
+        (*params, limit),
     )
     return [dict(r) for r in rows]
 
@@ -328,41 +369,38 @@ async def list_sessions(
 
 
 def find_chat_by_contact(
-    conn: sqlite3.Connection, livechat_id: str, email_key: str | None, phone_key: str | None
+    conn: Connection, livechat_id: str, email_key: str | None, phone_key: str | None
 ) -> ChatRow | None:
     """The latest chat of this live chat whose user's profile phone, or whose stored contact's
     phone or email, has this key (bridge.contacts); each way an index lookup."""
-    found: list[int] = []
+    found: list[Row | None] = []
     if phone_key:
-        found += [
-            r[0]
-            for r in conn.execute(
-                """SELECT max(c.id) FROM users u JOIN chats c
+        found.append(
+            conn.execute(
+                """SELECT max(c.id) AS id FROM users u JOIN chats c
                        ON c.channel_id = u.channel_id AND c.user_id = u.user_id
                    WHERE u.phone_key = ? AND c.livechat_id = ?""",
                 (phone_key, livechat_id),
-            )
-        ]
-        found += [
-            r[0]
-            for r in conn.execute(
-                "SELECT max(id) FROM chats WHERE livechat_id = ? AND contact_phone_key = ?",
+            ).fetchone()
+        )
+        found.append(
+            conn.execute(
+                "SELECT max(id) AS id FROM chats WHERE livechat_id = ? AND contact_phone_key = ?",
                 (livechat_id, phone_key),
-            )
-        ]
+            ).fetchone()
+        )
     if email_key:
-        found += [
-            r[0]
-            for r in conn.execute(
-                "SELECT max(id) FROM chats WHERE livechat_id = ? AND contact_email_key = ?",
+        found.append(
+            conn.execute(
+                "SELECT max(id) AS id FROM chats WHERE livechat_id = ? AND contact_email_key = ?",
                 (livechat_id, email_key),
-            )
-        ]
-    ids = [i for i in found if i is not None]
+            ).fetchone()
+        )
+    ids = [int(r["id"]) for r in found if r is not None and r["id"] is not None]
     return get_chat(conn, max(ids)) if ids else None
 
 
-def find_chat_by_url_key(conn: sqlite3.Connection, livechat_id: str, key: str) -> ChatRow | None:
+def find_chat_by_url_key(conn: Connection, livechat_id: str, key: str) -> ChatRow | None:
     row = conn.execute(
         "SELECT * FROM chats WHERE url_key = ? AND livechat_id = ?", (key, livechat_id)
     ).fetchone()
@@ -370,7 +408,7 @@ def find_chat_by_url_key(conn: sqlite3.Connection, livechat_id: str, key: str) -
 
 
 def find_session_by_remote(
-    conn: sqlite3.Connection, livechat_id: str, remote_chat_id: str
+    conn: Connection, livechat_id: str, remote_chat_id: str
 ) -> tuple[int, int] | None:
     """(session id, chat id) of the session a live chat's own chat id was linked to."""
     row = conn.execute(
@@ -378,30 +416,32 @@ def find_session_by_remote(
            ORDER BY id DESC LIMIT 1""",
         (livechat_id, remote_chat_id),
     ).fetchone()
-    return (int(row[0]), int(row[1])) if row else None
+    return (int(row["id"]), int(row["chat_id"])) if row else None
 
 
-def session_chat(conn: sqlite3.Connection, session_id: int) -> tuple[int, str] | None:
+def session_chat(conn: Connection, session_id: int) -> tuple[int, str] | None:
     """(chat id, live chat id) of a session."""
     row = conn.execute(
         "SELECT chat_id, livechat_id FROM sessions WHERE id = ?", (session_id,)
     ).fetchone()
-    return (int(row[0]), row[1]) if row else None
+    return (int(row["chat_id"]), row["livechat_id"]) if row else None
 
 
-def last_session_id(conn: sqlite3.Connection, chat_id: int) -> int | None:
-    row = conn.execute("SELECT max(id) FROM sessions WHERE chat_id = ?", (chat_id,)).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
+def last_session_id(conn: Connection, chat_id: int) -> int | None:
+    row = conn.execute(
+        "SELECT max(id) AS id FROM sessions WHERE chat_id = ?", (chat_id,)
+    ).fetchone()
+    return int(row["id"]) if row and row["id"] is not None else None
 
 
-def session_opened_at(conn: sqlite3.Connection, session_id: int) -> float:
+def session_opened_at(conn: Connection, session_id: int) -> float:
     row = conn.execute("SELECT opened_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
     assert row is not None
-    return float(row[0])
+    return float(row["opened_at"])
 
 
 def link_session(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: int,
     remote_chat_id: str | None,
     agent_id: str | None,
@@ -412,9 +452,9 @@ def link_session(
     if remote_chat_id is not None:
         conn.execute(
             """UPDATE sessions SET remote_chat_id = NULL
-               WHERE livechat_id = (SELECT livechat_id FROM sessions WHERE id = ?1)
-                 AND remote_chat_id = ?2 AND id <> ?1""",
-            (session_id, remote_chat_id),
+               WHERE livechat_id = (SELECT livechat_id FROM sessions WHERE id = ?)
+                 AND remote_chat_id = ? AND id <> ?""",
+            (session_id, remote_chat_id, session_id),
         )
     conn.execute(
         """UPDATE sessions SET remote_chat_id = coalesce(?, remote_chat_id),
@@ -425,12 +465,12 @@ def link_session(
     )
 
 
-def set_crm_link(conn: sqlite3.Connection, session_id: int, link: str) -> None:
+def set_crm_link(conn: Connection, session_id: int, link: str) -> None:
     conn.execute("UPDATE sessions SET crm_link = ? WHERE id = ?", (link, session_id))
 
 
 def finish_session(
-    conn: sqlite3.Connection, session_id: int, transcript: list[dict[str, Any]] | None, now: float
+    conn: Connection, session_id: int, transcript: list[dict[str, Any]] | None, now: float
 ) -> None:
     conn.execute(
         """UPDATE sessions SET status = 'closed', closed_at = coalesce(closed_at, ?),
@@ -445,7 +485,7 @@ def finish_session(
 
 
 def set_contact(
-    conn: sqlite3.Connection,
+    conn: Connection,
     chat_id: int,
     contact: dict[str, Any],
     phone_key: str | None,
@@ -462,18 +502,18 @@ def set_contact(
 # --- keys for rows stored before they existed (storage/migrations.py V5) ------------------
 
 
-def unkeyed_users(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str]]:
+def unkeyed_users(conn: Connection, limit: int) -> list[tuple[str, str, str]]:
     """(channel id, user id, phone) of users whose phone has no key yet."""
     rows = conn.execute(
         """SELECT channel_id, user_id, phone FROM users
            WHERE phone IS NOT NULL AND phone_key IS NULL LIMIT ?""",
         (limit,),
     ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [(r["channel_id"], r["user_id"], r["phone"]) for r in rows]
 
 
 def set_user_phone_key(
-    conn: sqlite3.Connection, channel_id: str, user_id: str, phone: str, key: str | None
+    conn: Connection, channel_id: str, user_id: str, phone: str, key: str | None
 ) -> None:
     conn.execute(
         "UPDATE users SET phone_key = ? WHERE channel_id = ? AND user_id = ?",
@@ -481,18 +521,18 @@ def set_user_phone_key(
     )
 
 
-def unkeyed_contacts(conn: sqlite3.Connection, limit: int) -> list[tuple[int, str, Any]]:
+def unkeyed_contacts(conn: Connection, limit: int) -> list[tuple[int, str, Any]]:
     """(chat id, live chat id, stored contact) of chats whose contact has no keys yet."""
     rows = conn.execute(
         """SELECT id, livechat_id, contact FROM chats
            WHERE contact IS NOT NULL AND contact_phone_key IS NULL LIMIT ?""",
         (limit,),
     ).fetchall()
-    return [(int(r[0]), r[1], json.loads(r[2])) for r in rows]
+    return [(int(r["id"]), r["livechat_id"], json.loads(r["contact"])) for r in rows]
 
 
 def set_contact_keys(
-    conn: sqlite3.Connection, chat_id: int, phone_key: str | None, email_key: str | None
+    conn: Connection, chat_id: int, phone_key: str | None, email_key: str | None
 ) -> None:
     conn.execute(
         "UPDATE chats SET contact_phone_key = ?, contact_email_key = ? WHERE id = ?",
@@ -500,7 +540,7 @@ def set_contact_keys(
     )
 
 
-async def session_detail(db: Database, session_id: int) -> dict[str, Any] | None:
+async def session_detail(db: Store, session_id: int) -> dict[str, Any] | None:
     row = await db.fetch_one(
         """SELECT s.*, c.channel_id, c.external_chat_id, c.name AS chat_name, c.user_id,
                   c.client_key, c.customer_id, c.contact

@@ -1,9 +1,11 @@
-"""The SQLite database: one writer thread with group commit, one async read-only connection.
+"""The SQLite backend of the storage port (storage/port.py): one writer thread with group
+commit, one async read-only connection.
 
 Every change goes through `Database.write(work)`, where `work` is a plain function of a
-`sqlite3.Connection`. Works queued while a transaction is running are run together in the next
-one, in one hop to the writer thread, and committed with a single fsync (group commit): many
-concurrent requests share the cost of both. `write` returns only after the commit, which is
+`storage.port.Connection` (here a `sqlite3.Connection` that knows its dialect). Works queued
+while a transaction is running are run together in the next one, in one hop to the writer
+thread, and committed with a single fsync (group commit): many concurrent requests share the
+cost of both. `write` returns only after the commit, which is
 what lets an HTTP 200 mean "on disk". Reads go through aiosqlite on a second connection.
 
 Three guards keep that promise honest while the service runs for months:
@@ -26,7 +28,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,11 @@ import aiosqlite
 import structlog
 
 from storage.migrations import migrate
+from storage.port import CannotOpen, Connection, Dialect, Row, Work
+from storage.port import DatabaseInUse as DatabaseInUse
+from storage.port import StorageUnavailable as StorageUnavailable
 
 T = TypeVar("T")
-Work = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]  # (succeeded, result or exception)
 
 log = structlog.get_logger("storage")
@@ -56,12 +60,11 @@ RESTART_RETRY = (0.02, 1.0)
 WATCH_EVERY = 1.0
 
 
-class StorageUnavailable(Exception):
-    """The database cannot take the change now (locked, read-only, disk full...)."""
+class SqliteConnection(sqlite3.Connection):
+    """A `sqlite3.Connection` that says its dialect (storage.port.Connection). A subclass made
+    by `sqlite3.connect(factory=...)`: `execute` stays the C method, nothing wraps it."""
 
-
-class DatabaseInUse(Exception):
-    """Another bridge process holds this database."""
+    dialect: Dialect = "sqlite"
 
 
 @dataclass
@@ -80,6 +83,10 @@ AGAIN = _Again()
 
 
 class Database:
+    """The SQLite `storage.port.Store`."""
+
+    dialect: Dialect = "sqlite"
+
     def __init__(
         self,
         path: str,
@@ -99,9 +106,9 @@ class Database:
         self._restart_failures = 0
         self._wal_over = False
         self._executor: ThreadPoolExecutor | None = None
-        self._writer: sqlite3.Connection | None = None
+        self._writer: SqliteConnection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._inline_reader: sqlite3.Connection | None = None
+        self._inline_reader: SqliteConnection | None = None
         self._queue: list[_Queued] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -162,8 +169,10 @@ class Database:
                     pass
             if self.path != ":memory:":
                 self._identity = _identity(self.path)
-        except BaseException:
+        except BaseException as exc:
             await self.close()  # a refused or broken file must not stay open and locked
+            if isinstance(exc, sqlite3.Error):  # locked by another program, unreadable...
+                raise CannotOpen(f"{self.path}: {exc}") from exc
             raise
         self._task = asyncio.create_task(self._write_loop(), name="db-writer")
         self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="db-checkpoint")
@@ -180,6 +189,7 @@ class Database:
             isolation_level=None,
             check_same_thread=False,
             timeout=self._busy_ms / 1000,
+            factory=SqliteConnection,
         )
         conn.row_factory = sqlite3.Row
         for pragma in [f"busy_timeout={self._busy_ms}", "query_only=ON"]:
@@ -235,11 +245,16 @@ class Database:
         )
         return self._lost
 
-    def _connect_writer(self) -> sqlite3.Connection:
+    def _connect_writer(self) -> SqliteConnection:
         # isolation_level=None: the module opens no transactions of its own; we BEGIN explicitly.
         # The connect's own timeout covers the pragmas run before busy_timeout is set
         # (journal_mode=WAL waits for a lock too): storage.busy_timeout from the first statement.
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=self._busy_ms / 1000,
+            factory=SqliteConnection,
+        )
         conn.row_factory = sqlite3.Row
         for pragma in self._pragmas():
             conn.execute(f"PRAGMA {pragma}").close()
@@ -297,13 +312,21 @@ class Database:
     # would nearly always be open, and the connection would keep reading an old snapshot:
     # a row committed a moment ago would look absent.
 
-    async def fetch_all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         if self._inline_reader is not None:  # fetchall ends the statement: no stale snapshot
-            return self._inline_reader.execute(sql, params).fetchall()
+            rows: list[Row] = self._inline_reader.execute(sql, params).fetchall()
+            return rows
         return list(await self.reader.execute_fetchall(sql, params))
 
-    async def fetch_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         return next(iter(await self.fetch_all(sql, params)), None)
+
+    async def readable(self) -> bool:
+        try:
+            await self.fetch_one("SELECT 1")
+        except (sqlite3.Error, AssertionError, ValueError):  # not open, or closed
+            return False
+        return True
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` in a write transaction; return its result once committed.
@@ -431,14 +454,15 @@ def _identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _probe(conn: sqlite3.Connection) -> None:
+def _probe(conn: Connection) -> None:
     """A write of one page that changes nothing (the header's user_version, which the bridge
     does not use, set to its own value): whether a commit reaches the disk again."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    conn.execute(f"PRAGMA user_version = {int(version)}").close()
+    row = conn.execute("PRAGMA user_version").fetchone()
+    assert row is not None
+    conn.execute(f"PRAGMA user_version = {int(row['user_version'])}")
 
 
-def _transaction(conn: sqlite3.Connection, works: list[Work[Any]], deadline: float) -> list[Any]:
+def _transaction(conn: SqliteConnection, works: list[Work[Any]], deadline: float) -> list[Any]:
     # Wait for another's lock only until the earliest deadline in the batch, however long the
     # works already waited in the queue (for batches ahead of them, themselves locked out).
     wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
@@ -459,7 +483,7 @@ class _WorkFailed(Exception):
 
 
 def _run_batch(
-    conn: sqlite3.Connection, works: list[Work[Any]], deadlines: list[float]
+    conn: SqliteConnection, works: list[Work[Any]], deadlines: list[float]
 ) -> list[Outcome]:
     """In the writer thread: the whole batch in one transaction. If one work fails, each is
     run alone so that only it fails; if the database refuses the transaction itself (read-only,
@@ -468,7 +492,7 @@ def _run_batch(
     the others are AGAIN (queued again with the time they have left)."""
 
     def guarded(work: Work[Any]) -> Work[Any]:
-        def run(c: sqlite3.Connection) -> Any:
+        def run(c: Connection) -> Any:
             try:
                 return work(c)
             except Exception as exc:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from storage.database import Database
+from storage.port import Connection, Row, Store, matching
 
 
 def record(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     livechat_id: str,
     name: str,
@@ -40,34 +39,35 @@ def record(
         ),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row["id"])
 
 
 async def list_events(
-    db: Database, livechat_id: str | None, name: str | None, limit: int, *, unlinked: bool = False
+    db: Store, livechat_id: str | None, name: str | None, limit: int, *, unlinked: bool = False
 ) -> list[dict[str, Any]]:
     """The latest events first; `unlinked`: only those linked to no session (with why, when
     the linking said so)."""
+    where, params = matching({"livechat_id": livechat_id, "name": name})
+    if unlinked:
+        where += " AND session_id IS NULL"
     rows = await db.fetch_all(
-        """SELECT id, livechat_id, name, session_id, remote_chat_id, unlinked_reason, payload,
+        f"""SELECT id, livechat_id, name, session_id, remote_chat_id, unlinked_reason, payload,
                   received_at FROM events
-           WHERE (?1 IS NULL OR livechat_id = ?1) AND (?2 IS NULL OR name = ?2)
-             AND (NOT ?4 OR session_id IS NULL)
-           ORDER BY id DESC LIMIT ?3""",
-        (livechat_id, name, limit, unlinked),
+           WHERE {where} ORDER BY id DESC LIMIT ?""",  # noqa: S608 (column names only)
+        (*params, limit),
     )
     return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
 
 
-async def recent_names(db: Database, window: int = 10_000) -> list[str]:
+async def recent_names(db: Store, window: int = 10_000) -> list[str]:
     """The names among the latest `window` events, sorted: a filter's choices, read in
     bounded time however long the log is."""
     rows = await db.fetch_all(
-        """SELECT DISTINCT name FROM (SELECT name FROM events ORDER BY id DESC LIMIT ?)
+        """SELECT DISTINCT name FROM (SELECT name FROM events ORDER BY id DESC LIMIT ?) AS recent
            ORDER BY name""",
         (window,),
     )
-    return [r[0] for r in rows]
+    return [r["name"] for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +81,26 @@ class Stored:
     payload: dict[str, Any]
 
 
-def get(conn: sqlite3.Connection, event_id: int) -> Stored | None:
+def _stored(row: Row) -> Stored:
+    return Stored(
+        row["id"],
+        row["livechat_id"],
+        row["session_id"],
+        row["remote_chat_id"],
+        json.loads(row["payload"]),
+    )
+
+
+def get(conn: Connection, event_id: int) -> Stored | None:
     row = conn.execute(
         "SELECT id, livechat_id, session_id, remote_chat_id, payload FROM events WHERE id = ?",
         (event_id,),
     ).fetchone()
-    return None if row is None else Stored(row[0], row[1], row[2], row[3], json.loads(row[4]))
+    return None if row is None else _stored(row)
 
 
 def unlinked_of_remote_chat(
-    conn: sqlite3.Connection, livechat_id: str, remote_chat_id: str
+    conn: Connection, livechat_id: str, remote_chat_id: str
 ) -> list[Stored]:
     """The events that named this live-chat chat id and linked to no session, oldest first."""
     rows = conn.execute(
@@ -98,10 +108,10 @@ def unlinked_of_remote_chat(
            WHERE livechat_id = ? AND remote_chat_id = ? AND session_id IS NULL ORDER BY id""",
         (livechat_id, remote_chat_id),
     ).fetchall()
-    return [Stored(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+    return [_stored(r) for r in rows]
 
 
-def set_session(conn: sqlite3.Connection, event_id: int, session_id: int) -> None:
+def set_session(conn: Connection, event_id: int, session_id: int) -> None:
     conn.execute("UPDATE events SET session_id = ? WHERE id = ?", (session_id, event_id))
 
 
@@ -118,7 +128,7 @@ class EventRow:
     external_chat_id: str | None
 
 
-async def read(db: Database, event_id: int) -> EventRow | None:
+async def read(db: Store, event_id: int) -> EventRow | None:
     row = await db.fetch_one(
         """SELECT e.*, c.channel_id, c.external_chat_id FROM events e
            LEFT JOIN sessions s ON s.id = e.session_id LEFT JOIN chats c ON c.id = s.chat_id

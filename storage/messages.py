@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.model import FileRef, UserProfile
 from storage.chats import ChatRow
-from storage.database import Database
+from storage.port import Connection, Row, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,7 @@ def _files(text: str) -> tuple[FileRef, ...]:
     return files_from(json.loads(text))
 
 
-def _row(row: sqlite3.Row) -> MessageRow:
+def _row(row: Row) -> MessageRow:
     return MessageRow(
         id=row["id"],
         uid=row["uid"],
@@ -71,7 +70,7 @@ def _row(row: sqlite3.Row) -> MessageRow:
     )
 
 
-def seen(conn: sqlite3.Connection, dedupe_key: str) -> bool:
+def seen(conn: Connection, dedupe_key: str) -> bool:
     return (
         conn.execute("SELECT 1 FROM messages WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
         is not None
@@ -93,7 +92,7 @@ class Stored:
     status: str  # pending | delivered | failed | read
 
 
-def stored(conn: sqlite3.Connection, dedupe_key: str) -> Stored | None:
+def stored(conn: Connection, dedupe_key: str) -> Stored | None:
     """The message stored under `dedupe_key`, or None (one lookup on its UNIQUE index)."""
     row = conn.execute(
         """SELECT m.id, m.uid, m.session_id, m.chat_id, c.external_chat_id, m.text, m.files,
@@ -115,7 +114,7 @@ def stored(conn: sqlite3.Connection, dedupe_key: str) -> Stored | None:
     )
 
 
-def requeue(conn: sqlite3.Connection, message_id: int, session_id: int) -> None:
+def requeue(conn: Connection, message_id: int, session_id: int) -> None:
     """A message whose delivery failed for good is to be delivered again, in `session_id`
     (the chat's open session: the one it failed in may have closed since)."""
     conn.execute(
@@ -125,7 +124,7 @@ def requeue(conn: sqlite3.Connection, message_id: int, session_id: int) -> None:
 
 
 def insert(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     uid: str,
     dedupe_key: str | None,
@@ -163,10 +162,10 @@ def insert(
         ),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row["id"])
 
 
-def find_inbound(conn: sqlite3.Connection, chat_id: int, live_chat_id: str) -> MessageRow | None:
+def find_inbound(conn: Connection, chat_id: int, live_chat_id: str) -> MessageRow | None:
     """A user's message named by the live chat: by the id it gave it, or by our uid."""
     row = conn.execute(
         """SELECT * FROM messages WHERE direction = 'in'
@@ -178,7 +177,7 @@ def find_inbound(conn: sqlite3.Connection, chat_id: int, live_chat_id: str) -> M
 
 
 def set_status(
-    conn: sqlite3.Connection, message_id: int, status: str, remote_id: str | None = None
+    conn: Connection, message_id: int, status: str, remote_id: str | None = None
 ) -> None:
     conn.execute(
         "UPDATE messages SET status = ?, remote_id = coalesce(?, remote_id) WHERE id = ?",
@@ -186,13 +185,13 @@ def set_status(
     )
 
 
-async def read_status(db: Database, message_id: int) -> str | None:
+async def read_status(db: Store, message_id: int) -> str | None:
     """A message's status now (pending, delivered, failed, read), or None if not stored."""
     row = await db.fetch_one("SELECT status FROM messages WHERE id = ?", (message_id,))
-    return None if row is None else str(row[0])
+    return None if row is None else str(row["status"])
 
 
-def mark_read_by_uid(conn: sqlite3.Connection, channel_id: str, uid: str) -> bool:
+def mark_read_by_uid(conn: Connection, channel_id: str, uid: str) -> bool:
     cur = conn.execute(
         """UPDATE messages SET status = 'read'
            WHERE uid = ? AND direction = 'out'
@@ -203,7 +202,7 @@ def mark_read_by_uid(conn: sqlite3.Connection, channel_id: str, uid: str) -> boo
 
 
 async def read_with_chat(
-    db: Database, message_id: int
+    db: Store, message_id: int
 ) -> tuple[MessageRow, ChatRow, tuple[UserProfile, float | None] | None] | None:
     """A message, its chat and its sender's cached profile, in one read (the delivery path)."""
     row = await db.fetch_one(
@@ -239,7 +238,7 @@ async def read_with_chat(
 
 
 def keep_orphan(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     livechat_id: str,
     customer_id: str,
@@ -268,7 +267,7 @@ def keep_orphan(
 
 
 def take_orphans(
-    conn: sqlite3.Connection, livechat_id: str, customer_id: str
+    conn: Connection, livechat_id: str, customer_id: str
 ) -> list[tuple[str | None, str, tuple[FileRef, ...], str | None, str | None]]:
     """The orphans of a customer in arrival order, removed: (message id, text, files,
     operator id, operator name)."""
@@ -296,7 +295,26 @@ class Orphan:
     received_at: float
 
 
-def take_expired_orphans(conn: sqlite3.Connection, cutoff: float, limit: int) -> list[Orphan]:
+def _orphan(r: Row) -> Orphan:
+    return Orphan(
+        r["livechat_id"],
+        r["customer_id"],
+        r["message_id"],
+        r["text"],
+        _files(r["files"]),
+        r["operator_id"],
+        r["operator_name"],
+        r["received_at"],
+    )
+
+
+async def list_orphans(db: Store, limit: int = 1000) -> list[Orphan]:
+    """The operator messages kept until their customer is linked, oldest first."""
+    rows = await db.fetch_all("SELECT * FROM orphans ORDER BY id LIMIT ?", (limit,))
+    return [_orphan(r) for r in rows]
+
+
+def take_expired_orphans(conn: Connection, cutoff: float, limit: int) -> list[Orphan]:
     """Up to `limit` orphans received before `cutoff`, oldest first, removed."""
     rows = conn.execute(
         """DELETE FROM orphans WHERE id IN (
@@ -305,16 +323,4 @@ def take_expired_orphans(conn: sqlite3.Connection, cutoff: float, limit: int) ->
         (cutoff, limit),
     ).fetchall()
     rows.sort(key=lambda r: r["id"])  # RETURNING promises no order
-    return [
-        Orphan(
-            r["livechat_id"],
-            r["customer_id"],
-            r["message_id"],
-            r["text"],
-            _files(r["files"]),
-            r["operator_id"],
-            r["operator_name"],
-            r["received_at"],
-        )
-        for r in rows
-    ]
+    return [_orphan(r) for r in rows]

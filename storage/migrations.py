@@ -2,11 +2,15 @@
 
 Add a step by appending to `MIGRATIONS`; never edit a step that has shipped. A database whose
 version is newer than the code knows is refused rather than misread.
+
+`MIGRATIONS` is SQLite's DDL. Every backend has the same numbered steps, meaning the same
+schema, each in its own DDL: `STEPS` maps a dialect (storage.port.Dialect) to its list, and
+`migrate` runs the one of the connection's dialect. A new step is appended to every list.
 """
 
 from __future__ import annotations
 
-import sqlite3
+from storage.port import Connection, Dialect
 
 V1 = [
     # One row per configured messenger channel: its life-cycle state and the admin's intent.
@@ -204,36 +208,61 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 LATEST = MIGRATIONS[-1][0]
 
+Step = tuple[int, str, list[str]]  # (version, what it brings, its DDL statements)
+
+# Each backend's DDL for the same numbered steps (a backend adds its own list here).
+STEPS: dict[Dialect, list[Step]] = {"sqlite": MIGRATIONS}
+
+# How a step's transaction begins: SQLite takes the write lock at once, so two processes
+# starting together cannot both apply a step.
+_BEGIN: dict[Dialect, str] = {"sqlite": "BEGIN IMMEDIATE", "postgres": "BEGIN"}
+
 
 class SchemaTooNew(Exception):
     pass
 
 
-def current_version(conn: sqlite3.Connection) -> int:
+def current_version(conn: Connection) -> int:
+    """The version the database's schema is at (0: empty). Run outside a transaction: it
+    creates the version table when there is none."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    row = conn.execute("SELECT max(version) AS version FROM schema_version").fetchone()
+    return int(row["version"]) if row and row["version"] is not None else 0
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to `LATEST`; return the version it is at."""
-    version = current_version(conn)
+def check_version(version: int) -> None:
+    """Raises SchemaTooNew for a database newer than this code knows."""
     if version > LATEST:
         raise SchemaTooNew(
             f"the database is at schema version {version}, newer than this code knows"
             f" ({LATEST}); upgrade the bridge"
         )
-    for step, _description, statements in MIGRATIONS:
-        if step <= version:
+
+
+def apply_step(conn: Connection, step: Step) -> None:
+    """One step's statements and its version row, inside a transaction the caller opened."""
+    number, _description, statements = step
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+
+def migrate(conn: Connection) -> int:
+    """Bring the schema to `LATEST`, each step in its own transaction; return the version it
+    is at. `conn` is outside any transaction (autocommit); raises SchemaTooNew."""
+    steps = STEPS[conn.dialect]
+    assert [n for n, _, _ in steps] == [n for n, _, _ in MIGRATIONS], "steps differ by backend"
+    version = current_version(conn)
+    check_version(version)
+    for step in steps:
+        if step[0] <= version:
             continue
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_BEGIN[conn.dialect])
         try:
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (step,))
+            apply_step(conn, step)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        version = step
+        version = step[0]
     return version

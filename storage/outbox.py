@@ -9,14 +9,13 @@ letters) stay, visible to the admin, until an admin retries or purges them.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.core import outbox_kinds
 from bridge.core.outbox_kinds import EVENT_KINDS, MESSAGE_KINDS
-from storage.database import Database
+from storage.port import Connection, Dialect, Row, Store, json_text, matching
 
 # Outbox kinds, as stored in the `kind` column. What each one is, and the groups derived from
 # that (MESSAGE_KINDS, EVENT_KINDS), are decided in `bridge.core.outbox_kinds`.
@@ -45,7 +44,7 @@ class OutboxItem:
     created_at: float
 
 
-def _item(row: sqlite3.Row) -> OutboxItem:
+def _item(row: Row) -> OutboxItem:
     return OutboxItem(
         id=row["id"],
         kind=row["kind"],
@@ -59,7 +58,7 @@ def _item(row: sqlite3.Row) -> OutboxItem:
 
 
 def enqueue(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     kind: str,
     lane: str,
@@ -75,39 +74,42 @@ def enqueue(
         (kind, lane, channel_id, ref_id, json.dumps(payload or {}), now, now, now),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row["id"])
 
 
 def claim_ready(
-    conn: sqlite3.Connection, now: float, limit: int, busy: Container[int], n_busy: int
+    conn: Connection, now: float, limit: int, busy: Container[int], n_busy: int
 ) -> list[OutboxItem]:
     """Heads of lanes that are due and not held, oldest first, skipping those in flight.
 
     Run on the writer, in turn with the settles: a reader's snapshot could still show an item
     that a settle has just completed, and it would be sent twice.
     """
-    rows = conn.execute(
-        """SELECT o.* FROM outbox o
+    sql = """SELECT o.* FROM outbox o
            LEFT JOIN channels c ON c.id = o.channel_id
            WHERE o.status = 'pending' AND o.next_attempt_at <= ?
              AND (o.channel_id IS NULL OR c.state = 'active')
              AND o.id = (SELECT min(p.id) FROM outbox p
                          WHERE p.lane = o.lane AND p.status = 'pending')
-           ORDER BY o.id LIMIT ?""",
-        (now, limit + n_busy),
-    ).fetchall()
+           ORDER BY o.id LIMIT ?"""
+    if conn.dialect == "postgres":
+        # Several processes claim at once there (SQLite has one writer): rows another's open
+        # claim holds are passed over, not waited for.
+        sql += " FOR UPDATE OF o SKIP LOCKED"
+    rows = conn.execute(sql, (now, limit + n_busy)).fetchall()
     return [item for item in map(_item, rows) if item.id not in busy][:limit]
 
 
-async def next_due(db: Database) -> float | None:
+async def next_due(db: Store) -> float | None:
     row = await db.fetch_one(
-        """SELECT min(o.next_attempt_at) FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id
+        """SELECT min(o.next_attempt_at) AS due
+           FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id
            WHERE o.status = 'pending' AND (o.channel_id IS NULL OR c.state = 'active')"""
     )
-    return float(row[0]) if row and row[0] is not None else None
+    return float(row["due"]) if row and row["due"] is not None else None
 
 
-async def lane_idle(db: Database, lane: str) -> bool:
+async def lane_idle(db: Store, lane: str) -> bool:
     """Nothing pending in the lane (in flight, waiting for a retry or held)."""
     row = await db.fetch_one(
         "SELECT 1 FROM outbox WHERE lane = ? AND status = 'pending' LIMIT 1", (lane,)
@@ -115,7 +117,7 @@ async def lane_idle(db: Database, lane: str) -> bool:
     return row is None
 
 
-def has_pending(conn: sqlite3.Connection, *, lane: str, kind: str, ref_id: int) -> bool:
+def has_pending(conn: Connection, *, lane: str, kind: str, ref_id: int) -> bool:
     """An item of this kind for this row waits in the lane (in flight, due or held)."""
     row = conn.execute(
         """SELECT 1 FROM outbox WHERE lane = ? AND status = 'pending' AND kind = ? AND ref_id = ?
@@ -125,24 +127,26 @@ def has_pending(conn: sqlite3.Connection, *, lane: str, kind: str, ref_id: int) 
     return row is not None
 
 
-def dead_progress(conn: sqlite3.Connection, *, ref_id: int, kind: str) -> int:
+def dead_progress(conn: Connection, *, ref_id: int, kind: str) -> int:
     """How many parts of a multi-part delivery reached the receiver before this row's dead item
     of `kind` was given up (its payload's `parts_done`; 0 when none is dead)."""
+    parts_done = json_text(conn.dialect, "payload", "parts_done")
     row = conn.execute(
-        """SELECT max(coalesce(json_extract(payload, '$.parts_done'), 0)) FROM outbox
-           WHERE status = 'dead' AND ref_id = ? AND kind = ?""",
+        f"""SELECT max(coalesce(CAST({parts_done} AS INTEGER), 0)) AS parts_done FROM outbox
+           WHERE status = 'dead' AND ref_id = ? AND kind = ?""",  # noqa: S608 (constants)
         (ref_id, kind),
     ).fetchone()
-    return int(row[0] or 0) if row else 0
+    return int(row["parts_done"] or 0) if row else 0
 
 
-def drop_dead(conn: sqlite3.Connection, *, ref_id: int, kinds: tuple[str, ...]) -> int:
+def drop_dead(conn: Connection, *, ref_id: int, kinds: tuple[str, ...]) -> int:
     """Delete the dead items of these kinds for this row (superseded: the row was queued
     again); return how many there were."""
+    marks = ", ".join("?" * len(kinds))
     cur = conn.execute(
-        """DELETE FROM outbox WHERE status = 'dead' AND ref_id = ?
-             AND kind IN (SELECT value FROM json_each(?))""",
-        (ref_id, json.dumps(kinds)),
+        f"""DELETE FROM outbox WHERE status = 'dead' AND ref_id = ?
+             AND kind IN ({marks})""",  # noqa: S608 (placeholders only)
+        (ref_id, *kinds),
     )
     return cur.rowcount
 
@@ -151,13 +155,13 @@ def drop_dead(conn: sqlite3.Connection, *, ref_id: int, kinds: tuple[str, ...]) 
 # nothing is ever settled twice.
 
 
-def complete(conn: sqlite3.Connection, item_id: int) -> bool:
+def complete(conn: Connection, item_id: int) -> bool:
     cur = conn.execute("DELETE FROM outbox WHERE id = ? AND status = 'pending'", (item_id,))
     return cur.rowcount > 0
 
 
 def reschedule(
-    conn: sqlite3.Connection, item_id: int, *, attempts: int, at: float, error: str, now: float
+    conn: Connection, item_id: int, *, attempts: int, at: float, error: str, now: float
 ) -> bool:
     cur = conn.execute(
         """UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?
@@ -167,7 +171,7 @@ def reschedule(
     return cur.rowcount > 0
 
 
-def bury(conn: sqlite3.Connection, item_id: int, *, attempts: int, error: str, now: float) -> bool:
+def bury(conn: Connection, item_id: int, *, attempts: int, error: str, now: float) -> bool:
     cur = conn.execute(
         """UPDATE outbox SET status = 'dead', attempts = ?, last_error = ?, updated_at = ?
            WHERE id = ? AND status = 'pending'""",
@@ -176,17 +180,23 @@ def bury(conn: sqlite3.Connection, item_id: int, *, attempts: int, error: str, n
     return cur.rowcount > 0
 
 
-def record_parts_done(conn: sqlite3.Connection, item_id: int, parts_done: int) -> None:
+def record_parts_done(conn: Connection, item_id: int, parts_done: int) -> None:
     """A multi-part delivery got this far: kept in the item's payload (`parts_done`), where
     its next attempt starts."""
+    # Read, changed and written back (JSON functions differ by database); in one transaction.
+    row = conn.execute(
+        "SELECT payload FROM outbox WHERE id = ? AND status = 'pending'", (item_id,)
+    ).fetchone()
+    if row is None:
+        return
+    payload = {**json.loads(row["payload"]), "parts_done": parts_done}
     conn.execute(
-        """UPDATE outbox SET payload = json_set(payload, '$.parts_done', ?)
-           WHERE id = ? AND status = 'pending'""",
-        (parts_done, item_id),
+        "UPDATE outbox SET payload = ? WHERE id = ? AND status = 'pending'",
+        (json.dumps(payload), item_id),
     )
 
 
-def release_channel(conn: sqlite3.Connection, channel_id: str, now: float) -> int:
+def release_channel(conn: Connection, channel_id: str, now: float) -> int:
     """A channel became active: its held items are due now, with a fresh count of attempts."""
     cur = conn.execute(
         """UPDATE outbox SET next_attempt_at = ?, attempts = 0
@@ -196,12 +206,12 @@ def release_channel(conn: sqlite3.Connection, channel_id: str, now: float) -> in
     return cur.rowcount
 
 
-async def pending_by_channel(db: Database) -> dict[str, int]:
+async def pending_by_channel(db: Store) -> dict[str, int]:
     rows = await db.fetch_all(
-        """SELECT channel_id, count(*) FROM outbox
+        """SELECT channel_id, count(*) AS n FROM outbox
            WHERE status = 'pending' AND channel_id IS NOT NULL GROUP BY channel_id"""
     )
-    return {r[0]: r[1] for r in rows}
+    return {r["channel_id"]: r["n"] for r in rows}
 
 
 # The messenger channel and the live chat an item belongs to, whatever its kind: a message's
@@ -213,14 +223,17 @@ _SCOPE_FROM = f"""
     LEFT JOIN events e ON e.id = o.ref_id AND o.kind IN ({_sql_list(EVENT_KINDS)})
     LEFT JOIN sessions es ON es.id = e.session_id
     LEFT JOIN chats ec ON ec.id = es.chat_id"""
-_CHANNEL = (
-    "coalesce(o.channel_id, c.channel_id, ec.channel_id, json_extract(o.payload, '$.channel_id'))"
-)
-_LIVECHAT = "coalesce(c.livechat_id, e.livechat_id, json_extract(o.payload, '$.livechat_id'))"
-_SCOPE_WHERE = f"""o.status = :status AND o.id > :after
-    AND (:item IS NULL OR o.id = :item)
-    AND (:channel IS NULL OR {_CHANNEL} = :channel)
-    AND (:livechat IS NULL OR {_LIVECHAT} = :livechat)"""
+
+
+def _channel(dialect: Dialect) -> str:
+    payload = json_text(dialect, "o.payload", "channel_id")
+    return f"coalesce(o.channel_id, c.channel_id, ec.channel_id, {payload})"
+
+
+def _livechat(dialect: Dialect) -> str:
+    return (
+        f"coalesce(c.livechat_id, e.livechat_id, {json_text(dialect, 'o.payload', 'livechat_id')})"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,27 +245,29 @@ class Scope:
     channel: str | None = None
     livechat: str | None = None
 
-    def params(self, status: str, after: int, limit: int) -> dict[str, Any]:
-        return {
-            "status": status,
-            "after": after,
-            "item": self.item_id,
-            "channel": self.channel,
-            "livechat": self.livechat,
-            "limit": limit,
-        }
+    def where(self, dialect: Dialect, status: str, after: int) -> tuple[str, list[object]]:
+        """The condition on `_SCOPE_FROM`'s rows, and its parameters."""
+        where, params = matching(
+            {
+                "o.id": self.item_id,
+                _channel(dialect): self.channel,
+                _livechat(dialect): self.livechat,
+            }
+        )
+        return f"o.status = ? AND o.id > ? AND {where}", [status, after, *params]
 
 
 async def list_items(
-    db: Database, status: str, limit: int, scope: Scope | None = None
+    db: Store, status: str, limit: int, scope: Scope | None = None
 ) -> list[dict[str, Any]]:
     """Items oldest first, with the channel and live chat they belong to and their payload."""
+    where, params = (scope or Scope()).where(db.dialect, status, 0)
     rows = await db.fetch_all(
         f"""SELECT o.id, o.kind, o.lane, o.channel_id, o.ref_id, o.status, o.attempts,
                    o.next_attempt_at, o.created_at, o.updated_at, o.last_error, o.payload,
-                   {_CHANNEL} AS channel, {_LIVECHAT} AS livechat
-            {_SCOPE_FROM} WHERE {_SCOPE_WHERE} ORDER BY o.id LIMIT :limit""",
-        (scope or Scope()).params(status, 0, limit),
+                   {_channel(db.dialect)} AS channel, {_livechat(db.dialect)} AS livechat
+            {_SCOPE_FROM} WHERE {where} ORDER BY o.id LIMIT ?""",
+        (*params, limit),
     )
     return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
 
@@ -260,24 +275,25 @@ async def list_items(
 # --- dead letters ---------------------------------------------------------------------------
 
 
-def status_of(conn: sqlite3.Connection, item_id: int) -> str | None:
+def status_of(conn: Connection, item_id: int) -> str | None:
     row = conn.execute("SELECT status FROM outbox WHERE id = ?", (item_id,)).fetchone()
-    return str(row[0]) if row else None
+    return str(row["status"]) if row else None
 
 
 def dead_items(
-    conn: sqlite3.Connection, scope: Scope, after: int, limit: int
+    conn: Connection, scope: Scope, after: int, limit: int
 ) -> list[tuple[OutboxItem, str | None]]:
     """The next dead items of `scope` after id `after`, oldest first, with their last error."""
+    where, params = scope.where(conn.dialect, "dead", after)
     rows = conn.execute(
-        f"SELECT o.* {_SCOPE_FROM} WHERE {_SCOPE_WHERE} ORDER BY o.id LIMIT :limit",
-        scope.params("dead", after, limit),
+        f"SELECT o.* {_SCOPE_FROM} WHERE {where} ORDER BY o.id LIMIT ?",
+        (*params, limit),
     ).fetchall()
     return [(_item(r), r["last_error"]) for r in rows]
 
 
 def bury_new(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     kind: str,
     lane: str,
@@ -295,23 +311,23 @@ def bury_new(
         (kind, lane, channel_id, ref_id, json.dumps(payload), now, now, now, error),
     ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row["id"])
 
 
-def find_kept_reply(conn: sqlite3.Connection, lane: str, message_id: str) -> int | None:
+def find_kept_reply(conn: Connection, lane: str, message_id: str) -> int | None:
     """The id of the dead letter of kind `KEPT_REPLY` in `lane` that holds the live chat's
     message `message_id`, if any (uses the partial index outbox_kept_replies: hence the
     kind written out)."""
     row = conn.execute(
-        """SELECT id FROM outbox WHERE kind = 'operator.reply' AND lane = ?
-             AND status = 'dead' AND json_extract(payload, '$.message_id') = ?
-           ORDER BY id LIMIT 1""",
+        f"""SELECT id FROM outbox WHERE kind = 'operator.reply' AND lane = ?
+             AND status = 'dead' AND {json_text(conn.dialect, "payload", "message_id")} = ?
+           ORDER BY id LIMIT 1""",  # noqa: S608 (constants only)
         (lane, message_id),
     ).fetchone()
-    return int(row[0]) if row else None
+    return int(row["id"]) if row else None
 
 
-def requeue(conn: sqlite3.Connection, item: OutboxItem, now: float) -> int:
+def requeue(conn: Connection, item: OutboxItem, now: float) -> int:
     """A dead item pending again: a fresh count of attempts and a fresh give-up horizon, at the
     end of its lane. A new row, not the old one revived: an older id would jump the lane's
     queue, even ahead of an item of the lane in flight, and a lane has one in flight at most.
@@ -329,35 +345,35 @@ def requeue(conn: sqlite3.Connection, item: OutboxItem, now: float) -> int:
     return new_id
 
 
-def still_dead(conn: sqlite3.Connection, item_id: int, *, error: str, now: float) -> None:
+def still_dead(conn: Connection, item_id: int, *, error: str, now: float) -> None:
     conn.execute(
         "UPDATE outbox SET last_error = ?, updated_at = ? WHERE id = ? AND status = 'dead'",
         (error, now, item_id),
     )
 
 
-def purge(conn: sqlite3.Connection, item_ids: list[int]) -> int:
+def purge(conn: Connection, item_ids: list[int]) -> int:
     cur = conn.executemany(
         "DELETE FROM outbox WHERE id = ? AND status = 'dead'", [(i,) for i in item_ids]
     )
     return cur.rowcount
 
 
-async def depth(db: Database) -> dict[str, Any]:
+async def depth(db: Store) -> dict[str, Any]:
     row = await db.fetch_one(
         """SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox
            WHERE status = 'pending'"""
     )
-    dead = await db.fetch_one("SELECT count(*) FROM outbox WHERE status = 'dead'")
+    dead = await db.fetch_one("SELECT count(*) AS n FROM outbox WHERE status = 'dead'")
     return {
         "pending": row["pending"] if row else 0,
         "oldest_created_at": row["oldest"] if row else None,
-        "dead": dead[0] if dead else 0,
+        "dead": dead["n"] if dead else 0,
     }
 
 
 async def items_of_session(
-    db: Database, session_id: int, kinds: tuple[str, ...]
+    db: Store, session_id: int, kinds: tuple[str, ...]
 ) -> dict[str, dict[str, Any]]:
     """The outbox items still carrying a session's messages, by message uid: `{id, kind,
     status, attempts, next_attempt_at, last_error}`. A delivered item is deleted, so a message

@@ -12,19 +12,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.database import Database
+from storage.port import Dialect, Store
 
 HOUR = 3600.0
 DELIVERED = ("delivered", "read")
+# The whole hours since the epoch of a message's `created_at`, rounded down: SQLite's CAST
+# truncates, PostgreSQL's rounds (and SQLite may be built without floor()).
+_HOUR: dict[Dialect, str] = {
+    "sqlite": "CAST(created_at / 3600 AS INTEGER)",
+    "postgres": "CAST(floor(created_at / 3600) AS INTEGER)",
+}
 
 
-async def first_message_id_since(db: Database, since: float) -> int | None:
+async def first_message_id_since(db: Store, since: float) -> int | None:
     """The smallest message id whose `created_at` >= `since` (Unix s), or None if none."""
-    bounds = await db.fetch_one("SELECT min(id), max(id) FROM messages")
-    if bounds is None or bounds[0] is None:
+    bounds = await db.fetch_one("SELECT min(id) AS lo, max(id) AS hi FROM messages")
+    if bounds is None or bounds["lo"] is None:
         return None
     # Invariant: every row below `lo` is older than `since`; every row at or after `hi` is not.
-    lo, hi = int(bounds[0]), int(bounds[1]) + 1
+    lo, hi = int(bounds["lo"]), int(bounds["hi"]) + 1
     while lo < hi:
         mid = (lo + hi) // 2
         # The first row at or after `mid`: ids can have gaps (rows pruned).
@@ -32,13 +38,13 @@ async def first_message_id_since(db: Database, since: float) -> int | None:
             "SELECT id, created_at FROM messages WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
         )
         assert row is not None  # mid < hi <= max(id) + 1
-        if row[1] >= since:
+        if row["created_at"] >= since:
             hi = mid
         else:
-            lo = int(row[0]) + 1
+            lo = int(row["id"]) + 1
     # `lo` may fall in a gap: the answer is the first row at or after it.
-    first = await db.fetch_one("SELECT min(id) FROM messages WHERE id >= ?", (lo,))
-    return None if first is None or first[0] is None else int(first[0])
+    first = await db.fetch_one("SELECT min(id) AS id FROM messages WHERE id >= ?", (lo,))
+    return None if first is None or first["id"] is None else int(first["id"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,7 @@ class Traffic:
     hours: list[HourCounts]  # the `hours` whole hours up to now, oldest first
 
 
-async def traffic(db: Database, since: float, now: float, hours: int = 24) -> Traffic:
+async def traffic(db: Store, since: float, now: float, hours: int = 24) -> Traffic:
     """Messages in and out since `since`, and delivered / failed per hour of creation over the
     last `hours` hours (the hour `now` falls in last)."""
     last_hour = now - now % HOUR
@@ -66,13 +72,14 @@ async def traffic(db: Database, since: float, now: float, hours: int = 24) -> Tr
     per_hour = {first_hour + i * HOUR: [0, 0] for i in range(hours)}
     if first_id is not None:
         rows = await db.fetch_all(
-            """SELECT status, CAST(created_at / 3600 AS INTEGER) * 3600 AS hour, count(*)
+            f"""SELECT status, {_HOUR[db.dialect]} * 3600 AS hour, count(*) AS n
                FROM messages WHERE id >= ? AND created_at >= ?
-               GROUP BY status, hour""",
+               GROUP BY status, hour""",  # noqa: S608 (constants only)
             (first_id, start),
         )
-        for status, hour, count in rows:
-            cell = per_hour.get(float(hour))
+        for row in rows:
+            status, count = row["status"], row["n"]
+            cell = per_hour.get(float(row["hour"]))
             if cell is not None:
                 if status in DELIVERED:
                     cell[0] += count
@@ -86,11 +93,11 @@ async def traffic(db: Database, since: float, now: float, hours: int = 24) -> Tr
     )
 
 
-async def _since(db: Database, first_id: int, since: float) -> tuple[int, int]:
+async def _since(db: Store, first_id: int, since: float) -> tuple[int, int]:
     rows = await db.fetch_all(
-        """SELECT direction, count(*) FROM messages WHERE id >= ? AND created_at >= ?
+        """SELECT direction, count(*) AS n FROM messages WHERE id >= ? AND created_at >= ?
            GROUP BY direction""",
         (first_id, since),
     )
-    counts: dict[str, int] = {r[0]: r[1] for r in rows}
+    counts: dict[str, int] = {r["direction"]: r["n"] for r in rows}
     return counts.get("in", 0), counts.get("out", 0)

@@ -22,6 +22,8 @@ from aiohttp import web
 from bridge.app import create_app
 from bridge.keys import CHANNELS, DATABASE
 from bridge.settings import Settings, settings_from_dict
+from storage.port import Store
+from tests import stored
 from tests.sim.chatvisor import ChatvisorSim
 from tests.sim.jivochat import JivochatSim
 from tests.sim.messenger import MessengerSim
@@ -146,9 +148,11 @@ class Bridge:
         assert self.app is not None
         return self.app[CHANNELS].state(channel_id)
 
-    async def query(self, sql: str, params: Any = ()) -> list[Any]:
+    @property
+    def store(self) -> Store:
+        """The running bridge's store, for reads through the repositories (tests/stored.py)."""
         assert self.app is not None
-        return [tuple(r) for r in await self.app[DATABASE].fetch_all(sql, params)]
+        return self.app[DATABASE]
 
     def hook_url(self, livechat_id: str = "support", token: str = HOOK_TOKEN) -> str:
         return f"{self.url}/livechats/{livechat_id}/webhook/{token}"
@@ -264,11 +268,11 @@ class World:
         )
         if self.bridge is not None:
             # ...and until the bridge stored it: a status hook sent before that finds no chat.
-            sql = "SELECT 1 FROM chats WHERE channel_id = ? AND external_chat_id = ? AND customer_id = ?"
 
             async def linked() -> bool:
                 assert self.bridge is not None
-                return bool(await self.bridge.query(sql, (channel_id, chat_id, result)))
+                row = await stored.chat(self.bridge.store, chat_id, channel_id)
+                return row is not None and row.customer_id == result
 
             await eventually(linked, what=f"customer {key} stored by the bridge")
         return result
@@ -341,13 +345,12 @@ class Jivo:
         assert status == 200
 
     async def sessions(self, chat: str) -> list[tuple[Any, ...]]:
+        """(id, status, remote chat id, agent name, CRM link, transcript) of the chat's
+        sessions, oldest first."""
         assert self.world.bridge is not None
-        return await self.world.bridge.query(
-            """SELECT s.id, s.status, s.remote_chat_id, s.agent_name, s.crm_link, s.transcript
-               FROM sessions s JOIN chats c ON c.id = s.chat_id WHERE c.external_chat_id = ?
-               ORDER BY s.id""",
-            (chat,),
-        )
+        keys = ("id", "status", "remote_chat_id", "agent_name", "crm_link", "transcript")
+        found = await stored.sessions(self.world.bridge.store, chat)
+        return [tuple(s[k] for k in keys) for s in found]
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ calls (one per file, then the caption) resumes after the parts already delivered
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from tests import stored
 from tests.conftest import Jivo, World, eventually
 
 
@@ -23,7 +23,7 @@ async def test_a_messenger_message_with_too_many_files_is_refused(world: World) 
     status, body = await m.send_message(world.http, "many", "", message_id="m-4", files=files(4))
     assert (status, body["errcode"]) == (400, "too_many_files")
     assert world.bridge is not None
-    assert await world.bridge.query("SELECT count(*) FROM messages") == [(0,)]
+    assert await stored.count_messages(world.bridge.store) == 0
     status, _ = await m.send_message(world.http, "many", "three", message_id="m-3", files=files(3))
     assert status == 200
     await eventually(lambda: m.outcomes.get("m-3") is True, what="three files delivered")
@@ -45,8 +45,8 @@ async def test_an_operator_reply_with_too_many_files_keeps_the_first_and_records
     await eventually(lambda: m.chat_log["op"] == ["here you are"], what="the reply")
     (reply,) = m.messages.values()
     assert [f["name"] for f in reply["files"]] == ["r0.pdf", "r1.pdf", "r2.pdf"]
-    rows = await bridge.query("SELECT payload FROM events WHERE name = 'message.files_dropped'")
-    (payload,) = [json.loads(r[0]) for r in rows]
+    rows = await stored.event_list(bridge.store, "message.files_dropped")
+    (payload,) = [r["payload"] for r in rows]
     assert payload["kept"] == 3 and payload["chat_id"] == "op"
     assert [f["url"] for f in payload["dropped"]] == [
         "https://files.example/r3.pdf",
@@ -91,8 +91,8 @@ async def test_a_part_refused_for_good_keeps_its_place_for_a_retry(
     await jivo.user_says("dead", "", message_id="d-1", files=files(4))
     await eventually(lambda: world.messenger.outcomes.get("d-1") is False, what="failure outcome")
     assert world.bridge is not None
-    (payload,) = await world.bridge.query("SELECT payload FROM outbox WHERE status = 'dead'")
-    assert json.loads(payload[0])["parts_done"] == 2  # an admin's retry starts at the third
+    (dead,) = await stored.outbox_items(world.bridge.store, "dead")
+    assert dead["payload"]["parts_done"] == 2  # an admin's retry starts at the third
     assert len(jivo.sim.client_messages) == 2
 
 
@@ -105,8 +105,8 @@ async def test_an_agent_typing_is_recorded_not_an_error(world: World, jivo: Jivo
     )
     assert (status, body) == (200, {"result": "ok"})
     assert world.bridge is not None
-    rows = await world.bridge.query("SELECT name, session_id FROM events")
-    assert [(name, session is not None) for name, session in rows] == [("chat_api.typein", True)]
+    rows = await stored.event_list(world.bridge.store)
+    assert [(e["name"], e["session_id"] is not None) for e in rows] == [("chat_api.typein", True)]
     assert world.messenger.count("message") == 0  # the messenger protocol has no typing message
 
 

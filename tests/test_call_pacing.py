@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import stored
 from tests.conftest import Jivo, World, eventually
 
 
@@ -110,12 +111,11 @@ async def test_a_settle_that_cannot_be_written_waits_without_calling_again(
         locker.close()
 
     async def settled() -> bool:
-        rows = await bridge.query("SELECT count(*) FROM outbox")
-        return rows == [(0,)]
+        return await stored.outbox_items(bridge.store) == []
 
     await eventually(settled, what="the settle written once the lock is gone")
-    sql = "SELECT status FROM messages WHERE external_id = 's1-2'"
-    assert await bridge.query(sql) == [("delivered",)]
+    found = await stored.all_messages(bridge.store)
+    assert [m["status"] for m in found if m["external_id"] == "s1-2"] == ["delivered"]
     await asyncio.sleep(0.3)  # nothing more goes out
     assert cv.message_calls == calls + 1 and cv.duplicates == 0
     outcomes = [c for c in m.calls if c["type"] == "messageOutcome"]

@@ -7,21 +7,18 @@ import json
 
 from bridge.core.model import ConversationState
 from connectors.chatvisor import parse_hook
+from tests import stored
 from tests.conftest import World, eventually
 
 
 async def sessions(world: World, chat: str) -> list[tuple[int, str]]:
     assert world.bridge is not None
-    return await world.bridge.query(
-        """SELECT s.id, s.status FROM sessions s JOIN chats c ON c.id = s.chat_id
-           WHERE c.external_chat_id = ? ORDER BY s.id""",
-        (chat,),
-    )
+    return [(s["id"], s["status"]) for s in await stored.sessions(world.bridge.store, chat)]
 
 
 async def event_names(world: World) -> list[tuple[str, int | None]]:
     assert world.bridge is not None
-    return await world.bridge.query("SELECT name, session_id FROM events ORDER BY id")
+    return [(e["name"], e["session_id"]) for e in await stored.event_list(world.bridge.store)]
 
 
 def test_last_message_text_under_text_or_test() -> None:

@@ -12,6 +12,7 @@ import structlog
 from markupsafe import escape
 
 from bridge.console.auth import FAILED_SIGN_IN_DELAY, SESSION_SECONDS, Sessions
+from tests import stored
 from tests.conftest import (
     ADMIN_TOKEN,
     API_TOKEN,
@@ -52,11 +53,11 @@ async def signed_in(user: ConsoleUser) -> ConsoleUser:
 
 async def session_id_of(world: World, chat: str) -> int:
     assert world.bridge is not None
-    sql = (
-        "SELECT s.id FROM sessions s JOIN chats c ON c.id = s.chat_id WHERE c.external_chat_id = ?"
+    found = await eventually(
+        lambda: stored.sessions(world.bridge.store, chat),  # type: ignore[union-attr]
+        what="session stored",
     )
-    rows = await eventually(lambda: world.bridge.query(sql, (chat,)), what="session stored")  # type: ignore[union-attr]
-    return int(rows[0][0])
+    return int(found[0]["id"])
 
 
 # --- signing in ----------------------------------------------------------------------------
@@ -354,9 +355,7 @@ async def test_the_outbox_page_shows_dead_letters_with_their_last_error(
     user = ConsoleUser(bridge.url)
     try:
         await world.messenger.send_message(world.http, "d1", "refused")
-        await eventually(
-            lambda: bridge.query("SELECT 1 FROM outbox WHERE status = 'dead'"), what="dead"
-        )
+        await eventually(lambda: stored.outbox_items(bridge.store, "dead"), what="dead")
         await signed_in(user)
         _, text, _ = await user.get("/admin/ui/outbox")
         assert '<span class="value" id="dead">1</span>' in text
@@ -388,12 +387,10 @@ async def test_retry_a_dead_letter_and_see_it_delivered(world: World) -> None:
     user = ConsoleUser(bridge.url)
     try:
         await world.messenger.send_message(world.http, "r1", "second time lucky")
-        rows = await eventually(
-            lambda: bridge.query("SELECT id FROM outbox WHERE status = 'dead'"), what="dead"
-        )
+        rows = await eventually(lambda: stored.outbox_items(bridge.store, "dead"), what="dead")
         world.chatvisor.fail_with = None
         await signed_in(user)
-        status, _, _ = await user.post(f"/admin/ui/outbox/{rows[0][0]}/retry")
+        status, _, _ = await user.post(f"/admin/ui/outbox/{rows[0]['id']}/retry")
         assert status == 303
         await eventually(lambda: "second time lucky" in world.chatvisor.all_texts(), what="sent")
         _, text, _ = await user.get("/admin/ui/outbox")
@@ -411,7 +408,7 @@ async def test_an_unlinked_event_is_linked_from_the_events_page(world: World, ji
     accepted.pop("user_token", None)
     accepted["chat_id"], accepted["visitor"] = 4242, {"name": "Someone"}
     assert (await jivo.sim.event(jivo.http, accepted))[0] == 200
-    (event_id,) = (row[0] for row in await bridge.query("SELECT id FROM events"))
+    (event_id,) = (e["id"] for e in await stored.event_list(bridge.store))
     user = ConsoleUser(bridge.url)
     try:
         await signed_in(user)

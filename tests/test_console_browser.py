@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests import stored
 from tests.conftest import ADMIN_TOKEN, World, eventually
 
 CHROMIUM = os.environ.get("BRIDGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -152,9 +153,7 @@ async def test_retry_a_dead_letter_and_see_it_delivered(world: World, browser: A
     bridge = await world.start_bridge()
     assert bridge.app is not None
     await world.messenger.send_message(world.http, "r1", "second time lucky")
-    await eventually(
-        lambda: bridge.query("SELECT 1 FROM outbox WHERE status = 'dead'"), what="dead"
-    )
+    await eventually(lambda: stored.outbox_items(bridge.store, "dead"), what="dead")
     world.chatvisor.fail_with = None
     context, page, _ = await new_page(browser)
     await sign_in(page, bridge.url)
@@ -229,9 +228,7 @@ async def test_screenshots_of_every_page(world: World, browser: Any, screenshots
     await eventually(lambda: len(cv.all_texts()) == 4, what="at the live chat")
     cv.fail_with = 400  # the live chat refuses this one for good: a dead letter
     await m.send_message(world.http, "c-1004", "Is the shop open on Sunday?", user_id="u-c-1004")
-    await eventually(
-        lambda: bridge.query("SELECT 1 FROM outbox WHERE status = 'dead'"), what="a dead letter"
-    )
+    await eventually(lambda: stored.outbox_items(bridge.store, "dead"), what="a dead letter")
     cv.fail_with = None
     await cv.hook(world.http, {"event": "visitor.rated", "data": {"rating": 5}})
     await cv.set_status(world.http, await world.customer_id("c-1003"), "closed")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.keys import PRUNER
+from tests import stored
 from tests.conftest import API_TOKEN, CODE, SUBSCRIPTION_SECRETS, World, eventually
 from tests.procs import BridgeProcess
 from tests.sim.chatvisor import ChatvisorSim
@@ -218,7 +219,7 @@ async def test_an_orphan_reply_ends_as_a_dead_letter_with_its_text_then_is_retri
     status, _ = await cv.agent_reply(http, customer, "yes, here", message_id="op-1")
     assert status == 200
     await eventually(
-        lambda: running.bridge.query("SELECT 1 FROM orphans"), what="the reply kept as an orphan"
+        lambda: stored.orphans(running.bridge.store), what="the reply kept as an orphan"
     )
     # The event log keeps what the operator wrote, not only who for.
     _, body = await admin(running, "GET", "/admin/events?event=unlinked")

@@ -11,6 +11,8 @@ import pytest
 
 from bridge.core.model import AgentMessage, Lifecycle, OtherEvent
 from connectors.jivochat import parse_hook
+from storage import chats
+from tests import stored
 from tests.conftest import EVENTS, FIXTURES, HOOK, Jivo, World, eventually, seed
 
 # --- parsing: seed payloads verbatim, and every quirk the contract lists ----------------------
@@ -120,7 +122,7 @@ async def test_seed_payloads_get_the_documented_answer(running: World, jivo: Jiv
         assert (await jivo.sim.event(jivo.http, {**seed("chat_updated"), "event_name": name}))[
             0
         ] == 200
-    names = [r[0] for r in await running.bridge.query("SELECT name FROM events ORDER BY id")]
+    names = await stored.event_names(running.bridge.store)
     assert names == [*EVENTS, "client_updated", "client_attribute_updated", "something_new"]
     async with jivo.http.get(
         f"{running.bridge.url}/admin/events?livechat=sales&event=offline_message",
@@ -232,8 +234,8 @@ async def test_chat_accepted_is_answered_like_a_crm(world: World, jivo: Jivo) ->
     updated = {**seed("chat_updated"), "chat_id": 555}  # linked now by JivoChat's chat id
     status, body = await jivo.sim.event(jivo.http, updated)
     assert body["contact_info"]["name"] == "Dora"
-    contact = await world.bridge.query("SELECT json_extract(contact, '$.email') FROM chats")
-    assert contact == [("email@example.com",)]
+    ((contact_email),) = {s["contact"]["email"] for s in await stored.sessions(world.bridge.store)}
+    assert contact_email == "email@example.com"
 
 
 async def test_events_link_by_phone_and_assign_stores_the_crm_link(
@@ -248,9 +250,12 @@ async def test_events_link_by_phone_and_assign_stores_the_crm_link(
     }
     await jivo.start()
     await jivo.user_says("c5", "hi", user_id="u5")
-    await eventually(
-        lambda: world.bridge.query("SELECT 1 FROM users WHERE phone IS NOT NULL"), what="profile"
-    )
+
+    async def profile() -> bool:
+        cached = await chats.read_user(world.bridge.store, "acme", "u5")
+        return cached is not None and cached[0].phone is not None
+
+    await eventually(profile, what="profile")
     _, body = await jivo.sim.event(jivo.http, seed("chat_accepted"))  # the seed's visitor phone
     assert body["contact_info"]["name"] == "Eve"
     assigned = {**seed("chat_assigned"), "chat_id": 3537, "assign_to": "https://crm.example/lead/9"}
@@ -282,7 +287,7 @@ async def test_chat_finished_closes_keeps_transcript_and_next_message_reopens(
     assert await jivo.sim.event(jivo.http, finished) == (200, {"result": "ok"})
     ((_, status, _, _, _, transcript),) = await jivo.sessions("c6")
     assert status == "closed"
-    assert json.loads(transcript) == [
+    assert transcript == [
         {"sender": "visitor", "text": "first", "timestamp": 1700000000, "agent_id": None},
         {"sender": "agent", "text": "hello", "timestamp": 1700000005, "agent_id": "2224"},
     ]
@@ -332,8 +337,7 @@ async def test_agent_message_for_unknown_client_is_recorded(world: World, jivo: 
     # A key that is not the bridge's (an `acme:...` key would be recovered: tests/test_replies.py).
     await jivo.start()
     assert (await jivo.sim.agent_message(jivo.http, "nobody", "hello?"))[0] == 200
-    assert await world.bridge.query("SELECT name FROM events") == [("unlinked",)]
-    assert await world.bridge.query("SELECT kind, status FROM outbox") == [
-        ("operator.reply", "dead")
-    ]
+    assert await stored.event_names(world.bridge.store) == ["unlinked"]
+    items = await stored.outbox_items(world.bridge.store)
+    assert [(i["kind"], i["status"]) for i in items] == [("operator.reply", "dead")]
     await asyncio.sleep(0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from bridge.core.contacts import email_key, phone_key
 from bridge.settings import ConfigError, settings_from_dict
+from storage import chats
 from tests.conftest import HOOK, Jivo, World, eventually, seed
 from tests.procs import ROOT, toml
 
@@ -73,12 +73,12 @@ async def user_with_phone(jivo: Jivo, chat: str, user: str, phone: str = PROFILE
     await jivo.user_says(chat, f"hello from {chat}", user_id=user)
     assert world.bridge is not None
     bridge = world.bridge
-    await eventually(
-        lambda: bridge.query(
-            "SELECT 1 FROM users WHERE user_id = ? AND phone_key IS NOT NULL", (user,)
-        ),
-        what="profile stored",
-    )
+
+    async def keyed() -> bool:
+        keys = await chats.read_keys(bridge.store, "acme", chat)
+        return keys is not None and keys.user_phone is not None
+
+    await eventually(keyed, what="profile stored")
 
 
 async def admin_get(world: World, path: str) -> Any:
@@ -173,9 +173,8 @@ async def test_email_in_another_case_and_with_spaces_links(world: World, jivo: J
     later = real("chat_accepted", 200, email="  dora@EXAMPLE.COM ")
     _, body = await jivo.sim.event(jivo.http, later)
     assert body["contact_info"]["name"] == "User u2"
-    assert await world.bridge.query(  # type: ignore[union-attr]
-        "SELECT contact_email_key FROM chats"
-    ) == [("dora@example.com",)]
+    keys = await chats.read_keys(world.bridge.store, "acme", "e1")  # type: ignore[union-attr]
+    assert keys is not None and keys.contact_email == "dora@example.com"
     assert [s[2] for s in await jivo.sessions("e1")] == ["200"]
 
 
@@ -229,7 +228,7 @@ async def test_later_events_of_a_linked_chat_id_link_and_finished_closes(
     assert await jivo.sim.event(jivo.http, finished) == (200, {"result": "ok"})
     ((session_id, state, _, _, _, transcript),) = await jivo.sessions("f1")
     assert state == "closed"
-    assert [line["text"] for line in json.loads(transcript)] == ["hello from f1", "hi!"]
+    assert [line["text"] for line in transcript] == ["hello from f1", "hi!"]
     events = (await admin_get(world, "/admin/events?livechat=sales"))["events"]
     assert [(e["name"], e["session_id"]) for e in events] == [
         ("chat_finished", session_id),
@@ -352,10 +351,8 @@ async def test_contacts_stored_before_keys_are_keyed_at_start(world: World, jivo
     conn.commit()
     conn.close()
     await start(jivo)
-    assert await world.bridge.query("SELECT phone_key FROM users") == [("+79991234567",)]
-    assert await world.bridge.query("SELECT contact_phone_key, contact_email_key FROM chats") == [
-        ("+79991234567", "k@x.io")
-    ]
+    keys = await chats.read_keys(world.bridge.store, "acme", "k1")
+    assert keys == chats.ContactKeys("+79991234567", "+79991234567", "k@x.io")
 
 
 async def test_a_linked_event_is_not_moved_and_a_reply_record_is_not_linkable(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from tests import stored
 from tests.conftest import CODE, World, eventually
 
 
@@ -107,8 +108,7 @@ async def test_duplicate_message_is_accepted_once(running: World) -> None:
     await eventually(lambda: running.chatvisor.texts(customer) == ["hi"], what="one message")
     await asyncio.sleep(0.1)
     assert running.chatvisor.texts(customer) == ["hi"]
-    rows = await running.bridge.query("SELECT count(*) FROM messages")
-    assert rows == [(1,)]
+    assert await stored.count_messages(running.bridge.store) == 1
 
 
 async def test_concurrent_duplicates_and_first_messages_make_one_session(running: World) -> None:
@@ -116,10 +116,8 @@ async def test_concurrent_duplicates_and_first_messages_make_one_session(running
     bodies += [message(f"other-{i}", chat="new-chat") for i in range(10)]
     results = await asyncio.gather(*(post(running, b) for b in bodies))
     assert all(status == 200 for status, _ in results)
-    sessions = await running.bridge.query("SELECT count(*) FROM sessions")
-    assert sessions == [(1,)]
-    messages = await running.bridge.query("SELECT count(*) FROM messages")
-    assert messages == [(11,)]
+    assert len(await stored.sessions(running.bridge.store)) == 1
+    assert await stored.count_messages(running.bridge.store) == 11
 
 
 async def test_wrong_method_and_unknown_path_are_json(running: World) -> None:
@@ -138,9 +136,8 @@ async def test_mark_as_read_from_the_messenger(running: World) -> None:
     (uid,) = m.messages
     for kind in ("markAsRead", "MarkMessageAsRead"):
         assert await m.send(http, kind, {"messageId": uid}) == (200, {"result": "ok"})
-    assert await running.bridge.query("SELECT status FROM messages WHERE uid = ?", (uid,)) == [
-        ("read",)
-    ]
+    messages = await stored.all_messages(running.bridge.store)
+    assert [m["status"] for m in messages if m["uid"] == uid] == ["read"]
 
 
 async def test_empty_confirmation_code_accepts_any_token(world: World) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge.version import version
+from tests import stored
 from tests.conftest import World, eventually
 
 
@@ -31,7 +32,7 @@ async def test_metrics_follow_the_message_path(running: World) -> None:
         assert r.status == 400
 
     async def settled() -> bool:  # the outcome's own settle follows its arrival by a moment
-        return await running.bridge.query("SELECT count(*) FROM outbox") == [(0,)]
+        return await stored.outbox_items(running.bridge.store) == []
 
     await eventually(settled, what="the outbox drained")
     text = await scrape(running)
@@ -53,9 +54,11 @@ async def test_outbox_depth_and_age_while_the_live_chat_is_down(running: World) 
     await running.chatvisor_server.stop()
     for i in range(3):
         await running.messenger.send_message(running.http, f"d{i}", "waiting")
-    await eventually(
-        lambda: running.bridge.query("SELECT 1 FROM outbox WHERE attempts > 0"), what="a retry"
-    )
+
+    async def retried() -> bool:
+        return any(i["attempts"] > 0 for i in await stored.outbox_items(running.bridge.store))
+
+    await eventually(retried, what="a retry")
     text = await scrape(running)
     assert "bridge_outbox_pending 3.0" in text
     age = next(

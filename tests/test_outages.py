@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from bridge.delivery import calls
+from tests import stored
 from tests.conftest import World, eventually
 
 
@@ -54,10 +55,7 @@ async def test_permanent_rejection_reports_failure(running: World) -> None:
         body = await r.json()
     assert [i["kind"] for i in body["items"]] == ["livechat.message"]
     assert body["items"][0]["last_error"].startswith("HTTP 422")
-    assert await running.bridge.query("SELECT status FROM messages ORDER BY id") == [
-        ("failed",),
-        ("delivered",),
-    ]
+    assert await stored.message_statuses(running.bridge.store) == ["failed", "delivered"]
 
 
 async def test_give_up_horizon_marks_dead(world: World) -> None:
@@ -68,8 +66,8 @@ async def test_give_up_horizon_marks_dead(world: World) -> None:
     cv.fail_with = 500
     await m.send_message(http, "h1", "never", message_id="h1-1")
     await eventually(lambda: m.outcomes.get("h1-1") is False, what="given up")
-    rows = await world.bridge.query("SELECT status, attempts FROM outbox")
-    assert rows[0][0] == "dead" and rows[0][1] >= 3
+    rows = await stored.outbox_items(world.bridge.store)
+    assert rows[0]["status"] == "dead" and rows[0]["attempts"] >= 3
 
 
 async def test_messenger_down_interrupts_then_flushes_in_order(running: World) -> None:
@@ -163,7 +161,7 @@ async def test_restart_with_work_pending(running: World) -> None:
     expected = [*(f"held-{i}" for i in range(5)), "after restart"]
     await eventually(lambda: m.chat_log["rs"] == expected, what="replies after restart, in order")
     assert m.duplicates == 0
-    assert await bridge.query("SELECT count(*) FROM sessions") == [(1,)]
+    assert len(await stored.sessions(bridge.store)) == 1
 
 
 async def test_storage_locked_answers_503_then_recovers(world: World) -> None:
@@ -181,7 +179,7 @@ async def test_storage_locked_answers_503_then_recovers(world: World) -> None:
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert await bridge.query("SELECT count(*) FROM messages") == [(0,)]
+    assert await stored.count_messages(bridge.store) == 0
     assert (await m.send_message(http, "db", "stored", message_id="db-1"))[0] == 200
     await eventually(
         lambda: world.chatvisor.all_texts() == ["stored"], what="delivered once cleared"
@@ -204,7 +202,7 @@ async def test_channel_removed_from_config_is_disconnected_and_a_reply_kept_dead
     bridge = await running.start_bridge(wait_active=False, config=config)
     assert (await cv.agent_reply(http, customer, "for a removed channel"))[0] == 200
     await asyncio.sleep(0.2)
-    assert await bridge.query("SELECT state, last_error FROM channels WHERE id = 'acme'") == [
-        ("disconnected", "no longer in the configuration")
-    ]
-    assert await bridge.query("SELECT kind, status FROM outbox") == [("operator.reply", "dead")]
+    acme = await stored.channel_row(bridge.store)
+    assert (acme.state, acme.last_error) == ("disconnected", "no longer in the configuration")
+    items = await stored.outbox_items(bridge.store)
+    assert [(i["kind"], i["status"]) for i in items] == [("operator.reply", "dead")]

@@ -10,15 +10,13 @@ once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
-import sqlite3
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +26,7 @@ from aiohttp import web
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
 from connectors import http as outside
+from tests import stored
 from tests.conftest import (
     SUBSCRIPTION_SECRETS,
     Jivo,
@@ -105,19 +104,21 @@ def assert_logged_host_only(text: str, trap: Trap, *request_urls: str) -> None:
 
 async def last_errors(world: World) -> list[str]:
     assert world.bridge is not None
-    rows = await world.bridge.query("SELECT last_error FROM outbox WHERE last_error IS NOT NULL")
-    return [r[0] for r in rows]
+    items = await stored.outbox_items(world.bridge.store)
+    return [i["last_error"] for i in items if i["last_error"] is not None]
 
 
 async def redirected(world: World, trap: Trap, times: int = 3) -> None:
     """Until an item has failed `times` times on a redirect to the trap."""
     assert world.bridge is not None
-    sql = "SELECT 1 FROM outbox WHERE attempts >= ? AND last_error LIKE ?"
-    pattern = f"HTTP 3__: redirect to {trap.host} not followed"
+    pattern = re.compile(rf"HTTP 3\d\d: redirect to {re.escape(trap.host)} not followed")
 
     async def seen() -> bool:
         assert world.bridge is not None
-        return bool(await world.bridge.query(sql, (times, pattern)))
+        items = await stored.outbox_items(world.bridge.store)
+        return any(
+            i["attempts"] >= times and pattern.fullmatch(i["last_error"] or "") for i in items
+        )
 
     await eventually(seen, what=f"{times} attempts answered with a redirect")
 
@@ -175,19 +176,15 @@ async def test_chatvisor_redirect_is_retried_never_delivered(
         await eventually(lambda: m.outcomes.get("r1-2") is True, what="the second delivered")
         assert cv.texts(customer) == ["hello", "again"] and cv.duplicates == 0
         assert trap.hits == []
-        sql = "SELECT customer_id FROM chats WHERE external_chat_id = 'r1'"
-        assert await bridge_query(bridge, sql) == [(customer,)]  # never the trap's
+        listed = (await bridge.admin(http, "/admin/sessions"))["sessions"]
+        ours = {s["customer_id"] for s in listed if s["external_chat_id"] == "r1"}
+        assert ours == {customer}  # never the trap's
     finally:
         await bridge.stop_quietly()
     bridge.assert_clean_logs()
     text = bridge.log_text()
     assert f"HTTP {status}: redirect to {trap.host} not followed" in text
     assert_logged_host_only(text, trap, world.chatvisor_server.url, world.messenger_server.url)
-
-
-async def bridge_query(bridge: BridgeProcess, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(bridge.db_path)) as conn:
-        return [tuple(r) for r in conn.execute(sql)]
 
 
 async def test_jivochat_redirect_is_retried_never_delivered(
@@ -231,8 +228,8 @@ async def test_messenger_connect_redirect_keeps_the_channel_inactive(
     bridge = await world.start_bridge(wait_active=False)
 
     async def tried_three_times() -> bool:
-        rows = await bridge.query("SELECT state, last_error FROM channels WHERE id = 'acme'")
-        return bool(rows) and rows[0][0] == "interrupted" and "not followed" in (rows[0][1] or "")
+        acme = await stored.channel_row(bridge.store)
+        return acme.state == "interrupted" and "not followed" in (acme.last_error or "")
 
     await eventually(tried_three_times, what="connect refused by a redirect")
     await eventually(lambda: "connect failed" in logs.getvalue(), what="a logged failure")
@@ -263,8 +260,8 @@ async def test_messenger_message_and_outcome_redirects_are_retried(
     assert (await cv.agent_reply(http, customer, "from the operator", message_id="a1"))[0] == 200
     await redirected(running, trap)
     assert m.messages == {} and trap.hits == []
-    sql = "SELECT status FROM messages WHERE text = 'from the operator'"
-    assert await running.bridge.query(sql) == [("pending",)]  # type: ignore[union-attr]
+    found = await stored.all_messages(running.bridge.store)  # type: ignore[union-attr]
+    assert [m["status"] for m in found if m["text"] == "from the operator"] == ["pending"]
     m.fail_types = {}
     await eventually(lambda: m.chat_log["c1"] == ["from the operator"], what="the reply")
     assert m.duplicates == 0 and trap.hits == []

@@ -15,6 +15,8 @@ import structlog
 
 from bridge.keys import PRUNER
 from bridge.relay import SESSION_REFUSED
+from storage import messages
+from tests import stored
 from tests.conftest import CODE, HOOK, Jivo, World, eventually
 from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
@@ -72,16 +74,14 @@ async def test_a_reply_to_a_chat_whose_row_was_lost_is_delivered(
     assert line["client_key"] == "acme:c1" and line["log_level"] == "warning"
     assert lines_naming(logs, "Welcome back") == []
     assert await dead(world) == []
-    rows = await world.bridge.query(
-        """SELECT c.client_key, c.livechat_id, s.opened_by, s.status
-           FROM chats c JOIN sessions s ON s.chat_id = c.id"""
-    )
-    assert rows == [("acme:c1", "sales", "operator", "open")]
+    rows = await stored.sessions(world.bridge.store)
+    keys = ("client_key", "livechat_id", "opened_by", "status")
+    assert [tuple(s[k] for k in keys) for s in rows] == [("acme:c1", "sales", "operator", "open")]
 
     # The user answers: the same chat, the same JivoChat client, its user id stored now.
     await jivo.user_says("c1", "thanks", user_id="u1", message_id="e2")
     await eventually(lambda: jivo.sim.texts("acme:c1") == ["hello", "thanks"], what="answer")
-    assert await world.bridge.query("SELECT user_id FROM chats") == [("u1",)]
+    assert [s["user_id"] for s in await stored.sessions(world.bridge.store)] == ["u1"]
     # JivoChat sends the reply again: a repeat, delivered once.
     await jivo.sim.post(jivo.http, agent_body("acme:c1", "Welcome back, Alice", "jv-100"))
     await asyncio.sleep(0.2)
@@ -103,7 +103,8 @@ async def test_a_recovered_chat_without_operator_sessions_keeps_the_reply_until_
     assert item["payload"]["text"] == "Are you still there?"
     assert item["payload"]["client_key"] == "acme:c9"
     # The chat itself was recovered; only the session is missing.
-    assert await world.bridge.query("SELECT client_key FROM chats") == [("acme:c9",)]
+    recovered = await stored.chat(world.bridge.store, "c9")
+    assert recovered is not None and recovered.client_key == "acme:c9"
 
     await jivo.user_says("c9", "yes, here")  # the user opens a session
     status, body = await admin(world, "POST", f"/admin/outbox/{item['id']}/retry")
@@ -198,9 +199,7 @@ async def test_a_reply_for_a_removed_messenger_is_a_dead_letter(world: World) ->
     assert item["payload"]["text"] == "still there?"
     (refused,) = await events(world, "message.refused")
     assert refused["payload"]["dead_letter"] == item["id"]
-    assert await world.bridge.query("SELECT count(*) FROM outbox WHERE status = 'pending'") == [
-        (0,)
-    ]
+    assert await stored.outbox_items(world.bridge.store, "pending") == []
 
     # The messenger is configured again: a retry delivers the reply in the chat's session.
     await world.bridge.stop()
@@ -222,8 +221,8 @@ async def test_a_chatvisor_reply_for_an_unknown_customer_ends_as_a_dead_letter_w
         )
     assert status == 200
     # Kept as an orphan with its text and files, until the customer is linked.
-    rows = await running.bridge.query("SELECT customer_id, message_id, text, files FROM orphans")
-    assert [(r[0], r[1], r[2], json.loads(r[3])) for r in rows] == [
+    rows = await stored.orphans(running.bridge.store)
+    assert [(r.customer_id, r.message_id, r.text, messages.files_list(r.files)) for r in rows] == [
         ("cv-777", "op-7", "Here is your invoice", files)
     ]
     (event,) = await events(running, "unlinked")
@@ -239,7 +238,7 @@ async def test_a_chatvisor_reply_for_an_unknown_customer_ends_as_a_dead_letter_w
     (item,) = await dead(running)
     assert item["kind"] == "operator.reply" and "cv-777" in item["last_error"]
     assert (item["payload"]["text"], item["payload"]["files"]) == ("Here is your invoice", files)
-    assert await running.bridge.query("SELECT count(*) FROM orphans") == [(0,)]
+    assert await stored.orphans(running.bridge.store) == []
 
 
 async def test_a_reply_refused_for_want_of_a_session_is_a_dead_letter_an_admin_retries(

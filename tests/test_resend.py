@@ -12,6 +12,7 @@ import structlog
 
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
+from tests import stored
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN, World, eventually
 from tests.test_metrics import scrape, value
 
@@ -41,11 +42,11 @@ async def send(world: World, chat: str, text: str, mid: str, **kw: Any) -> int:
 
 async def stored_uid(world: World, external_id: str) -> str:
     assert world.bridge is not None
-    rows = await world.bridge.query(
-        "SELECT uid FROM messages WHERE external_id = ?", (external_id,)
-    )
+    rows = [
+        m for m in await stored.all_messages(world.bridge.store) if m["external_id"] == external_id
+    ]
     assert len(rows) == 1, rows
-    uid: str = rows[0][0]
+    uid: str = rows[0]["uid"]
     return uid
 
 
@@ -66,10 +67,9 @@ async def test_resend_after_a_refusal_is_delivered_once_with_its_id(running: Wor
 
     cv.delay = 0.3  # the resend's attempt stays in flight while its item is looked at
     assert await send(running, "rs1", "first", "e1") == 200
-    rows = await bridge.query(
-        "SELECT id, status, attempts FROM outbox WHERE kind = 'livechat.message'"
-    )
-    assert [(r[1], r[2]) for r in rows] == [("pending", 0)] and rows[0][0] > dead["id"]
+    rows = [i for i in await stored.outbox_items(bridge.store) if i["kind"] == "livechat.message"]
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0)]
+    assert rows[0]["id"] > dead["id"]
     assert await dead_items(running) == []  # superseded, not a second dead letter
 
     await eventually(lambda: cv.texts(customer) == ["second", "first"], what="resend delivered")
@@ -78,8 +78,8 @@ async def test_resend_after_a_refusal_is_delivered_once_with_its_id(running: Wor
     assert await stored_uid(running, "e1") == uid
 
     async def settled() -> bool:  # the outcome goes with the delivery, a moment before its settle
-        status = await bridge.query("SELECT status FROM messages WHERE uid = ?", (uid,))
-        return status == [("delivered",)]
+        found = await stored.all_messages(bridge.store)
+        return [m["status"] for m in found if m["uid"] == uid] == ["delivered"]
 
     await eventually(settled, what="the resend's settle")
     assert value(await scrape(running), "bridge_outbox_dead") == 0
@@ -122,12 +122,12 @@ async def test_resend_while_the_failure_outcome_is_still_queued(running: World) 
     m.fail_types["messageOutcome"] = 503
     cv.refuse_messages = 1
     assert await send(running, "rs3", "hello", "q1") == 200
-    await eventually(
-        lambda: running.bridge.query(
-            "SELECT 1 FROM outbox WHERE kind = 'messenger.outcome' AND attempts > 0"
-        ),
-        what="the failure outcome queued and failing",
-    )
+
+    async def failing() -> bool:
+        items = await stored.outbox_items(running.bridge.store)
+        return any(i["kind"] == "messenger.outcome" and i["attempts"] > 0 for i in items)
+
+    await eventually(failing, what="the failure outcome queued and failing")
     assert await send(running, "rs3", "hello", "q1") == 200
     customer = await running.customer_id("rs3")
     await eventually(lambda: cv.texts(customer) == ["hello"], what="resend delivered")
@@ -139,7 +139,7 @@ async def test_resend_while_the_failure_outcome_is_still_queued(running: World) 
 
 async def drained(world: World) -> bool:
     assert world.bridge is not None
-    return await world.bridge.query("SELECT count(*) FROM outbox") == [(0,)]
+    return await stored.outbox_items(world.bridge.store) == []
 
 
 async def test_concurrent_resends_queue_once(running: World) -> None:
@@ -154,7 +154,7 @@ async def test_concurrent_resends_queue_once(running: World) -> None:
     await eventually(lambda: outcomes(running, "c1") == [False, True], what="second outcome")
     await asyncio.sleep(0.3)
     assert cv.duplicates == 0 and outcomes(running, "c1") == [False, True]
-    assert await running.bridge.query("SELECT count(*) FROM outbox") == [(0,)]
+    assert await stored.outbox_items(running.bridge.store) == []
 
 
 async def test_true_repeats_in_flight_or_delivered_change_nothing(running: World) -> None:
@@ -173,8 +173,8 @@ async def test_true_repeats_in_flight_or_delivered_change_nothing(running: World
     await asyncio.sleep(0.2)
     assert cv.duplicates == 0 and cv.texts(customer) == ["hi"]
     assert outcomes(running, "t1") == [True]
-    assert await bridge.query("SELECT count(*) FROM messages") == [(1,)]
-    assert await bridge.query("SELECT count(*) FROM outbox") == [(0,)]
+    assert await stored.count_messages(bridge.store) == 1
+    assert await stored.outbox_items(bridge.store) == []
 
 
 async def test_a_conflicting_repeat_is_409_warned_and_counted(world: World) -> None:
@@ -207,10 +207,8 @@ async def test_a_conflicting_repeat_is_409_warned_and_counted(world: World) -> N
         await eventually(lambda: world.chatvisor.texts(customer), what="the first delivered")
         await asyncio.sleep(0.2)
         assert world.chatvisor.all_texts() == ["secret words"]
-        assert await world.bridge.query("SELECT count(*) FROM messages") == [(1,)]
-        assert await world.bridge.query(
-            "SELECT count(*) FROM chats WHERE external_chat_id = 'other-chat'"
-        ) == [(0,)]
+        assert await stored.count_messages(world.bridge.store) == 1
+        assert await stored.chat(world.bridge.store, "other-chat") is None
         metrics = await scrape(world)
         assert value(metrics, 'bridge_inbound_conflicts_total{channel="acme"}') == 4
     finally:

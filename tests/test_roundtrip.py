@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from storage import chats
 from tests import conftest
 from tests.conftest import World, eventually
 
@@ -118,11 +119,12 @@ async def test_messenger_can_ask_for_a_known_profile(running: World) -> None:
     m.profiles["u6"] = {"id": "u6", "username": "Cleo", "phoneNumber": "+2", "avatar": "data:x"}
     await m.send_message(http, "c6", "hi", user_id="u6")
     await eventually(lambda: m.count("userInfo") == 1 and cv.all_texts(), what="profile fetched")
-    await eventually(
-        lambda: running.bridge.query(
-            "SELECT fetched_at FROM users WHERE user_id='u6' AND fetched_at IS NOT NULL"
-        )
-    )
+
+    async def fetched() -> bool:
+        cached = await chats.read_user(running.bridge.store, "acme", "u6")
+        return cached is not None and cached[1] is not None
+
+    await eventually(fetched, what="the profile cached")
     status, body = await m.send(http, "userInfo", {"userId": "u6"})
     assert status == 200
     assert body == {"id": "u6", "username": "Cleo", "phoneNumber": "+2", "avatar": "data:x"}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from tests import stored
 from tests.conftest import World, eventually
 
 
 async def sessions(world: World, chat: str) -> list[tuple[int, str, str]]:
+    """(id, status, opened by) of the chat's sessions, oldest first."""
     assert world.bridge is not None
-    return await world.bridge.query(
-        """SELECT s.id, s.status, s.opened_by FROM sessions s JOIN chats c ON c.id = s.chat_id
-           WHERE c.external_chat_id = ? ORDER BY s.id""",
-        (chat,),
-    )
+    found = await stored.sessions(world.bridge.store, chat)
+    return [(s["id"], s["status"], s["opened_by"]) for s in found]
 
 
 async def test_done_closes_and_next_message_opens_a_new_session(running: World) -> None:
@@ -36,8 +35,8 @@ async def test_unresolved_reopens_the_last_session(running: World) -> None:
     await cv.set_status(http, customer, "UNRESOLVED")
     rows = await sessions(running, "s2")
     assert [s[1] for s in rows] == ["open"] and len(rows) == 1
-    events = await running.bridge.query("SELECT name FROM events ORDER BY id")
-    assert events == [("conversation.status",), ("conversation.status",)]
+    events = await stored.event_names(running.bridge.store)
+    assert events == ["conversation.status", "conversation.status"]
 
 
 async def test_operator_may_start_a_session_when_allowed(running: World) -> None:
@@ -61,9 +60,8 @@ async def test_operator_sessions_disabled_refuses_and_records(world: World) -> N
     customer = await world.customer_id("s4")
     await cv.set_status(http, customer, "DONE")
     assert (await cv.agent_reply(http, customer, "unsolicited"))[0] == 200
-    assert await world.bridge.query("SELECT name FROM events WHERE name = 'message.refused'") == [
-        ("message.refused",)
-    ]
+    refused = await stored.event_list(world.bridge.store, "message.refused")
+    assert [e["name"] for e in refused] == ["message.refused"]
     assert m.chat_log["s4"] == []
 
 
@@ -71,8 +69,8 @@ async def test_unknown_customer_and_unknown_event_are_recorded_not_errors(runnin
     cv, http = running.chatvisor, running.http
     assert (await cv.agent_reply(http, "nobody", "hello?"))[0] == 200
     assert (await cv.hook(http, {"event": "agent.typing", "customerId": "x"}))[0] == 200
-    names = await running.bridge.query("SELECT name FROM events ORDER BY id")
-    assert names == [("unlinked",), ("agent.typing",)]
+    names = await stored.event_names(running.bridge.store)
+    assert names == ["unlinked", "agent.typing"]
 
 
 async def test_duplicate_agent_message_is_relayed_once(running: World) -> None:
@@ -82,9 +80,7 @@ async def test_duplicate_agent_message_is_relayed_once(running: World) -> None:
     for _ in range(3):
         await cv.agent_reply(http, customer, "once", message_id="agent-fixed")
     await eventually(lambda: m.chat_log["s5"] == ["once"], what="reply")
-    assert await running.bridge.query("SELECT count(*) FROM messages WHERE direction='out'") == [
-        (1,)
-    ]
+    assert await stored.count_messages(running.bridge.store, "out") == 1
 
 
 async def test_livechat_hook_errors(running: World) -> None:

@@ -3,7 +3,6 @@ bisecting ids, across gaps left by deleted rows, and the hourly buckets."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from storage import chats, messages, stats
 from storage.database import Database
+from storage.port import Connection
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % HOUR  # an hour's first second
@@ -27,7 +27,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 async def add(db: Database, times: list[tuple[float, str, str]]) -> None:
     """Messages created at these times, with these directions and statuses, in this order."""
 
-    def work(conn: sqlite3.Connection) -> None:
+    def work(conn: Connection) -> None:
         chat = chats.upsert_chat(
             conn,
             channel_id="acme",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from bridge.core.model import UserProfile
+from bridge.settings import StorageSettings
+from storage import chats, messages, migrations
 from storage.database import Database, DatabaseInUse, StorageUnavailable
-from storage.migrations import LATEST, MIGRATIONS, SchemaTooNew
+from storage.migrations import LATEST, MIGRATIONS, STEPS, SchemaTooNew
+from storage.open import build_store
+from storage.port import Connection, Store, json_text, matching
 
 
 async def test_migrates_an_empty_file_and_is_idempotent(tmp_path: Path) -> None:
@@ -125,4 +132,113 @@ async def test_a_read_after_a_commit_sees_it_while_other_reads_run(tmp_path: Pat
     finally:
         stop.set()
         await asyncio.gather(*readers)
+        await db.close()
+
+
+# --- the port: what a second backend relies on ----------------------------------------------
+
+REPOSITORIES = ("chats", "messages", "outbox", "events", "channels", "stats", "retention")
+# SQL of one engine only: SQLite's JSON functions and conflict clauses, its row ids, its
+# numbered and named parameters, its other functions.
+SQLITE_ONLY = re.compile(
+    r"json_extract|json_set|json_each|json_object|INSERT OR|\browid\b|strftime|ifnull"
+    r"|group_concat|\?\d|(?<![:\w]):[a-z_]+\b",
+    re.IGNORECASE,
+)
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """Every string literal and every literal part of an f-string."""
+    return [
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+
+
+def test_repositories_write_only_sql_both_backends_share() -> None:
+    storage = Path(__file__).parent.parent / "storage"
+    found = []
+    for name in REPOSITORIES:
+        source = (storage / f"{name}.py").read_text()
+        tree = ast.parse(source)
+        docstrings = {
+            ast.get_docstring(n, clean=False)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        }
+        sql = [s for s in _strings(tree) if s not in docstrings]
+        found += [
+            f"{name}.py: {m.group()!r} in {s.strip()[:60]!r}"
+            for s in sql
+            for m in SQLITE_ONLY.finditer(s)
+        ]
+        assert "lastrowid" not in source and "sqlite3" not in source, name
+    assert found == []
+
+
+def test_the_dialect_decides_in_one_place() -> None:
+    assert (
+        json_text("sqlite", "o.payload", "channel_id") == "json_extract(o.payload, '$.channel_id')"
+    )
+    assert json_text("postgres", "payload", "parts_done") == "((payload)::jsonb ->> 'parts_done')"
+    with pytest.raises(ValueError):
+        json_text("sqlite", "payload", "x') OR 1 = 1 --")
+    assert matching({"a": None, "c.b": "x", "d": 0}) == ("c.b = ? AND d = ?", ["x", 0])
+    assert matching({"a": None}) == ("1 = 1", [])
+    assert set(STEPS) >= {"sqlite"} and STEPS["sqlite"] is MIGRATIONS
+
+
+async def test_a_write_runs_on_a_connection_that_says_its_dialect(tmp_path: Path) -> None:
+    db: Store = build_store(StorageSettings(path=str(tmp_path / "b.sqlite3")))
+    await db.open()
+    try:
+        assert db.dialect == "sqlite" and await db.readable()
+        assert await db.write(lambda conn: conn.dialect) == "sqlite"
+        assert await db.write(lambda conn: migrations.current_version(conn)) == LATEST
+    finally:
+        await db.close()
+    assert not await db.readable()
+
+
+async def test_the_repositories_reads_by_column_name(tmp_path: Path) -> None:
+    """The reads added for tests and the admin API: a chat, its keys, orphans, open sessions."""
+    db = Database(str(tmp_path / "b.sqlite3"))
+    await db.open()
+    try:
+
+        def work(conn: Connection) -> None:
+            chat_id = chats.upsert_chat(
+                conn,
+                channel_id="acme",
+                external_chat_id="c1",
+                name=None,
+                user_id="u1",
+                livechat_id="support",
+                now=1.0,
+                url_key="k1",
+            )
+            chats.save_profile(conn, "acme", UserProfile("u1", None, "+1 555", None), 1.0, "+1555")
+            chats.set_contact(conn, chat_id, {"email": "A@x.io"}, None, "a@x.io")
+            chats.open_session(conn, chat_id, "support", "user", 1.0)
+            messages.keep_orphan(
+                conn,
+                livechat_id="support",
+                customer_id="cu",
+                message_id="m1",
+                text="hi",
+                files=(),
+                operator_id=None,
+                operator_name=None,
+                now=2.0,
+            )
+
+        await db.write(work)
+        chat = await chats.read_chat(db, "acme", "c1")
+        assert chat is not None and (chat.user_id, chat.url_key) == ("u1", "k1")
+        assert await chats.read_chat(db, "acme", "c2") is None
+        assert await chats.read_keys(db, "acme", "c1") == chats.ContactKeys("+1555", "", "a@x.io")
+        assert await chats.read_keys(db, "acme", "c2") is None
+        assert await chats.count_open_sessions(db) == 1
+        (orphan,) = await messages.list_orphans(db)
+        assert (orphan.customer_id, orphan.message_id, orphan.text) == ("cu", "m1", "hi")
+    finally:
         await db.close()

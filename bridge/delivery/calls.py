@@ -35,8 +35,8 @@ from connectors.base import LiveChatConnector
 from connectors.messenger import MessengerClient
 from connectors.registry import build_connectors
 from storage import chats, events, messages, outbox
-from storage.database import Database
 from storage.outbox import OutboxItem
+from storage.port import Store
 
 log = structlog.get_logger("dispatch")
 
@@ -104,7 +104,7 @@ def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
 class LocalCaller:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         settings: Settings,
         http: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,

@@ -29,7 +29,7 @@ from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
 from bridge.settings import Settings
 from connectors import http as outside
-from storage.database import Database
+from storage.open import build_reader
 from storage.outbox import OutboxItem
 
 log = structlog.get_logger("delivery.process")
@@ -81,7 +81,8 @@ class ChildLoop:
         except TimeoutError:
             raise NoSettings from None
         configure_logging(settings.logging, settings.secrets())
-        db = Database(settings.storage.path, settings.storage.synchronous)
+        db = build_reader(settings.storage)
+        assert db is not None  # a delivery process runs only beside a database file
         try:
             await db.open_reader()
             async with outside.session(settings.delivery) as http:

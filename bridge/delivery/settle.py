@@ -6,7 +6,6 @@ the delivery process (when there is one) only reads and calls out.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,8 +17,9 @@ from bridge.delivery import kinds
 from bridge.delivery.calls import CallResult, MessageFacts
 from storage import chats, messages, outbox
 from storage.outbox import OutboxItem
+from storage.port import Connection
 
-Work = Callable[[sqlite3.Connection], object]
+Work = Callable[[Connection], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class Settler:
         """The message reached the live chat (or never will): tell the messenger, unless that
         was done already (`queue` false)."""
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Connection) -> None:
             if isinstance(result, Delivered):
                 messages.set_status(conn, msg.id, "delivered", result.remote_id)
                 if _news(result.customer_id, msg.customer_id) or _news(
@@ -132,7 +132,7 @@ class Settler:
             return None
         customer_id, tag = result.customer_id, result.customer_tag
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Connection) -> None:
             chats.set_customer(conn, msg.chat_id, customer_id, tag)
             if customer_id != msg.customer_id:
                 self._relay.adopt_orphans(conn, msg.chat_id)
@@ -144,7 +144,7 @@ class Settler:
         if fetch is None:
             return None
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Connection) -> None:
             if fetch.profile is not None:
                 self._relay.save_profile(conn, fetch.channel_id, fetch.profile, fetch.at)
             else:
@@ -159,7 +159,7 @@ def _news(found: str | None, known: str | None) -> bool:
 
 
 def _status(message_id: int, value: str) -> Work:
-    def work(conn: sqlite3.Connection) -> None:
+    def work(conn: Connection) -> None:
         messages.set_status(conn, message_id, value)
 
     return work
@@ -173,7 +173,7 @@ def _progress(item: OutboxItem, result: DeliveryResult) -> Work | None:
     if parts_done is None or parts_done == item.payload.get("parts_done", 0):
         return None
 
-    def work(conn: sqlite3.Connection) -> None:
+    def work(conn: Connection) -> None:
         outbox.record_parts_done(conn, item.id, parts_done)
 
     return work
@@ -183,7 +183,7 @@ def _both(first: Work | None, second: Work | None) -> Work | None:
     if first is None or second is None:
         return first or second
 
-    def work(conn: sqlite3.Connection) -> None:
+    def work(conn: Connection) -> None:
         first(conn)
         second(conn)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import Callable, Collection
 from typing import Protocol
@@ -26,8 +25,8 @@ from bridge.logs import Redactor
 from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
 from storage import outbox
-from storage.database import Database, StorageUnavailable
 from storage.outbox import OutboxItem
+from storage.port import Connection, StorageUnavailable, Store
 
 log = structlog.get_logger("delivery")
 
@@ -48,7 +47,7 @@ class Caller(Protocol):
 class OutboxWorker:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         settings: DeliverySettings,
         caller: Caller,
         settler: Settler,
@@ -111,7 +110,7 @@ class OutboxWorker:
         if free > 0 and (free >= self._claim_batch or len(self._inflight) < self._claim_batch):
             now, inflight = self._clock(), self._inflight
 
-            def claim(conn: sqlite3.Connection) -> list[OutboxItem]:
+            def claim(conn: Connection) -> list[OutboxItem]:
                 # `inflight` is read when the claim runs, after every settle queued before it.
                 return outbox.claim_ready(conn, now, free, inflight, len(inflight))
 
@@ -191,7 +190,7 @@ class OutboxWorker:
             # The hot path logs at debug; failures log louder.
             log.debug("delivery.done", attempts=item.attempts + 1, notified=attempt.notified, **ids)
 
-            def work(conn: sqlite3.Connection) -> bool:
+            def work(conn: Connection) -> bool:
                 return outbox.complete(conn, item.id)
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
@@ -199,7 +198,7 @@ class OutboxWorker:
             log.warning("delivery.unauthorized", error=error, **ids)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
-            def work(conn: sqlite3.Connection) -> bool:
+            def work(conn: Connection) -> bool:
                 return outbox.reschedule(
                     conn, item.id, attempts=item.attempts, at=at, error=error, now=now
                 )
@@ -213,7 +212,7 @@ class OutboxWorker:
                 follow_up = attempt.on_dead
                 log.error("delivery.dead", attempts=attempts, error=error, **ids)
 
-                def work(conn: sqlite3.Connection) -> bool:
+                def work(conn: Connection) -> bool:
                     return outbox.bury(conn, item.id, attempts=attempts, error=error, now=now)
             else:
                 self._metrics.deliveries.labels(target, "retry").inc()
@@ -229,7 +228,7 @@ class OutboxWorker:
                     **ids,
                 )
 
-                def work(conn: sqlite3.Connection) -> bool:
+                def work(conn: Connection) -> bool:
                     return outbox.reschedule(
                         conn,
                         item.id,
@@ -241,7 +240,7 @@ class OutboxWorker:
 
         always = attempt.always
 
-        def settle(conn: sqlite3.Connection) -> None:
+        def settle(conn: Connection) -> None:
             if always is not None:
                 always(conn)
             if work(conn) and follow_up is not None:
@@ -250,7 +249,7 @@ class OutboxWorker:
         await self._write_settle(settle, ids)
 
     async def _write_settle(
-        self, settle: Callable[[sqlite3.Connection], None], ids: dict[str, object]
+        self, settle: Callable[[Connection], None], ids: dict[str, object]
     ) -> None:
         """Write an attempt's settle, trying again under back-off while storage refuses it
         (locked, full, read-only). The item stays in flight meanwhile, so it is not claimed

@@ -26,7 +26,7 @@ from bridge.errors import (
     answer_for,
 )
 from bridge.keys import METRICS, SETTINGS
-from storage.database import StorageUnavailable
+from storage.port import StorageUnavailable
 
 log = structlog.get_logger("http")
 

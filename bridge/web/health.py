@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from aiohttp import web
 
 from bridge.keys import DATABASE, LIVECHATS
@@ -20,9 +18,7 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     db = request.app[DATABASE]
-    try:
-        await db.fetch_one("SELECT 1")
-    except (sqlite3.Error, AssertionError, ValueError):
+    if not await db.readable():
         return web.json_response({"status": "unavailable", "database": "not open"}, status=503)
     if (fault := db.write_fault) is not None:
         # Writes fail (the file deleted or replaced, disk full, read-only, locked...): every

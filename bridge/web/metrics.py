@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.channels import STATES
 from bridge.keys import CHANNELS, DATABASE, METRICS
-from storage import outbox
+from storage import chats, outbox
 
 routes = web.RouteTableDef()
 
@@ -22,8 +22,7 @@ async def metrics(request: web.Request) -> web.Response:
     m.outbox_dead.set(depth["dead"])
     oldest = depth["oldest_created_at"]
     m.outbox_oldest_age.set(0 if oldest is None else max(0.0, time.time() - oldest))
-    row = await db.fetch_one("SELECT count(*) FROM sessions WHERE status = 'open'")
-    m.sessions_open.set(row[0] if row else 0)
+    m.sessions_open.set(await chats.count_open_sessions(db))
     for channel_id in request.app[CHANNELS].channel_ids():
         current = channels.state(channel_id)
         for state in STATES:

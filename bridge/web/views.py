@@ -20,8 +20,8 @@ from bridge.keys import DEAD_LETTERS, LIVECHATS, RELAY
 from bridge.relay import HandLink
 from bridge.settings import Settings
 from storage import outbox
-from storage.database import Database
 from storage.outbox import Scope
+from storage.port import Store
 
 ChannelAction = Literal["connect", "disconnect", "reconnect"]
 
@@ -67,7 +67,7 @@ def channel_view(
 
 
 async def channel_views(
-    settings: Settings, channels: ChannelManager, db: Database
+    settings: Settings, channels: ChannelManager, db: Store
 ) -> list[dict[str, Any]]:
     """Every configured messenger channel's view, by id."""
     held = await outbox.pending_by_channel(db)
@@ -80,7 +80,7 @@ async def channel_views(
 async def act_on_channel(
     settings: Settings,
     channels: ChannelManager,
-    db: Database,
+    db: Store,
     channel_id: str,
     action: ChannelAction,
 ) -> dict[str, Any]:
