@@ -54,7 +54,15 @@ from bridge.core.model import (
 from bridge.errors import BadRequest
 from bridge.settings import ChatvisorSettings
 from connectors import http as outside
-from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
+from connectors.wire import (
+    WireModel,
+    id_str,
+    json_object,
+    null_as_blank,
+    null_as_default,
+    null_as_empty,
+    validate,
+)
 
 CLOSED_STATUS = "DONE"
 NEW_STATUS = "UNREAD"
@@ -115,7 +123,7 @@ class _Conversation(WireModel):
     lastMessage: str | None = None
 
     _ids = field_validator("customerId", mode="before")(id_str)
-    _status = field_validator("status", mode="before")(lambda v: NEW_STATUS if v is None else v)
+    _status = field_validator("status", mode="before")(null_as_default)
     _last = field_validator("lastMessage", mode="before")(_last_text)
 
 
