@@ -56,7 +56,15 @@ from bridge.core.model import (
 )
 from connectors import http as outside
 from connectors.base import LiveChatSettingsBase
-from connectors.wire import WireModel, id_str, json_object, null_as_blank, null_as_empty, validate
+from connectors.wire import (
+    WireModel,
+    id_str,
+    json_object,
+    null_as_blank,
+    null_as_default,
+    null_as_empty,
+    validate,
+)
 
 CLOSED_STATUS = "DONE"
 NEW_STATUS = "UNREAD"
@@ -129,7 +137,7 @@ class _Conversation(WireModel):
     lastMessage: str | None = None
 
     _ids = field_validator("customerId", mode="before")(id_str)
-    _status = field_validator("status", mode="before")(lambda v: NEW_STATUS if v is None else v)
+    _status = field_validator("status", mode="before")(null_as_default)
     _last = field_validator("lastMessage", mode="before")(_last_text)
 
 

@@ -52,6 +52,7 @@ from connectors.wire import (
     empty_list_as_null,
     id_str,
     json_object,
+    null_as_default,
     null_as_empty,
     validate,
 )
@@ -233,7 +234,7 @@ class ApiRecipient(WireModel):
 class ApiMessage(WireModel):
     type: str = "text"
 
-    _type = field_validator("type", mode="before")(lambda v: "text" if v is None else v)
+    _type = field_validator("type", mode="before")(null_as_default)
     id: str | None = None
     text: str | None = None
     file: str | None = None

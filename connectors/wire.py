@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from bridge.core.errors import InvalidInput, error_path
 
@@ -76,6 +76,13 @@ def null_as_empty(value: Any) -> Any:
 
 def null_as_blank(value: Any) -> Any:
     return value if value is not None else ""
+
+
+def null_as_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A field sent as null means its default (a status or a type left unsaid)."""
+    if value is None and info.field_name is not None:
+        return cls.model_fields[info.field_name].default
+    return value
 
 
 def empty_list_as_null(value: Any) -> Any:

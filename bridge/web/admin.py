@@ -3,19 +3,20 @@ dead letters, events."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, cast
+import time
+from typing import cast
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from bridge.deadletters import Report
 from bridge.errors import BadRequest, NotFound, Unauthenticated
 from bridge.keys import CHANNELS, DATABASE, SETTINGS
 from bridge.secrets import same_secret
-from bridge.web import views
+from bridge.web import schemas, views
 from bridge.web.common import read_body
+from bridge.web.schemas import answer
 from bridge.web.views import (
-    SQLITE_MAX_INTEGER,
     ChannelAction,
     act_on_channel,
     channel_views,
@@ -39,18 +40,6 @@ def _require_admin(request: web.Request) -> None:
         )
 
 
-def _iso(ts: float | None) -> str | None:
-    """Unix seconds (as stored) as the API gives every time: ISO 8601, UTC, milliseconds
-    (`2026-11-21T14:03:05.120+00:00`). None for none, and for a time a live chat sent that no
-    calendar holds (an infinite or absurd JivoChat transcript timestamp)."""
-    if ts is None:
-        return None
-    try:
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
 def _limit(request: web.Request, default: int = 100) -> int:
     value = whole_number(request.query.get("limit", str(default)))
     if value is None or not 1 <= value <= 1000:
@@ -58,16 +47,12 @@ def _limit(request: web.Request, default: int = 100) -> int:
     return value
 
 
-def _json_channel(view: dict[str, Any]) -> dict[str, Any]:
-    return {**view, "since": _iso(view["since"])}
-
-
 @routes.get("/admin/channels")
 async def list_channels(request: web.Request) -> web.Response:
     _require_admin(request)
     app = request.app
     views = await channel_views(app[SETTINGS], app[CHANNELS], app[DATABASE])
-    return web.json_response({"channels": [_json_channel(view) for view in views]})
+    return answer(schemas.ChannelList.model_validate({"channels": views}))
 
 
 @routes.post(r"/admin/messengers/{channel_id}/{action:connect|disconnect|reconnect}")
@@ -78,7 +63,7 @@ async def channel_action(request: web.Request) -> web.Response:
         raise NotFound("unknown_channel", "no messenger channel with this id")
     app, action = request.app, cast(ChannelAction, request.match_info["action"])
     view = await act_on_channel(app[SETTINGS], app[CHANNELS], app[DATABASE], channel_id, action)
-    return web.json_response(_json_channel(view))
+    return answer(schemas.Channel.model_validate(view))
 
 
 @routes.get("/admin/sessions")
@@ -91,9 +76,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     if status not in (None, "open", "closed"):
         raise BadRequest("invalid_query", "status: must be 'open' or 'closed'")
     rows = await chats.list_sessions(request.app[DATABASE], messenger, status, _limit(request))
-    for row in rows:
-        row["opened_at"], row["closed_at"] = _iso(row["opened_at"]), _iso(row["closed_at"])
-    return web.json_response({"sessions": rows})
+    return answer(schemas.SessionList.model_validate({"sessions": rows}))
 
 
 @routes.get(r"/admin/sessions/{session_id:[0-9]+}")
@@ -105,13 +88,7 @@ async def session_detail(request: web.Request) -> web.Response:
     detail = await chats.session_detail(request.app[DATABASE], session_id)
     if detail is None:
         raise NotFound("unknown_session", "no session with this id")
-    for key in ("opened_at", "closed_at"):
-        detail[key] = _iso(detail[key])
-    for message in detail["messages"]:
-        message["created_at"] = _iso(message["created_at"])
-    for line in detail["transcript"] or ():
-        line["timestamp"] = _iso(line["timestamp"])
-    return web.json_response(detail)
+    return answer(schemas.SessionDetail.model_validate(detail))
 
 
 async def _scope(request: web.Request) -> outbox.Scope:
@@ -136,12 +113,8 @@ async def list_outbox(request: web.Request) -> web.Response:
         raise BadRequest("invalid_query", "status: must be 'pending' or 'dead'")
     db = request.app[DATABASE]
     rows = await outbox.list_items(db, status, _limit(request), await _scope(request))
-    for row in rows:
-        for key in ("next_attempt_at", "created_at", "updated_at"):
-            row[key] = _iso(row[key])
     depth = await outbox.depth(db)
-    depth["oldest_created_at"] = _iso(depth["oldest_created_at"])
-    return web.json_response({"depth": depth, "items": rows})
+    return answer(schemas.OutboxPage.model_validate({"depth": depth, "items": rows}))
 
 
 @routes.get("/admin/events")
@@ -160,15 +133,14 @@ async def list_events(request: web.Request) -> web.Response:
         _limit(request),
         unlinked=unlinked == "1",
     )
-    for row in rows:
-        row["received_at"] = _iso(row["received_at"])
-    return web.json_response({"events": rows})
+    return answer(schemas.EventList.model_validate({"events": rows}))
 
 
 def _report(report: Report) -> web.Response:
-    now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return web.json_response(
-        {"action": report.action, "at": now, **report.counts(), "items": report.items}
+    return answer(
+        schemas.DeadLetterReport.model_validate(
+            {"action": report.action, "at": time.time(), **report.counts(), "items": report.items}
+        )
     )
 
 
@@ -208,16 +180,17 @@ async def link_event(request: web.Request) -> web.Response:
     if event_id is None:
         raise NotFound("unknown_event", "no event with this id")
     doc = json_object(await read_body(request))
-    session_id = doc.get("session_id")
     if "session_id" not in doc:
         raise BadRequest("missing_field", "session_id: required")
-    if type(session_id) is not int or not 1 <= session_id <= SQLITE_MAX_INTEGER:
-        raise BadRequest("invalid_field", "session_id: must be a session's id (an integer)")
+    try:
+        session_id = schemas.EventLink.model_validate(doc).session_id
+    except ValidationError:
+        raise BadRequest(
+            "invalid_field", "session_id: must be a session's id (an integer)"
+        ) from None
     done = await views.link_event(request.app, event_id, session_id)
-    return web.json_response(
-        {
-            "session_id": session_id,
-            "events": list(done.events),
-            "remote_chat_id": done.remote_chat_id,
-        }
+    return answer(
+        schemas.EventLinked(
+            session_id=session_id, events=list(done.events), remote_chat_id=done.remote_chat_id
+        )
     )

@@ -26,6 +26,7 @@ from bridge.errors import (
     answer_for,
 )
 from bridge.keys import METRICS, SETTINGS
+from bridge.web.schemas import Error
 from storage.port import StorageUnavailable
 
 log = structlog.get_logger("http")
@@ -44,7 +45,8 @@ CLIENT_GONE = 499
 
 
 def json_error(status: int, errcode: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message, "errcode": errcode}, status=status, headers=headers)
+    body = Error(error=message, errcode=errcode).model_dump()
+    return web.json_response(body, status=status, headers=headers)
 
 
 OK_BODY = json.dumps({"result": "ok"}).encode()

@@ -1,70 +1,314 @@
 """`GET /openapi.json`: the OpenAPI 3.1 description of every endpoint the bridge serves.
 
-The document is built once, at import, from small helpers: an error response is
-`_error(...)` with the errcodes it may carry, every object schema lives once under
-`components/schemas` and is referenced. tests/test_openapi.py keeps it true: it checks the
-document, compares its operations with the app's routes, and fuzzes a real bridge with it.
-The admin console's HTML pages (bridge/console, routes named `console.*`) are for browsers and
-are not described here.
+The component schemas come from the pydantic models that read and write each body: the
+connectors' wire models (what the messenger and the live chats send) and the admin API's answer
+models (bridge/web/schemas.py), through `models_json_schema` (JSON Schema 2020-12, which
+OpenAPI 3.1 takes as is). Written by hand here are only what no model holds: the envelopes and
+unions that pick a model (the messenger's `type`, Chatvisor's `event`, JivoChat's `event_name`),
+the few answers built outside the admin API, and the paths. An error response is `_error(...)`
+with the errcodes it may carry. tests/test_openapi.py keeps the document true: it checks it,
+compares its operations with the app's routes, and fuzzes a real bridge with it. The admin
+console's HTML pages (bridge/console, routes named `console.*`) are for browsers and are not
+described here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic_core import core_schema
 
-from bridge.core.model import ChannelState
-from connectors import jivochat
+from bridge.web import schemas
+from connectors import chatvisor, jivochat, messenger, wire
 from connectors.registry import KINDS
 
 routes = web.RouteTableDef()
 
 Schema = dict[str, Any]
 
-# --- schema helpers -------------------------------------------------------------------------
+REF = "#/components/schemas/{model}"
+
+# --- schemas from the models ----------------------------------------------------------------
+
+STRING: Schema = {"type": "string"}
+
+# What each tolerant reader (a `mode="before"` validator) accepts besides its field's own type,
+# so that the schema describes what the code takes, no less. A validator not listed here stops
+# the document from being built: say what it accepts.
+ALSO_ACCEPTED: dict[Callable[..., Any], list[Schema]] = {
+    wire.id_str: [{"type": "integer"}],
+    wire.null_as_empty: [{"type": "null"}],
+    wire.null_as_blank: [{"type": "null"}],
+    wire.null_as_default: [{"type": "null"}],
+    wire.empty_list_as_null: [{"type": "array", "maxItems": 0}],
+    chatvisor._last_text: [  # reads `text`, or `test` as Chatvisor spells it
+        {
+            "type": "object",
+            "properties": {"text": STRING, "test": STRING},
+            "description": "its text under `text`, or `test` as Chatvisor's docs spell it",
+        }
+    ],
+}
+
+
+class ModelSchema(GenerateJsonSchema):
+    """A model's JSON Schema as this document wants it: components named `prefix` + the class
+    name (without a leading underscore), no generated field titles, and every tolerant reader's
+    extra input (`ALSO_ACCEPTED`) added beside the field's type."""
+
+    prefix = ""
+
+    def normalize_name(self, name: str) -> str:
+        return self.prefix + super().normalize_name(name).lstrip("_")
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def function_before_schema(self, schema: core_schema.BeforeValidatorFunctionSchema) -> Schema:
+        inner = super().function_before_schema(schema)
+        function = schema["function"]["function"]
+        function = getattr(function, "__func__", function)  # a validator taking `cls`
+        if function not in ALSO_ACCEPTED:
+            raise TypeError(f"{function.__qualname__}: add what it accepts to ALSO_ACCEPTED")
+        kinds = inner["anyOf"] if set(inner) == {"anyOf"} else [inner]
+        return {"anyOf": [*kinds, *ALSO_ACCEPTED[function]]}
+
+
+def model_schemas(
+    models: Iterable[type[BaseModel]], mode: JsonSchemaMode, prefix: str = ""
+) -> dict[str, Schema]:
+    """The component schemas of `models` and of every model they hold, by name."""
+    generator = type(f"{prefix}ModelSchema", (ModelSchema,), {"prefix": prefix})
+    _, doc = models_json_schema(
+        [(model, mode) for model in models], ref_template=REF, schema_generator=generator
+    )
+    # A model's title is its class name, often a private one: the component's name says it.
+    return {
+        name: {k: v for k, v in schema.items() if k != "title"}
+        for name, schema in doc["$defs"].items()
+    }
 
 
 def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF.format(model=name)}
 
 
 def _nullable(kind: str, **extra: Any) -> Schema:
     return {"type": [kind, "null"], **extra}
 
 
-def _obj(required: tuple[str, ...] = (), **properties: Schema) -> Schema:
-    """An object with these properties; fields not listed are allowed (tolerant readers)."""
-    schema: Schema = {"type": "object", "properties": properties}
+def _closed(required: tuple[str, ...] = (), **properties: Schema) -> Schema:
+    """An object with exactly these properties: what the bridge itself writes."""
+    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = list(required)
     return schema
 
 
-def _closed(required: tuple[str, ...] = (), **properties: Schema) -> Schema:
-    """An object with exactly these properties: what the bridge itself writes."""
-    return {**_obj(required, **properties), "additionalProperties": False}
+def _named(field: str, names: Iterable[str], model: str | None = None) -> Schema:
+    """A body whose `field` is one of `names`, read as `model`'s fields besides."""
+    named: Schema = {
+        "type": "object",
+        "required": [field],
+        "properties": {field: {"type": "string", "enum": list(names)}},
+    }
+    return named if model is None else {"allOf": [_ref(model), named]}
 
 
-STRING: Schema = {"type": "string"}
-INTEGER: Schema = {"type": "integer"}
-BOOLEAN: Schema = {"type": "boolean"}
-OPT_STRING = _nullable("string")
-OPT_INTEGER = _nullable("integer")
-COUNT: Schema = {"type": "integer", "minimum": 0}
-TIMESTAMP: Schema = {"type": "string", "format": "date-time"}  # ISO 8601, UTC, milliseconds
-OPT_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
+def _other(field: str, known: Iterable[str], description: str) -> Schema:
+    """A body whose `field` names nothing the bridge knows: recorded, answered 200."""
+    name: Schema = {"type": "string", "minLength": 1, "not": {"enum": sorted(known)}}
+    return {
+        "type": "object",
+        "required": [field],
+        "properties": {field: name},
+        "description": description,
+    }
 
 
-def _wire_id(max_length: int | None = None) -> Schema:
-    """An id the other side may send as a string or a number (the bridge keeps strings)."""
-    text: Schema = {"type": "string", "minLength": 1}
-    if max_length is not None:
-        text["maxLength"] = max_length
-    return {"anyOf": [text, INTEGER]}
+# --- the messenger's requests (shared/protocols/messenger.md) --------------------------------
+
+MESSENGER_SCHEMAS = model_schemas(
+    [messenger._MessageData, messenger._UserInfoData, messenger._ReadData],
+    "validation",
+    prefix="Messenger",
+)
+# What parse_request checks beyond the models: a message needs text or files, a file its URL
+# under one spelling or the other.
+_TEXT: Schema = {"type": "string", "minLength": 1}
+MESSENGER_SCHEMAS["MessengerMessageData"]["anyOf"] = [
+    {"required": ["text"], "properties": {"text": _TEXT}},
+    {"required": ["files"], "properties": {"files": {"type": "array", "minItems": 1}}},
+]
+MESSENGER_SCHEMAS["MessengerFile"]["anyOf"] = [
+    {"required": [key], "properties": {key: _TEXT}} for key in ("URL", "url")
+]
 
 
-OPT_WIRE_ID: Schema = {"anyOf": [STRING, INTEGER, {"type": "null"}]}
+def _envelope(types: list[str], data: Schema | None) -> Schema:
+    """`{type, token, channelId, data}`: what every messenger request carries."""
+    body = _named("type", types)
+    body["properties"] |= {"token": STRING, "channelId": STRING}
+    if data is None:
+        body["properties"]["data"] = _nullable("object")
+    else:
+        body["properties"]["data"] = data
+        body["required"].append("data")
+    return body
+
+
+MESSENGER_SCHEMAS |= {
+    "MessengerRequest": {
+        "description": (
+            "Every request carries `type` (matched case-insensitively) and `token`, the"
+            " channel's confirmation code (any token is accepted when the code is empty)."
+            " A message needs text or files, at most `server.max_files` of them."
+        ),
+        "anyOf": [
+            _envelope(["message"], _ref("MessengerMessageData")),
+            _envelope(["userInfo"], _ref("MessengerUserInfoData")),
+            _envelope(["disconnect"], None),
+            _envelope(["markAsRead", "MarkMessageAsRead"], _ref("MessengerReadData")),
+        ],
+    },
+    # messenger.profile_body: the answer to `userInfo`.
+    "UserProfile": _closed(
+        ("id", "username", "phoneNumber", "avatar"),
+        id=STRING,
+        username=_nullable("string"),
+        phoneNumber=_nullable("string"),
+        avatar=_nullable("string", description="a URL, possibly a data URL"),
+    ),
+}
+
+# --- what a live chat sends (shared/protocols/chatvisor.md, jivochat.md) ---------------------
+
+CHATVISOR_EVENTS: dict[str, type[BaseModel]] = {
+    "message.new": chatvisor._MessageNew,
+    "conversation.new": chatvisor._ConversationEvent,
+    "conversation.status": chatvisor._ConversationEvent,
+    "message.read": chatvisor._MessageRead,
+}
+# JivoChat's Webhooks-API events by model, each with its names and their aliases.
+JIVOCHAT_EVENTS: dict[type[BaseModel], list[str]] = {}
+for _name, _model in jivochat.EVENT_MODELS.items():
+    JIVOCHAT_EVENTS.setdefault(_model, []).append(_name)
+for _alias, _name in jivochat.EVENT_ALIASES.items():
+    JIVOCHAT_EVENTS[jivochat.EVENT_MODELS[_name]].append(_alias)
+
+
+def _by_name(field: str, events: dict[str, type[BaseModel]], prefix: str) -> list[Schema]:
+    by_model: dict[type[BaseModel], list[str]] = {}
+    for name, model in events.items():
+        by_model.setdefault(model, []).append(name)
+    return [
+        _named(field, names, prefix + model.__name__.lstrip("_"))
+        for model, names in by_model.items()
+    ]
+
+
+LIVECHAT_SCHEMAS = {
+    **model_schemas(
+        [*CHATVISOR_EVENTS.values(), chatvisor._Conversation],
+        "validation",
+        prefix="Chatvisor",
+    ),
+    **model_schemas([*JIVOCHAT_EVENTS, jivochat.ApiAgentMessage], "validation", prefix="Jivochat"),
+}
+LIVECHAT_SCHEMAS["ChatvisorConversation"] |= {
+    "description": "What Chatvisor's own WebHooks POST: a bare Conversation object, no `event`.",
+    "not": {"required": ["event"]},
+}
+LIVECHAT_SCHEMAS |= {
+    "LivechatHook": {
+        "description": (
+            "Chatvisor: one event per request, by `event`, or a bare Conversation object"
+            " (Chatvisor's own WebHooks). JivoChat: a Webhooks API event"
+            " (`event_name`) or a Chat API agent message (`recipient`, `message`)."
+        ),
+        "anyOf": [
+            *_by_name("event", CHATVISOR_EVENTS, "Chatvisor"),
+            _ref("ChatvisorConversation"),
+            _other("event", CHATVISOR_EVENTS, "a Chatvisor event the bridge does not know"),
+            *_by_name(
+                "event_name",
+                {name: model for model, names in JIVOCHAT_EVENTS.items() for name in names},
+                "Jivochat",
+            ),
+            _other(
+                "event_name",
+                (name for names in JIVOCHAT_EVENTS.values() for name in names),
+                "a JivoChat event the bridge does not know",
+            ),
+            _ref("JivochatApiAgentMessage"),
+        ],
+    },
+    # The connectors' hook_reply: JivoChat's chat_accepted and chat_updated get the CRM answer.
+    "HookReply": _closed(
+        ("result",),
+        result={"type": "string", "enum": ["ok"]},
+        contact_info=_closed(name=STRING, phone=STRING, email=STRING, description=STRING),
+        custom_data={
+            "type": "array",
+            "items": _closed(("title", "content"), title=STRING, content=STRING, link=STRING),
+        },
+        enable_assign={"type": "boolean"},
+        crm_link={**STRING, "description": "the session's page in the admin API"},
+    ),
+}
+
+# --- what the bridge answers with -------------------------------------------------------------
+
+BRIDGE_SCHEMAS: dict[str, Schema] = {
+    **model_schemas(schemas.RESPONSES, "serialization"),
+    **model_schemas(schemas.REQUESTS, "validation"),
+    "Ok": _closed(("result",), result={"type": "string", "enum": ["ok"]}),
+    "Health": _closed(("status",), status={"type": "string", "enum": ["ok"]}),
+    # The connectors' readiness(): what /readyz says of each live chat.
+    "LivechatReadiness": _closed(
+        ("kind",),
+        kind={"type": "string", "enum": list(KINDS)},
+        agents_online=_nullable(
+            "boolean",
+            description="JivoChat: its Chat API /status; null when it could not be asked",
+        ),
+        status_error=STRING,
+        status_age={
+            "type": "number",
+            "minimum": 0,
+            "description": "JivoChat: seconds since /status was asked (its answer is cached)",
+        },
+    ),
+    "Ready": _closed(
+        ("status", "schema_version", "livechats"),
+        status={"type": "string", "enum": ["ready"]},
+        schema_version={"type": "integer"},
+        livechats={"type": "object", "additionalProperties": _ref("LivechatReadiness")},
+    ),
+    "NotReady": _closed(
+        ("status", "database"),
+        status={"type": "string", "enum": ["unavailable"]},
+        database=STRING,
+    ),
+}
+
+
+def _components(*groups: dict[str, Schema]) -> dict[str, Schema]:
+    merged: dict[str, Schema] = {}
+    for group in groups:
+        clash = merged.keys() & group.keys()
+        assert not clash, f"two component schemas named {sorted(clash)}"
+        merged |= group
+    return merged
+
+
+COMPONENT_SCHEMAS = _components(MESSENGER_SCHEMAS, LIVECHAT_SCHEMAS, BRIDGE_SCHEMAS)
+
+# --- the operations' shared pieces ---------------------------------------------------------
 
 
 def _json(schema: Schema) -> dict[str, Any]:
@@ -141,593 +385,6 @@ LIMIT = _query_param(
     "At most this many rows (newest first where the list is a log).",
     {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
 )
-
-# --- the messenger's requests (shared/protocols/messenger.md) --------------------------------
-
-MESSENGER_SCHEMAS: dict[str, Schema] = {
-    "MessengerFile": {
-        **_obj(
-            name=STRING,
-            size=_nullable("integer", minimum=0),
-            URL={**STRING, "description": "the file's URL (`url` is accepted too)"},
-            url=STRING,
-        ),
-        "anyOf": [{"required": ["URL"]}, {"required": ["url"]}],
-    },
-    "MessengerMessage": _obj(
-        ("type", "data"),
-        type={"type": "string", "enum": ["message"]},
-        token=STRING,
-        channelId=STRING,
-        data=_obj(
-            ("externalMessageId", "externalChatId", "externalUserId"),
-            externalMessageId=_wire_id(256),
-            externalChatId=_wire_id(256),
-            externalUserId=_wire_id(256),
-            externalChatName=_nullable("string", maxLength=1024),
-            text={**STRING, "description": "may be empty when files are sent"},
-            files={
-                "type": "array",
-                "items": _ref("MessengerFile"),
-                "description": "at most `server.max_files` (400 `too_many_files`)",
-            },
-        ),
-    ),
-    "MessengerUserInfo": _obj(
-        ("type", "data"),
-        type={"type": "string", "enum": ["userInfo"]},
-        token=STRING,
-        channelId=STRING,
-        data=_obj(("userId",), userId=_wire_id(256)),
-    ),
-    "MessengerDisconnect": _obj(
-        ("type",),
-        type={"type": "string", "enum": ["disconnect"]},
-        token=STRING,
-        channelId=STRING,
-        data=_nullable("object"),
-    ),
-    "MessengerMarkAsRead": _obj(
-        ("type", "data"),
-        type={"type": "string", "enum": ["markAsRead", "MarkMessageAsRead"]},
-        token=STRING,
-        channelId=STRING,
-        data=_obj(("messageId",), messageId=_wire_id(256)),
-    ),
-    "MessengerRequest": {
-        "description": (
-            "Every request carries `type` (matched case-insensitively) and `token`, the"
-            " channel's confirmation code (any token is accepted when the code is empty)."
-        ),
-        "anyOf": [
-            _ref("MessengerMessage"),
-            _ref("MessengerUserInfo"),
-            _ref("MessengerDisconnect"),
-            _ref("MessengerMarkAsRead"),
-        ],
-    },
-    "UserProfile": _closed(
-        ("id", "username", "phoneNumber", "avatar"),
-        id=STRING,
-        username=OPT_STRING,
-        phoneNumber=OPT_STRING,
-        avatar={**OPT_STRING, "description": "a URL, possibly a data URL"},
-    ),
-}
-
-# --- what a live chat sends (shared/protocols/chatvisor.md, jivochat.md) ---------------------
-
-# The connector's own lists, so the description cannot drift from what is parsed.
-FILE_TYPES = tuple(sorted(jivochat.FILE_TYPES))
-JIVOCHAT_EVENTS = (*jivochat.EVENT_MODELS, *jivochat.EVENT_ALIASES)
-
-LIVECHAT_SCHEMAS: dict[str, Schema] = {
-    "ChatvisorFile": _obj(
-        ("url",), name=STRING, url={"type": "string", "minLength": 1}, size=OPT_INTEGER
-    ),
-    "ChatvisorMessageNew": _obj(
-        ("event", "customerId", "message"),
-        event={"type": "string", "enum": ["message.new"]},
-        customerId=_wire_id(),
-        message=_obj(
-            ("sender",),
-            id=OPT_WIRE_ID,
-            text={**STRING, "description": "may be empty when files are sent"},
-            files={
-                "type": "array",
-                "items": _ref("ChatvisorFile"),
-                "description": "the first `server.max_files` are relayed, the rest recorded",
-            },
-            timestamp=STRING,
-            sender=_obj(
-                ("type",),
-                type={"type": "string", "enum": ["agent", "customer", "system"]},
-                id=OPT_WIRE_ID,
-                name=OPT_STRING,
-            ),
-        ),
-    ),
-    "ChatvisorConversationEvent": _obj(
-        ("event", "conversation"),
-        event={"type": "string", "enum": ["conversation.new", "conversation.status"]},
-        conversation=_obj(
-            ("customerId",),
-            customerId=_wire_id(),
-            status={"type": "string", "enum": ["UNREAD", "DONE", "UNRESOLVED"]},
-            lastMessage=_obj(text=STRING),
-            url=OPT_STRING,
-        ),
-    ),
-    "ChatvisorConversation": {
-        **_obj(
-            ("customerId",),
-            customerId=_wire_id(),
-            status={
-                "type": "string",
-                "description": "UNREAD (new or reopened), DONE (closes), UNRESOLVED or any"
-                " other (a status change)",
-            },
-            lastMessage={
-                "anyOf": [_obj(text=STRING, test=STRING), STRING, {"type": "null"}],
-                "description": "its text under `text`, or `test` as Chatvisor's docs spell it",
-            },
-            url=OPT_STRING,
-        ),
-        "description": "What Chatvisor's own WebHooks POST: a bare Conversation object, no"
-        " `event`.",
-        "not": {"required": ["event"]},
-    },
-    "ChatvisorMessageRead": _obj(
-        ("event", "customerId", "messageId"),
-        event={"type": "string", "enum": ["message.read"]},
-        customerId=_wire_id(),
-        messageId=_wire_id(),
-    ),
-    "ChatvisorOtherEvent": _obj(
-        ("event",),
-        event={
-            "type": "string",
-            "minLength": 1,
-            "description": "an event the bridge does not know: recorded and answered 200",
-        },
-    ),
-    "JivochatAgent": _obj(id=OPT_WIRE_ID, name=OPT_STRING, email=OPT_STRING, phone=OPT_WIRE_ID),
-    "JivochatVisitor": _obj(
-        name=OPT_STRING,
-        email=OPT_STRING,
-        phone=OPT_WIRE_ID,
-        number=OPT_WIRE_ID,
-        description=OPT_STRING,
-        social=_nullable("object"),
-        chats_count={"type": ["integer", "string", "null"]},
-    ),
-    "JivochatEvent": _obj(
-        ("event_name",),
-        event_name={
-            "anyOf": [
-                {"type": "string", "enum": list(JIVOCHAT_EVENTS)},
-                {"type": "string", "minLength": 1},
-            ],
-            "description": "one of the documented events, or any other (recorded, answered 200)",
-        },
-        chat_id=OPT_WIRE_ID,
-        widget_id=OPT_WIRE_ID,
-        user_token=OPT_WIRE_ID,
-        visitor={"anyOf": [_ref("JivochatVisitor"), {"type": "null"}]},
-        department={
-            "anyOf": [_obj(id=OPT_WIRE_ID, name=OPT_STRING), {"type": "null"}],
-        },
-        session=_nullable("object"),
-        page=_nullable("object"),
-        analytics={"type": ["object", "array", "null"]},
-        agent={"anyOf": [_ref("JivochatAgent"), {"type": "null"}]},
-        agents={"type": "array", "items": _ref("JivochatAgent")},
-        assign_to=OPT_STRING,
-        chat={
-            "anyOf": [
-                _obj(
-                    messages={
-                        "type": "array",
-                        "items": _obj(
-                            timestamp=_nullable("number"),
-                            type=OPT_STRING,
-                            agent_id=OPT_WIRE_ID,
-                            message=OPT_STRING,
-                            blacklisted=_nullable("boolean"),
-                        ),
-                    },
-                    rate=OPT_STRING,
-                    blacklisted=_nullable("boolean"),
-                ),
-                {"type": "null"},
-            ]
-        },
-        plain_messages=OPT_STRING,
-        html_messages=OPT_STRING,
-        call={
-            "anyOf": [
-                _obj(
-                    type=OPT_STRING,
-                    phone=OPT_WIRE_ID,
-                    status=OPT_STRING,
-                    reason=OPT_STRING,
-                    record_url=OPT_STRING,
-                ),
-                {"type": "null"},
-            ]
-        },
-        offline_message_id=OPT_WIRE_ID,
-        message=OPT_STRING,
-    ),
-    "JivochatAgentMessage": _obj(
-        ("recipient", "message"),
-        sender={"anyOf": [_obj(id=OPT_WIRE_ID, name=OPT_STRING), {"type": "null"}]},
-        recipient=_obj(
-            ("id",), id={**_wire_id(), "description": "the `sender.id` the bridge used"}
-        ),
-        message=_obj(
-            type={
-                "anyOf": [{"type": "string", "enum": ["text", *FILE_TYPES]}, STRING],
-                "description": "text; photo, video, document, audio, file, image (need `file`);"
-                " anything else (typing...) is recorded",
-                "default": "text",
-            },
-            id=OPT_WIRE_ID,
-            text=OPT_STRING,
-            file=OPT_STRING,
-            file_name=OPT_STRING,
-        ),
-    ),
-    "LivechatHook": {
-        "description": (
-            "Chatvisor: one event per request, by `event`, or a bare Conversation object"
-            " (Chatvisor's own WebHooks). JivoChat: a Webhooks API event"
-            " (`event_name`) or a Chat API agent message (`recipient`, `message`)."
-        ),
-        "anyOf": [
-            _ref("ChatvisorMessageNew"),
-            _ref("ChatvisorConversationEvent"),
-            _ref("ChatvisorConversation"),
-            _ref("ChatvisorMessageRead"),
-            _ref("ChatvisorOtherEvent"),
-            _ref("JivochatEvent"),
-            _ref("JivochatAgentMessage"),
-        ],
-    },
-    "HookReply": _closed(
-        ("result",),
-        result={"type": "string", "enum": ["ok"]},
-        contact_info=_closed(name=STRING, phone=STRING, email=STRING, description=STRING),
-        custom_data={
-            "type": "array",
-            "items": _closed(("title", "content"), title=STRING, content=STRING, link=STRING),
-        },
-        enable_assign=BOOLEAN,
-        crm_link={**STRING, "description": "the session's page in the admin API"},
-    ),
-}
-
-# --- what the bridge answers with -------------------------------------------------------------
-
-CHANNEL_STATES = [state.value for state in ChannelState]
-
-BRIDGE_SCHEMAS: dict[str, Schema] = {
-    "Error": _closed(
-        ("error", "errcode"),
-        error={**STRING, "description": "for people"},
-        errcode={**STRING, "description": "for programs"},
-    ),
-    "Ok": _closed(("result",), result={"type": "string", "enum": ["ok"]}),
-    "Health": _closed(("status",), status={"type": "string", "enum": ["ok"]}),
-    "LivechatReadiness": _closed(
-        ("kind",),
-        kind={"type": "string", "enum": list(KINDS)},
-        agents_online={
-            **_nullable("boolean"),
-            "description": "JivoChat: its Chat API /status; null when it could not be asked",
-        },
-        status_error=STRING,
-        status_age={
-            "type": "number",
-            "minimum": 0,
-            "description": "JivoChat: seconds since /status was asked (its answer is cached)",
-        },
-    ),
-    "Ready": _closed(
-        ("status", "schema_version", "livechats"),
-        status={"type": "string", "enum": ["ready"]},
-        schema_version=INTEGER,
-        livechats={"type": "object", "additionalProperties": _ref("LivechatReadiness")},
-    ),
-    "NotReady": _closed(
-        ("status", "database"),
-        status={"type": "string", "enum": ["unavailable"]},
-        database=STRING,
-    ),
-    "Channel": _closed(
-        (
-            "id",
-            "name",
-            "livechat",
-            "state",
-            "since",
-            "last_error",
-            "enabled",
-            "held_messages",
-        ),
-        id=STRING,
-        name=STRING,
-        livechat=STRING,
-        state={"type": "string", "enum": CHANNEL_STATES},
-        since=TIMESTAMP,
-        last_error=OPT_STRING,
-        enabled=BOOLEAN,
-        held_messages={"type": "integer", "minimum": 0},
-    ),
-    "ChannelList": _closed(("channels",), channels={"type": "array", "items": _ref("Channel")}),
-    "Session": _obj(
-        (
-            "id",
-            "status",
-            "opened_by",
-            "opened_at",
-            "closed_at",
-            "conversation_url",
-            "livechat_id",
-            "channel_id",
-            "external_chat_id",
-            "chat_name",
-            "user_id",
-            "customer_id",
-            "messages",
-        ),
-        id=INTEGER,
-        status={"type": "string", "enum": ["open", "closed"]},
-        opened_by={"type": "string", "enum": ["user", "operator"]},
-        opened_at=TIMESTAMP,
-        closed_at=OPT_TIMESTAMP,
-        conversation_url=OPT_STRING,
-        livechat_id=STRING,
-        channel_id=STRING,
-        external_chat_id=STRING,
-        chat_name=OPT_STRING,
-        user_id=STRING,
-        customer_id=OPT_STRING,
-        messages={"type": "integer", "minimum": 0, "description": "how many messages"},
-    ),
-    "SessionList": _closed(("sessions",), sessions={"type": "array", "items": _ref("Session")}),
-    "StoredFile": _closed(("name", "url", "size"), name=STRING, url=STRING, size=OPT_INTEGER),
-    "SessionMessage": _obj(
-        (
-            "uid",
-            "direction",
-            "external_id",
-            "remote_id",
-            "user_id",
-            "operator_id",
-            "operator_name",
-            "text",
-            "files",
-            "status",
-            "created_at",
-        ),
-        uid=STRING,
-        direction={"type": "string", "enum": ["in", "out"]},
-        external_id=OPT_STRING,
-        remote_id=OPT_STRING,
-        user_id=OPT_STRING,
-        operator_id=OPT_STRING,
-        operator_name=OPT_STRING,
-        text=STRING,
-        files={"type": "array", "items": _ref("StoredFile")},
-        status={"type": "string", "enum": ["pending", "delivered", "failed", "read"]},
-        created_at=TIMESTAMP,
-    ),
-    "Contact": _closed(
-        ("name", "email", "phone", "description"),
-        name=OPT_STRING,
-        email=OPT_STRING,
-        phone=OPT_STRING,
-        description=OPT_STRING,
-    ),
-    "TranscriptLine": _closed(
-        ("sender", "text", "timestamp", "agent_id"),
-        sender={**STRING, "description": "visitor, agent, or what the live chat said"},
-        text=STRING,
-        timestamp={
-            **OPT_TIMESTAMP,
-            "description": "JivoChat's time of the line; null when it sent none or none valid",
-        },
-        agent_id=OPT_STRING,
-    ),
-    "SessionDetail": _obj(
-        (
-            "id",
-            "chat_id",
-            "livechat_id",
-            "status",
-            "opened_by",
-            "opened_at",
-            "closed_at",
-            "conversation_url",
-            "agent_id",
-            "agent_name",
-            "remote_chat_id",
-            "crm_link",
-            "transcript",
-            "channel_id",
-            "external_chat_id",
-            "chat_name",
-            "user_id",
-            "client_key",
-            "customer_id",
-            "contact",
-            "messages",
-        ),
-        id=INTEGER,
-        chat_id=INTEGER,
-        livechat_id=STRING,
-        status={"type": "string", "enum": ["open", "closed"]},
-        opened_by={"type": "string", "enum": ["user", "operator"]},
-        opened_at=TIMESTAMP,
-        closed_at=OPT_TIMESTAMP,
-        conversation_url=OPT_STRING,
-        agent_id=OPT_STRING,
-        agent_name=OPT_STRING,
-        remote_chat_id={**OPT_STRING, "description": "JivoChat's chat_id"},
-        crm_link={**OPT_STRING, "description": "what a JivoChat agent assigned"},
-        transcript={
-            "anyOf": [{"type": "array", "items": _ref("TranscriptLine")}, {"type": "null"}],
-            "description": "JivoChat's transcript, kept when the chat finished",
-        },
-        channel_id=STRING,
-        external_chat_id=STRING,
-        chat_name=OPT_STRING,
-        user_id=STRING,
-        client_key=STRING,
-        customer_id=OPT_STRING,
-        contact={"anyOf": [_ref("Contact"), {"type": "null"}]},
-        messages={
-            "type": "array",
-            "items": _ref("SessionMessage"),
-            "maxItems": 1000,
-            "description": "the first 1000, oldest first",
-        },
-    ),
-    "OutboxItem": _obj(
-        (
-            "id",
-            "kind",
-            "lane",
-            "channel_id",
-            "ref_id",
-            "status",
-            "attempts",
-            "next_attempt_at",
-            "created_at",
-            "updated_at",
-            "last_error",
-            "channel",
-            "livechat",
-            "payload",
-        ),
-        id=INTEGER,
-        kind={
-            **STRING,
-            "description": "livechat.message, messenger.message, messenger.outcome,"
-            " messenger.read, subscriber.event, or operator.reply (an operator's reply no"
-            " chat was linked to: only ever dead, its text in the payload)",
-        },
-        lane=STRING,
-        channel_id={**OPT_STRING, "description": "the messenger channel that holds it"},
-        ref_id=OPT_INTEGER,
-        status={"type": "string", "enum": ["pending", "dead"]},
-        attempts={"type": "integer", "minimum": 0},
-        next_attempt_at=TIMESTAMP,
-        created_at=TIMESTAMP,
-        updated_at=TIMESTAMP,
-        last_error=OPT_STRING,
-        channel={**OPT_STRING, "description": "the messenger channel it belongs to"},
-        livechat={**OPT_STRING, "description": "the live chat it belongs to"},
-        payload={
-            "type": "object",
-            "description": "what the item carries besides its message or event; for"
-            " operator.reply: livechat_id, customer_id, client_key, channel_id, message_id,"
-            " text, files, operator_id, operator_name, received_at (Unix time)",
-        },
-    ),
-    "DeadLetterReport": _closed(
-        (
-            "action",
-            "at",
-            "matched",
-            "retried",
-            "adopted",
-            "dead",
-            "purged",
-            "skipped",
-            "items",
-        ),
-        action={"type": "string", "enum": ["retry", "purge"]},
-        at=TIMESTAMP,
-        matched={**COUNT, "description": "dead items the action found (a pending one: skipped)"},
-        retried={**COUNT, "description": "made pending again, at the end of their lane"},
-        adopted={**COUNT, "description": "operator replies now queued for their linked chat"},
-        dead={**COUNT, "description": "operator replies still with no chat: dead again"},
-        purged={**COUNT, "description": "deleted"},
-        skipped={**COUNT, "description": "the one item named is pending: left alone"},
-        items={
-            "type": "array",
-            "maxItems": 100,
-            "description": "the first 100 items, with what became of each",
-            "items": _closed(
-                ("id", "kind", "result", "new_id", "error"),
-                id=INTEGER,
-                kind=STRING,
-                result={
-                    "type": "string",
-                    "enum": ["retried", "adopted", "dead", "purged", "skipped"],
-                },
-                new_id={**OPT_INTEGER, "description": "the retried item's id now"},
-                error={**OPT_STRING, "description": "why it is still dead"},
-            ),
-        },
-    ),
-    "OutboxPage": _closed(
-        ("depth", "items"),
-        depth=_closed(
-            ("pending", "dead", "oldest_created_at"),
-            pending={"type": "integer", "minimum": 0},
-            dead={"type": "integer", "minimum": 0},
-            oldest_created_at={
-                **OPT_TIMESTAMP,
-                "description": "when the oldest pending item was queued",
-            },
-        ),
-        items={"type": "array", "items": _ref("OutboxItem")},
-    ),
-    "Event": _obj(
-        (
-            "id",
-            "livechat_id",
-            "name",
-            "session_id",
-            "remote_chat_id",
-            "unlinked_reason",
-            "payload",
-            "received_at",
-        ),
-        id=INTEGER,
-        livechat_id=STRING,
-        name=STRING,
-        session_id=OPT_INTEGER,
-        remote_chat_id={**OPT_STRING, "description": "the live chat's own chat id (JivoChat)"},
-        unlinked_reason={
-            **OPT_STRING,
-            "description": "why the event linked to no session: what each way of linking found",
-        },
-        payload={"type": "object", "description": "the live chat's own JSON"},
-        received_at=TIMESTAMP,
-    ),
-    "EventList": _closed(("events",), events={"type": "array", "items": _ref("Event")}),
-    "EventLink": _closed(
-        ("session_id",),
-        session_id={"type": "integer", "minimum": 1, "description": "the session to link to"},
-    ),
-    "EventLinked": _closed(
-        ("session_id", "events", "remote_chat_id"),
-        session_id=INTEGER,
-        events={
-            "type": "array",
-            "items": INTEGER,
-            "description": "the event, and the other events of its chat id that were unlinked",
-        },
-        remote_chat_id={
-            **OPT_STRING,
-            "description": "the live-chat chat id now linked: its later events link too",
-        },
-    ),
-}
 
 # --- the operations -----------------------------------------------------------------------------
 
@@ -1107,7 +764,7 @@ SPEC: dict[str, Any] = {
     },
     "paths": PATHS,
     "components": {
-        "schemas": {**MESSENGER_SCHEMAS, **LIVECHAT_SCHEMAS, **BRIDGE_SCHEMAS},
+        "schemas": COMPONENT_SCHEMAS,
         "securitySchemes": {
             "adminToken": {
                 "type": "http",
