@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bridge.settings import ConfigError, settings_from_dict
+from bridge.settings import ConfigError, config_warnings, settings_from_dict
 from storage.database import StorageUnavailable
 from storage.migrations import LATEST as SQLITE_LATEST
 from storage.migrations import MIGRATIONS, SchemaTooNew
@@ -105,6 +105,7 @@ def test_storage_backend_settings() -> None:
     assert settings.storage.pool_max == 4
     assert "hunter22" not in repr(settings) and "hunter22" not in str(settings.storage)
     assert dsn in settings.secrets() and "hunter22" in settings.secrets()  # the log redactor
+    assert config_warnings(settings)[-1].startswith('storage.backend: "postgres" is not used')
 
     assert problems(config(backend="postgres")) == [
         'storage.dsn: required with backend = "postgres" (a libpq URI such as'
@@ -367,9 +368,16 @@ async def test_a_wrong_password_is_refused_without_showing_it(pg_server: PgServe
     assert bad.where == f"postgresql://postgres:***@127.0.0.1:{pg_server.port}/postgres"
 
 
-async def test_the_store_survives_the_server_restarting(
-    pg: PostgresStore, pg_server: PgServer
-) -> None:
+async def test_the_store_survives_the_server_restarting(pg_dsn: str, pg_server: PgServer) -> None:
+    pg = store(pg_dsn, timeout=1.0)
+    await pg.open()
+    try:
+        await survives_restarts(pg, pg_server)
+    finally:
+        await pg.close()
+
+
+async def survives_restarts(pg: PostgresStore, pg_server: PgServer) -> None:
     await pg.write(new_item("before"))
     # Restarted while idle: every pooled connection is dead, which the next write must not see.
     await asyncio.to_thread(pg_server.stop)
