@@ -106,11 +106,11 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[DictRow]:
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[DictRow]:
         return self._conn.execute(translate(sql), tuple(params))
 
     def executemany(
-        self, sql: str, seq_of_params: Iterable[Sequence[Any]]
+        self, sql: str, seq_of_params: Iterable[Sequence[Any]], /
     ) -> psycopg.Cursor[DictRow]:
         cur = self._conn.cursor()
         cur.executemany(translate(sql), [tuple(p) for p in seq_of_params])
@@ -143,6 +143,7 @@ class PostgresStore:
         self._executor: ThreadPoolExecutor | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._fault: str | None = None
+        self._reads_only = False
         self.schema_version = 0
 
     @property
@@ -171,21 +172,38 @@ class PostgresStore:
         )
         try:
             self.schema_version = await self._in_thread(self._migrate)
-            self._pool = ConnectionPool(
-                self._dsn,
-                connection_class=psycopg.Connection[DictRow],
-                kwargs={**self._connect_kwargs(), "row_factory": dict_row, "autocommit": False},
-                min_size=self._pool_min,
-                max_size=self._pool_max,
-                timeout=self._timeout,
-                name="bridge",
-                open=False,
-            )
+            self._pool = self._new_pool()
             await self._in_thread(self._open_pool)
         except BaseException:
             await self.close()
             raise
         self._watch_task = asyncio.create_task(self._watch_loop(), name="pg-watch")
+
+    async def open_reader(self) -> None:
+        """Reads only (a delivery process's store): the pool, no migrations (the serving
+        process migrated first), and writes refused. Raises StorageUnavailable as `open`."""
+        self._reads_only = True
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._pool_max, thread_name_prefix="pg-reader"
+        )
+        try:
+            self._pool = self._new_pool()
+            await self._in_thread(self._open_pool)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
+        return ConnectionPool(
+            self._dsn,
+            connection_class=psycopg.Connection[DictRow],
+            kwargs={**self._connect_kwargs(), "row_factory": dict_row, "autocommit": False},
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            timeout=self._timeout,
+            name="bridge",
+            open=False,
+        )
 
     def _migrate(self) -> int:
         try:
@@ -234,6 +252,8 @@ class PostgresStore:
         they are, and the transaction is rolled back."""
         if self._pool is None:
             raise StorageUnavailable("database not open")
+        if self._reads_only:
+            raise StorageUnavailable("database opened for reads only")
         deadline = time.monotonic() + self._timeout
         try:
             result: T = await self._in_thread(self._run, work, deadline, False)
@@ -259,6 +279,14 @@ class PostgresStore:
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
         return await self.read(lambda conn: conn.execute(sql, params).fetchone())
+
+    async def readable(self) -> bool:
+        """A trivial read succeeds (for readiness)."""
+        try:
+            await self.fetch_one("SELECT 1 AS one")
+        except StorageUnavailable:
+            return False
+        return True
 
     def _note_fault(self, why: str) -> None:
         if self._fault != why:

@@ -353,6 +353,18 @@ async def test_a_deadlock_is_retried_until_both_commit(pg: PostgresStore) -> Non
     assert rows == [{"name": "a", "last_id": 11}, {"name": "b", "last_id": 11}]
 
 
+async def test_a_reader_reads_and_refuses_writes(pg: PostgresStore, pg_dsn: str) -> None:
+    await pg.write(new_item("lane-r"))
+    reader = store(pg_dsn, pool_min=1, pool_max=2)
+    await reader.open_reader()
+    try:
+        assert await reader.fetch_all("SELECT lane FROM outbox") == [{"lane": "lane-r"}]
+        with pytest.raises(StorageUnavailable, match="reads only"):
+            await reader.write(new_item("lane-w"))
+    finally:
+        await reader.close()
+
+
 # --- credentials and faults ---------------------------------------------------------------
 
 
@@ -393,10 +405,12 @@ async def survives_restarts(pg: PostgresStore, pg_server: PgServer) -> None:
         assert pg_server.password not in pg.write_fault
         with pytest.raises(StorageUnavailable):
             await pg.fetch_all("SELECT id FROM outbox")
+        assert not await pg.readable()
     finally:
         await asyncio.to_thread(pg_server.start)
     # Readiness comes back by itself (the probe), without a write from anyone.
     await eventually(lambda: pg.write_fault is None, timeout=15, what="write_fault cleared")
     await pg.write(new_item("after"))
+    assert await pg.readable()
     lanes = [r["lane"] for r in await pg.fetch_all("SELECT lane FROM outbox ORDER BY id")]
     assert lanes == ["before", "after a quick restart", "after"]
