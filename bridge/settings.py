@@ -26,6 +26,8 @@ from connectors.base import LiveChatSettingsBase
 from connectors.chatvisor import ChatvisorSettings as ChatvisorSettings  # importable from here
 from connectors.jivochat import JivochatSettings as JivochatSettings  # as before the registry
 from connectors.registry import KINDS
+from storage.pg_dsn import passwords as dsn_passwords
+from storage.pg_dsn import redact as redact_dsn
 
 CHANNEL_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -64,6 +66,16 @@ class StorageSettings(_Section):
     # between batches. Only a single batch of writes larger than half of it, or a reader from
     # outside holding an old snapshot, can take it past (logged at error).
     wal_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
+    # "sqlite": one process on one machine, the file at `path`. "postgres": any number of
+    # replicas sharing one PostgreSQL server (13 or later) at `dsn`; `path`, `synchronous` and
+    # `wal_max_bytes` then do not apply, and busy_timeout bounds the wait for a connection too.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    # PostgreSQL: a libpq connection URI or key=value string. A secret (its password is never
+    # logged or shown); the password may instead come from PGPASSWORD or ~/.pgpass.
+    dsn: SecretStr | None = None
+    # PostgreSQL: connections each process keeps open, and at most opens (works run at once).
+    pool_min: int = Field(default=2, ge=1, le=1000)
+    pool_max: int = Field(default=10, ge=1, le=1000)
 
 
 class AdminSettings(_Section):
@@ -217,6 +229,9 @@ class Settings(BaseSettings):
             values += lc.secret_values()
         values += [m.confirmation_code.get_secret_value() for m in self.messengers.values()]
         values += [sub.secret.get_secret_value() for sub in self.subscriptions]
+        if self.storage.dsn is not None:
+            dsn = self.storage.dsn.get_secret_value()
+            values += [dsn, *dsn_passwords(dsn)]
         return [v for v in values if v]
 
 
@@ -245,6 +260,12 @@ def config_warnings(settings: Settings) -> list[str]:
             found.append(
                 f"{path}: still the example's placeholder ('{EXAMPLE_SECRET_MARK}...'); set a secret of your own"
             )
+    if settings.storage.backend == "postgres":
+        # TODO(issue 14): gone once the store factory builds storage.postgres.PostgresStore.
+        found.append(
+            'storage.backend: "postgres" is not used by this version yet; the service runs on'
+            " SQLite at storage.path"
+        )
     return found
 
 
@@ -430,9 +451,49 @@ def _storage_path_problem(path: str) -> str | None:
     return None
 
 
+def _storage_backend_problems(storage: StorageSettings) -> list[str]:
+    """What keeps `[storage]` from naming one database: a PostgreSQL DSN missing, malformed
+    (checked by libpq's own parser, the password masked in what it says) or set for SQLite;
+    pool sizes the wrong way round."""
+    dsn = storage.dsn.get_secret_value().strip() if storage.dsn is not None else ""
+    if storage.backend == "sqlite":
+        if dsn:
+            return [
+                'storage.dsn: set, but storage.backend is "sqlite"; set backend = "postgres"'
+                " to use it, or remove it"
+            ]
+        return []
+    problems = []
+    if storage.pool_min > storage.pool_max:
+        problems.append(f"storage.pool_min: more than storage.pool_max ({storage.pool_max})")
+    if not dsn:
+        problems.append(
+            'storage.dsn: required with backend = "postgres" (a libpq URI such as'
+            " postgresql://bridge@db.example:5432/bridge; the password in it, in PGPASSWORD"
+            " or in ~/.pgpass)"
+        )
+        return problems
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        problems.append(
+            'storage.backend: "postgres" needs the PostgreSQL driver:'
+            " pip install 'messenger-bridge[postgres]'"
+        )
+        return problems
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq could not parse it
+        problems.append(f"storage.dsn: not a libpq connection string: {redact_dsn(str(exc), dsn)}")
+    return problems
+
+
 def _cross_check(settings: Settings) -> list[str]:
     problems = []
-    if (storage_problem := _storage_path_problem(settings.storage.path)) is not None:
+    problems += _storage_backend_problems(settings.storage)
+    if settings.storage.backend == "sqlite" and (
+        storage_problem := _storage_path_problem(settings.storage.path)
+    ):
         problems.append(storage_problem)
     for section, ids in (("livechats", settings.livechats), ("messengers", settings.messengers)):
         for key in ids:

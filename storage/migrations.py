@@ -197,6 +197,7 @@ V7 = [
     " WHERE remote_chat_id IS NOT NULL",
 ]
 
+# Each step's PostgreSQL DDL is in storage/postgres_migrations.py, under the same number.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
     (2, "live-chat life cycle: remote chat ids, CRM links, transcripts, contacts", V2),

@@ -29,6 +29,9 @@ from tests.sim.jivochat import JivochatSim
 from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
 
+# A real PostgreSQL server (pg_server) and a database per test (pg_dsn), or a clear skip.
+pytest_plugins = ("tests.pg",)
+
 ADMIN_TOKEN = "admin-secret-token-1234"
 # delivery.worker of in-process bridges; TEST_DELIVERY_WORKER=process runs them all with the child.
 IN_PROCESS_WORKER = os.environ.get("TEST_DELIVERY_WORKER", "inline")

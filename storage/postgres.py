@@ -1,0 +1,392 @@
+"""The PostgreSQL store: a pool of connections, each work in its own transaction in a thread.
+
+`write(work)` runs `work`, a plain function of a `PgConnection`, in one transaction on a pooled
+connection in a worker thread, and returns once it has committed: an HTTP 200 then means the
+change is on the server's disk (with its `synchronous_commit`, on by default). Unlike SQLite,
+PostgreSQL takes concurrent writers, so there is no single writer and no group commit: up to
+`pool_max` works run at once, each on its own connection.
+
+What can go wrong, and what the caller sees:
+
+- A serialization failure or a deadlock (the server chose this transaction to roll back): the
+  work is run again, up to `CONFLICT_RETRIES` times, after a short random pause.
+- The connection found broken before the commit (the server restarted, a failover, an idle
+  connection cut by a firewall): the pool's idle connections are checked and the work is run
+  once more on a fresh one. Lost during the commit itself: `StorageUnavailable`, since the
+  outcome is unknown (a retry by the client, with its idempotency key, is what is safe then).
+- No connection within `timeout` seconds of the call (server down, pool exhausted), a lock
+  held by another for longer than that, the server out of disk or read-only: the call raises
+  `StorageUnavailable`, and `write_fault` says why until a write commits again; meanwhile a
+  probe is tried every second, so readiness comes back without waiting for traffic.
+- Anything else the work raises (a unique violation, a bug in its SQL) is raised as it is, and
+  the transaction is rolled back.
+
+The DSN is a secret: no message this module raises or logs contains its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+
+import psycopg
+import structlog
+from psycopg import errors
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from storage.database import StorageUnavailable
+from storage.pg_dsn import describe, redact
+from storage.postgres_migrations import migrate
+
+T = TypeVar("T")
+
+log = structlog.get_logger("storage")
+
+# A conflict the server resolved by rolling one transaction back: run it again, this often.
+CONFLICT_RETRIES = 5
+CONFLICT_PAUSE = (0.005, 0.2)  # seconds: first pause (randomised), cap; doubling between
+# While writes fail, a probe write is tried this often, in seconds.
+WATCH_EVERY = 1.0
+APPLICATION_NAME = "messenger-bridge"  # in pg_stat_activity, for the operators
+
+# SQLSTATE classes and codes that say "the database cannot take this now", not "this work is
+# wrong" (https://www.postgresql.org/docs/current/errcodes-appendix.html): connection
+# exceptions, insufficient resources (disk full, too many connections), operator intervention
+# (shutdown, statement or lock timeout), system errors (I/O), and a read-only transaction (a
+# standby after a failover).
+UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+UNAVAILABLE_CODES = {"55P03", "25006"}  # lock_not_available, read_only_sql_transaction
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(sql: str) -> str:
+    """The repositories' SQL (`?` placeholders) in psycopg's paramstyle (`%s`): each `?` outside
+    quotes and comments becomes `%s`, and every literal `%` becomes `%%` (psycopg reads `%`
+    anywhere, even inside quotes, as the start of a placeholder). Cached: the repositories use
+    a few hundred distinct statements."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"":  # a string literal or a quoted identifier, to its closing quote
+            end = sql.find(ch, i + 1)
+            end = n if end < 0 else end + 1  # a doubled quote ends and starts again: fine
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        else:
+            out.append("%s" if ch == "?" else "%%" if ch == "%" else ch)
+            i += 1
+    return "".join(out)
+
+
+class PgConnection:
+    """One transaction's connection, as the repositories use it: `execute(sql, params)` with
+    `?` placeholders, rows addressable by column name (`row["id"]`)."""
+
+    dialect: Final = "postgres"
+
+    def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[DictRow]:
+        return self._conn.execute(translate(sql), tuple(params))
+
+    def executemany(
+        self, sql: str, seq_of_params: Iterable[Sequence[Any]], /
+    ) -> psycopg.Cursor[DictRow]:
+        cur = self._conn.cursor()
+        cur.executemany(translate(sql), [tuple(p) for p in seq_of_params])
+        return cur
+
+
+Work = Callable[[PgConnection], T]
+
+
+class _CommitLost(Exception):
+    """The connection broke during COMMIT: the transaction may or may not have committed."""
+
+
+class PostgresStore:
+    """The bridge's storage on a PostgreSQL server (13 or later), shared by any number of
+    replicas. `dsn`: a libpq connection string or URI (a secret). `pool_min`, `pool_max`:
+    connections kept open, and at most open (so also works run at once). `timeout`: seconds a
+    call may wait for a connection or for another's lock before it raises StorageUnavailable."""
+
+    dialect: Final = "postgres"
+
+    def __init__(self, dsn: str, pool_min: int = 2, pool_max: int = 10, timeout: float = 5.0):
+        if not 1 <= pool_min <= pool_max:
+            raise ValueError("need 1 <= pool_min <= pool_max")
+        self._dsn = dsn
+        self.where = describe(dsn)  # the DSN without its password, for messages and logs
+        self._pool_min, self._pool_max = pool_min, pool_max
+        self._timeout = timeout
+        self._pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._fault: str | None = None
+        self._reads_only = False
+        self.schema_version = 0
+
+    @property
+    def write_fault(self) -> str | None:
+        """Why writes fail now (`"no database connection within 5 s"`, `"could not extend file
+        ...: No space left on device"`, `"cannot execute INSERT in a read-only transaction"`...),
+        or None while they succeed. For readiness: set by a failed write or read, cleared by
+        the next write or probe that commits."""
+        return self._fault
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": max(2, math.ceil(self._timeout)),  # libpq: whole seconds, >= 2
+            # A row lock held by another (another replica's long transaction) fails this one
+            # after `timeout`, as SQLite's busy_timeout does, instead of holding a request.
+            "options": f"-c lock_timeout={int(self._timeout * 1000)}",
+        }
+
+    async def open(self) -> None:
+        """Connect, migrate (under the migration lock: replicas starting together migrate
+        once) and fill the pool. Raises StorageUnavailable when the server cannot be reached
+        or refuses the credentials, SchemaTooNew for a database newer than the code."""
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._pool_max, thread_name_prefix="pg-store"
+        )
+        try:
+            self.schema_version = await self._in_thread(self._migrate)
+            self._pool = self._new_pool()
+            await self._in_thread(self._open_pool)
+        except BaseException:
+            await self.close()
+            raise
+        self._watch_task = asyncio.create_task(self._watch_loop(), name="pg-watch")
+
+    async def open_reader(self) -> None:
+        """Reads only (a delivery process's store): the pool, no migrations (the serving
+        process migrated first), and writes refused. Raises StorageUnavailable as `open`."""
+        self._reads_only = True
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._pool_max, thread_name_prefix="pg-reader"
+        )
+        try:
+            self._pool = self._new_pool()
+            await self._in_thread(self._open_pool)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
+        return ConnectionPool(
+            self._dsn,
+            connection_class=psycopg.Connection[DictRow],
+            kwargs={**self._connect_kwargs(), "row_factory": dict_row, "autocommit": False},
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            timeout=self._timeout,
+            name="bridge",
+            open=False,
+        )
+
+    def _migrate(self) -> int:
+        try:
+            with psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs()) as conn:
+                return migrate(conn)
+        except psycopg.Error as exc:
+            raise StorageUnavailable(
+                f"cannot open the database {self.where}: {self._message(exc)}"
+            ) from None
+
+    def _open_pool(self) -> None:
+        assert self._pool is not None
+        try:
+            self._pool.open(wait=True, timeout=max(self._timeout, 1.0))
+        except PoolTimeout:
+            raise StorageUnavailable(
+                f"cannot fill the connection pool of {self.where}"
+                f" ({self._pool_min} connections) within {self._timeout:g} s"
+            ) from None
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StorageUnavailable("database not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def write(self, work: Work[T]) -> T:
+        """Run `work` in one transaction; return its result once committed.
+
+        Raises StorageUnavailable when it cannot be committed (see the module's docstring);
+        errors raised by `work` itself (such as psycopg.errors.UniqueViolation) are raised as
+        they are, and the transaction is rolled back."""
+        if self._pool is None:
+            raise StorageUnavailable("database not open")
+        if self._reads_only:
+            raise StorageUnavailable("database opened for reads only")
+        deadline = time.monotonic() + self._timeout
+        try:
+            result: T = await self._in_thread(self._run, work, deadline, False)
+        except StorageUnavailable as exc:
+            self._note_fault(str(exc))
+            raise
+        self._fault = None
+        return result
+
+    async def read(self, work: Work[T]) -> T:
+        """Run `work` in a read-only transaction (it sees one snapshot's worth of committed
+        rows per statement, READ COMMITTED). Raises StorageUnavailable as `write` does."""
+        if self._pool is None:
+            raise StorageUnavailable("database not open")
+        try:
+            return await self._in_thread(self._run, work, time.monotonic() + self._timeout, True)
+        except StorageUnavailable as exc:
+            self._note_fault(str(exc))
+            raise
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        return await self.read(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
+        return await self.read(lambda conn: conn.execute(sql, params).fetchone())
+
+    async def readable(self) -> bool:
+        """A trivial read succeeds (for readiness)."""
+        try:
+            await self.fetch_one("SELECT 1 AS one")
+        except StorageUnavailable:
+            return False
+        return True
+
+    def _note_fault(self, why: str) -> None:
+        if self._fault != why:
+            log.error("storage.write_failed", error=why)
+        self._fault = why
+
+    def _run(self, work: Work[T], deadline: float, read_only: bool) -> T:
+        """In a worker thread: `work` in one transaction, retried as the module's docstring
+        says. Raises StorageUnavailable, or what `work` raised."""
+        conflicts = 0
+        reconnected = False
+        while True:
+            try:
+                return self._attempt(work, deadline, read_only)
+            except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise StorageUnavailable(self._message(exc)) from None
+                first, cap = CONFLICT_PAUSE
+                time.sleep(random.uniform(0, min(cap, first * 2**conflicts)))
+            except _CommitLost as exc:
+                raise StorageUnavailable(
+                    f"connection lost while committing, the outcome is unknown: {exc}"
+                ) from None
+            except PoolTimeout:
+                raise StorageUnavailable(
+                    f"no database connection within {self._timeout:g} s"
+                ) from None
+            except psycopg.Error as exc:
+                if _broken(exc) and not reconnected and time.monotonic() < deadline:
+                    # Idle connections of the pool are likely as dead as this one was: test
+                    # them all before taking the next, and run the work once more.
+                    reconnected = True
+                    assert self._pool is not None
+                    self._pool.check()
+                    continue
+                if _unavailable(exc):
+                    raise StorageUnavailable(self._message(exc)) from None
+                raise
+
+    def _attempt(self, work: Work[T], deadline: float, read_only: bool) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailable("database closed")
+        wait = deadline - time.monotonic()
+        if wait <= 0:  # queued behind other works for all of its time
+            raise PoolTimeout()
+        with pool.connection(timeout=wait) as conn:
+            if read_only:
+                conn.execute("SET TRANSACTION READ ONLY")
+            try:
+                result = work(PgConnection(conn))
+            except BaseException:
+                if not conn.broken:
+                    conn.rollback()
+                raise
+            if read_only:
+                conn.rollback()
+                return result
+            try:
+                conn.commit()
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise _CommitLost(self._message(exc)) from None
+                raise  # a deferred constraint or a conflict found at commit: rolled back
+            return result
+
+    def _message(self, exc: BaseException) -> str:
+        """The first line of a driver's error (the rest is DETAIL and HINT), without the
+        DSN's password."""
+        text = str(exc).strip().splitlines()
+        return redact(text[0] if text else type(exc).__name__, self._dsn)
+
+    # --- readiness ----------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        """While writes fail, try a probe write every second: readiness comes back without
+        waiting for traffic (which a load balancer holds back while the bridge is not ready)."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if self._fault is not None:
+                with contextlib.suppress(StorageUnavailable):
+                    await self.write(_probe)
+
+
+def _probe(conn: PgConnection) -> None:
+    """A write that changes nothing: it takes a transaction id, which a standby (read-only
+    after a failover) refuses."""
+    conn.execute("SELECT pg_current_xact_id()")
+
+
+def _broken(exc: psycopg.Error) -> bool:
+    """The connection itself is gone (nothing was committed on it by this work)."""
+    return isinstance(exc, psycopg.OperationalError) and (
+        exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+    )
+
+
+def _unavailable(exc: psycopg.Error) -> bool:
+    code = exc.sqlstate
+    if code is None:  # raised by the driver, not the server: the connection or the pool
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return code.startswith(UNAVAILABLE_CLASSES) or code in UNAVAILABLE_CODES
