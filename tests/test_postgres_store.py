@@ -198,6 +198,7 @@ async def test_a_database_newer_than_the_code_is_refused(pg_dsn: str) -> None:
 
 def sqlite_schema(path: Path) -> tuple[dict[str, set[str]], set[str]]:
     conn = sqlite3.connect(path, isolation_level=None, factory=SqliteConnection)
+    conn.row_factory = sqlite3.Row
     try:
         migrate_sqlite(conn)
         tables = [
