@@ -40,6 +40,7 @@ from psycopg.rows import tuple_row
 from storage.database import take_process_lock
 from storage.migrations import LATEST, SchemaTooNew
 from storage.pg_dsn import describe, redact
+from storage.port import DatabaseInUse
 from storage.postgres_migrations import migrate as migrate_postgres
 
 # Every table the migrations create, in the order they are copied: each after the tables its
@@ -133,7 +134,7 @@ def copy_to_postgres(
         lock = take_process_lock(str(path))
     except OSError as exc:
         raise CannotCopy(f"{path}: cannot take its lock: {exc}") from None
-    except Exception as exc:  # DatabaseInUse
+    except DatabaseInUse as exc:
         raise CannotCopy(
             f"{exc}: stop the bridge (every process on this file) before copying it"
         ) from None
