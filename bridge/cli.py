@@ -1,5 +1,5 @@
 """`messenger-bridge` (also `python -m bridge`): serve, check-config, the channel commands and
-the dead-letter commands and link-event.
+the dead-letter commands and link-event; migrate-to-postgres (bridge/to_postgres.py).
 
 The channel commands, the dead-letter commands and link-event talk to the running service's
 admin API, so what they
@@ -36,6 +36,7 @@ from bridge.settings import (
     load_settings,
     resolve_config_path,
 )
+from bridge.to_postgres import migrate_to_postgres
 from bridge.version import version
 from connectors import http as outside
 from storage.migrations import SchemaTooNew
@@ -83,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     link.add_argument("event_id", type=int)
     link.add_argument("session_id", type=int)
+    to_pg = sub.add_parser(
+        "migrate-to-postgres",
+        parents=[common],
+        help="copy a SQLite database into the PostgreSQL one of [storage] (the service stopped)",
+    )
+    to_pg.add_argument("--from", dest="source", required=True, metavar="PATH", help="the file")
+    to_pg.add_argument("--batch", type=int, default=1000, help="rows per transaction")
+    to_pg.add_argument("--pause", type=float, default=0.0, help="seconds between batches")
     args = parser.parse_args(argv)
     if args.command in ("retry", "purge"):
         scoped = args.channel is not None or args.livechat is not None
@@ -115,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings, path)
     if args.command in ("dead-letters", "retry", "purge"):
         return asyncio.run(dead_letter_command(settings, args))
+    if args.command == "migrate-to-postgres":
+        return migrate_to_postgres(settings, args.source, args.batch, args.pause)
     if args.command == "link-event":
         return asyncio.run(link_event(settings, args.event_id, args.session_id, args.url))
     return asyncio.run(

@@ -265,15 +265,7 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _take_process_lock(self) -> None:
-        # The delivery worker keeps in-flight state in memory: two processes on one file would
-        # deliver the same item twice, so a second one is refused.
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DatabaseInUse(f"{self.path} is in use by another bridge process") from None
-        self._lock_fd = fd
+        self._lock_fd = take_process_lock(self.path)
 
     async def close(self) -> None:
         for task in (self._watch_task, self._checkpoint_task, self._task):
@@ -542,3 +534,20 @@ def _unavailable(exc: BaseException) -> BaseException:
         log.error("storage.write_failed", error=str(exc))
         return StorageUnavailable(str(exc))
     return exc
+
+
+def take_process_lock(path: str) -> int:
+    """Take the lock a bridge process holds on the SQLite file at `path` while it runs (an
+    flock on `<path>.lock`); return its descriptor (closing it lets go). Raises
+    DatabaseInUse when another process holds it.
+
+    The delivery worker keeps in-flight state in memory: two processes on one file would
+    deliver the same item twice, so a second one is refused; so is a copy of the file
+    (storage.copy) while a bridge still writes to it."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(f"{path} is in use by another bridge process") from None
+    return fd
