@@ -79,5 +79,17 @@ def set_state(
     )
 
 
+def state_for_update(conn: Connection, channel_id: str) -> str | None:
+    """The channel's state now (None: no row). On PostgreSQL its row stays locked until the
+    transaction ends: a replica changing it at the same time waits, then reads what this one
+    wrote (so a change, and what it sets off, happens once)."""
+    lock = " FOR UPDATE" if conn.dialect == "postgres" else ""
+    row = conn.execute(
+        f"SELECT state FROM channels WHERE id = ?{lock}",  # noqa: S608 (constants only)
+        (channel_id,),
+    ).fetchone()
+    return str(row["state"]) if row else None
+
+
 async def all_channels(db: Store) -> list[ChannelRow]:
     return [_row(r) for r in await db.fetch_all("SELECT * FROM channels ORDER BY id")]
