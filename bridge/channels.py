@@ -265,9 +265,10 @@ class ChannelManager:
     ) -> None:
         now = self._clock()
 
-        def work(conn: Connection) -> bool:
+        def work(conn: Connection) -> tuple[bool, int]:
             # Decided on the row as stored (another replica may have changed it), locked.
             became_active = state == ACTIVE and repo.state_for_update(conn, channel_id) != ACTIVE
+            released = 0
             repo.set_state(
                 conn,
                 channel_id,
@@ -278,11 +279,11 @@ class ChannelManager:
                 connected_webhook=webhook,
             )
             if became_active:
-                outbox.release_channel(conn, channel_id, now)
+                released = outbox.release_channel(conn, channel_id, now)
             notify(conn, CHANNELS, channel_id)  # other replicas refresh their caches
-            return became_active
+            return became_active, released
 
-        became_active = await self._db.write(work)
+        became_active, released = await self._db.write(work)
         old = self._rows[channel_id]
         self._rows[channel_id] = ChannelRow(
             channel_id,
@@ -299,6 +300,8 @@ class ChannelManager:
             level("channel.state", channel=channel_id, state=state, previous=old.state, error=error)
         if became_active:
             self._failures[channel_id] = 0
+            if released:
+                log.info("channel.held_released", channel=channel_id, held=released)
             self._wake()
 
     def _start_loop(
