@@ -250,6 +250,16 @@ async def test_two_replicas_opening_a_session_for_one_chat_at_once_open_one(
 ) -> None:
     a, b = await replicas.start(2)
     chats = [f"race-{i}" for i in range(8)]
+    # Known chats whose sessions are closed: the next message opens one, on whichever replica.
+    for chat in chats:
+        assert await replicas.user_says(a, chat, f"{chat} first") == 200
+    for chat in chats:
+        customer = await world.customer_id(chat)
+        assert (await world.chatvisor.set_status(world.http, customer, "DONE"))[0] == 200
+    for chat in chats:
+        await eventually(
+            lambda chat=chat: _all_closed(a, chat), what=f"{chat}'s session closed"
+        )
     statuses = await asyncio.gather(
         *(
             replicas.user_says(bridge, chat, f"{chat} via {n}")
@@ -260,5 +270,9 @@ async def test_two_replicas_opening_a_session_for_one_chat_at_once_open_one(
     assert set(statuses) == {200}
     for chat in chats:
         sessions = await stored.sessions(a.store, chat)
-        assert len(sessions) == 1, chat
-        assert sessions[0]["status"] == "open"
+        assert [s["status"] for s in sessions] == ["closed", "open"], chat
+
+
+async def _all_closed(bridge: Bridge, chat: str) -> bool:
+    sessions = await stored.sessions(bridge.store, chat)
+    return bool(sessions) and all(s["status"] == "closed" for s in sessions)
