@@ -26,7 +26,7 @@ from tests.sim.server import post_json
 
 pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed")
 
-from storage.postgres import PostgresStore  # noqa: E402
+from storage.postgres import PostgresStore
 
 
 class Replicas:
@@ -188,7 +188,7 @@ async def test_a_lane_leased_by_a_dead_replica_is_delivered_once_the_lease_expir
 async def test_a_notify_wakes_another_replicas_worker_well_before_its_poll(
     world: World, replicas: Replicas
 ) -> None:
-    a, b = await replicas.start(2)
+    a, _b = await replicas.start(2)
     await a.app[WORKER].stop()  # only B delivers: it learns of A's items by notification
     for i in range(5):
         await asyncio.sleep(0.3)  # B's worker idles (it would look again within 1 s)
