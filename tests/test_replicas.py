@@ -282,3 +282,26 @@ async def test_two_replicas_opening_a_session_for_one_chat_at_once_open_one(
 async def _all_closed(bridge: Bridge, chat: str) -> bool:
     sessions = await stored.sessions(bridge.store, chat)
     return bool(sessions) and all(s["status"] == "closed" for s in sessions)
+
+
+async def test_a_lost_listen_connection_is_reconnected_and_wakes_again(
+    world: World, replicas: Replicas, pg_dsn: str
+) -> None:
+    import psycopg
+
+    a, _b = await replicas.start(2)
+    await a.app[WORKER].stop()
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+        cur = await admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'messenger-bridge listen'"
+        )
+        row = await cur.fetchone()
+        assert row is not None and row[0] == 2  # each replica's listening connection
+    await asyncio.sleep(0.8)  # the first reconnect comes within 0.2 s
+    for i in range(3):
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        assert await replicas.user_says(a, "c1", f"m{i}") == 200
+        await eventually(lambda i=i: len(world.chatvisor.all_texts()) > i, what=f"m{i}")
+        assert time.monotonic() - started < 0.3, "B's worker was not woken"
