@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -29,6 +30,7 @@ from bridge.keys import (
     SETTINGS,
     WORKER,
 )
+from bridge.leases import Leases, replica_id
 from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.retention import Pruner
@@ -37,7 +39,9 @@ from bridge.web import admin, health, livechat, messenger, metrics, openapi
 from bridge.web.common import error_middleware
 from connectors import http as outside
 from connectors.registry import build_connectors
-from storage.open import build_reader, build_store
+from storage import notify
+from storage.open import build_listener, build_reader, build_store
+from storage.port import StorageUnavailable
 
 log = structlog.get_logger("bridge")
 
@@ -74,7 +78,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             worker.wake()
 
         livechats = build_connectors(settings.livechats, settings.messengers, http).livechats
-        channels = ChannelManager(db, settings, http, wake, clock)
+        # Replicas sharing the database (PostgreSQL) take leases; one process (SQLite) needs none.
+        leases = (
+            Leases(db, replica_id(), settings.delivery.lease_seconds)
+            if db.dialect == "postgres"
+            else None
+        )
+        channels = ChannelManager(db, settings, http, wake, clock, leases=leases)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
         await relay.key_old_contacts()  # once after an upgrade; then an index lookup
         # A delivery's reads run on the loop, on a connection of their own: they are point
@@ -102,19 +112,37 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             app[METRICS],
             clock,
             secrets=settings.secrets(),
+            leases=leases,
         )
         app[LIVECHATS], app[CHANNELS], app[WORKER] = livechats, channels, worker
         app[DEAD_LETTERS] = DeadLetters(db, relay, wake, settings.retention.batch, clock)
         pruner = app[PRUNER] = Pruner(db, settings.retention, relay, app[METRICS], clock)
+
+        def listening_again() -> None:  # notifications may have been lost meanwhile
+            channels.changed_elsewhere()
+            worker.wake()
+
+        listener = build_listener(
+            db,
+            {notify.OUTBOX: lambda _: worker.wake(), notify.CHANNELS: channels.changed_elsewhere},
+            listening_again,
+        )
         await channels.start()
         worker.start()
         pruner.start()
+        if listener is not None:
+            listener.start()
         yield
+        if listener is not None:
+            await listener.stop()
         await pruner.stop()
         await worker.stop()
         if process is not None:
             await process.stop()
         await channels.stop()
+        if leases is not None:  # other replicas take over what this one had at once
+            with contextlib.suppress(StorageUnavailable):
+                await leases.release_all()
         if reads is not db:
             await reads.close()
 

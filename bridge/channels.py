@@ -3,6 +3,14 @@
 States are persisted (so the CLI, the admin API and a restarted service see them) and cached in
 memory for the request path. A channel that is not active holds every call to its messenger in
 the outbox; becoming active releases them, in order.
+
+Replicas sharing a PostgreSQL database (with `leases`): each change of a channel's state is
+notified (storage/notify.py), and every replica reads the changed rows again into its cache
+(`refresh`), besides every `REFRESH_EVERY` seconds in case a notification was lost. One replica
+at a time runs a channel's reconnect attempts: the holder of its lease (bridge/leases.py); the
+others' loops wait for the lease, and take over if the holder dies. Whether a change makes the
+channel active, and so releases its held items, is decided on the row locked in the change's
+transaction: the release happens once, whichever replica makes it.
 """
 
 from __future__ import annotations
@@ -19,18 +27,26 @@ import structlog
 
 from bridge.backoff import backoff
 from bridge.core.model import ChannelState, Delivered, DeliveryResult, Unauthorized
+from bridge.leases import Leases
 from bridge.settings import Settings
 from connectors.registry import build_connectors
 from storage import channels as repo
 from storage import outbox
 from storage.channels import ChannelRow
-from storage.port import Connection, Store
+from storage.leases import channel_lease
+from storage.notify import CHANNELS, notify
+from storage.port import Connection, StorageUnavailable, Store
 
 log = structlog.get_logger("channels")
 
 STATES = tuple(ChannelState)
 CONNECTING, ACTIVE, INTERRUPTED, REJECTED, DISCONNECTED = STATES
 NEED_AN_ADMIN = (INTERRUPTED, REJECTED)  # logged at warning when a channel enters one
+RECONNECTING = (CONNECTING, INTERRUPTED)  # states a reconnect loop works on
+# Replicas: seconds between reads of every channel's row when no notification came, and
+# between looks at a channel's reconnect lease that another replica holds.
+REFRESH_EVERY = 5.0
+LEASE_POLL = 1.0
 
 
 class ChannelManager:
@@ -41,8 +57,11 @@ class ChannelManager:
         http: aiohttp.ClientSession,
         wake: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        *,
+        leases: Leases | None = None,
     ) -> None:
         self._db = db
+        self._leases = leases  # None: this process is the database's only one (SQLite)
         self._settings = settings
         self._wake = wake
         self._clock = clock
@@ -51,6 +70,11 @@ class ChannelManager:
         self._active: frozenset[str] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
+        # Replicas: a refresh and a change of this replica's do not interleave (a refresh's
+        # older read would undo the change in the cache).
+        self._changing = asyncio.Lock()
+        self._stale = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
 
     # --- reading -----------------------------------------------------------------------
 
@@ -107,15 +131,63 @@ class ChannelManager:
                 await self._set(cid, CONNECTING, "the webhook URL changed")
                 self._start_loop(cid)
             log.info("channel.loaded", channel=cid, state=self.state(cid))
+        if self._leases is not None:
+            self._refresher = asyncio.create_task(
+                self._refresh_loop(), name="channel-refresh", context=contextvars.Context()
+            )
 
     async def stop(self) -> None:
-        loops = list(self._loops.values())
+        loops = [t for t in (self._refresher, *self._loops.values()) if t is not None]
         for task in loops:
             task.cancel()
         for task in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loops.clear()
+        self._refresher = None
+
+    # --- what other replicas changed ---------------------------------------------------
+
+    def changed_elsewhere(self, _channel_id: str = "") -> None:
+        """A channel's state may have changed (a notification, or listening began again after
+        notifications were lost): read the rows again soon. Called on the event loop."""
+        self._stale.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH_EVERY):
+                    await self._stale.wait()
+            self._stale.clear()
+            try:
+                await self.refresh()
+            except Exception:  # storage down: the next round tries again
+                log.exception("channel.refresh_failed")
+
+    async def refresh(self) -> None:
+        """Bring the cache up to date with the database (another replica's changes), and act
+        on a changed state as if it were this replica's: a channel that became active wakes
+        the worker; a channel no longer reconnecting stops this replica's loop; one that is
+        reconnecting gets a loop here too, which waits for the lease and takes over from a
+        replica that died."""
+        async with self._changing:
+            rows = {row.id: row for row in await repo.all_channels(self._db)}
+            for cid, old in list(self._rows.items()):
+                new = rows.get(cid)
+                if new is None or new == old:
+                    continue
+                self._rows[cid] = new
+                self._active = None
+                if new.state == old.state:
+                    continue
+                log.info("channel.state_seen", channel=cid, state=new.state, previous=old.state)
+                if new.state == ACTIVE:
+                    self._failures[cid] = 0
+                    self._wake()
+                if new.state not in RECONNECTING:
+                    self._cancel_loop(cid)
+                elif new.enabled and cid not in self._loops:
+                    self._start_loop(cid)
 
     # --- admin actions ------------------------------------------------------------------
 
@@ -128,7 +200,8 @@ class ChannelManager:
         if self.state(channel_id) == ACTIVE and not force:
             return self.row(channel_id)
         await self._set(channel_id, CONNECTING, None, enabled=True)
-        first = self._start_loop(channel_id)
+        # An admin's connect is made now, by this replica, whichever was trying before.
+        first = self._start_loop(channel_id, steal=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._settings.delivery.request_timeout + 1):
                 await asyncio.shield(first)
@@ -179,10 +252,23 @@ class ChannelManager:
         webhook: str | None = None,
     ) -> None:
         """`webhook`: the URL a `connect` the messenger accepted gave it (with ACTIVE)."""
-        now = self._clock()
-        became_active = state == ACTIVE and self.state(channel_id) != ACTIVE
+        async with self._changing:
+            await self._change(channel_id, state, error, enabled, webhook)
 
-        def work(conn: Connection) -> None:
+    async def _change(
+        self,
+        channel_id: str,
+        state: str,
+        error: str | None,
+        enabled: bool | None,
+        webhook: str | None,
+    ) -> None:
+        now = self._clock()
+
+        def work(conn: Connection) -> tuple[bool, int]:
+            # Decided on the row as stored (another replica may have changed it), locked.
+            became_active = state == ACTIVE and repo.state_for_update(conn, channel_id) != ACTIVE
+            released = 0
             repo.set_state(
                 conn,
                 channel_id,
@@ -193,9 +279,11 @@ class ChannelManager:
                 connected_webhook=webhook,
             )
             if became_active:
-                outbox.release_channel(conn, channel_id, now)
+                released = outbox.release_channel(conn, channel_id, now)
+            notify(conn, CHANNELS, channel_id)  # other replicas refresh their caches
+            return became_active, released
 
-        await self._db.write(work)
+        became_active, released = await self._db.write(work)
         old = self._rows[channel_id]
         self._rows[channel_id] = ChannelRow(
             channel_id,
@@ -212,14 +300,18 @@ class ChannelManager:
             level("channel.state", channel=channel_id, state=state, previous=old.state, error=error)
         if became_active:
             self._failures[channel_id] = 0
+            if released:
+                log.info("channel.held_released", channel=channel_id, held=released)
             self._wake()
 
-    def _start_loop(self, channel_id: str, *, first_delay: bool = False) -> asyncio.Future[None]:
+    def _start_loop(
+        self, channel_id: str, *, first_delay: bool = False, steal: bool = False
+    ) -> asyncio.Future[None]:
         self._cancel_loop(channel_id)
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # A fresh context: the loop may be started from a delivery whose ids are bound.
         self._loops[channel_id] = asyncio.create_task(
-            self._connect_loop(channel_id, first, first_delay),
+            self._connect_loop(channel_id, first, first_delay, steal),
             name=f"connect-{channel_id}",
             context=contextvars.Context(),
         )
@@ -230,8 +322,35 @@ class ChannelManager:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
+    async def _turn(self, channel_id: str, steal: bool) -> bool:
+        """Wait until this replica holds the channel's reconnect lease (True), or until the
+        channel no longer needs reconnecting (False: another replica connected it, or an admin
+        changed it). Without leases (one process): True at once."""
+        if self._leases is None:
+            return True
+        name = channel_lease(channel_id)
+        while True:
+            try:
+                if await self._leases.acquire(name, steal=steal):
+                    return True
+            except StorageUnavailable as exc:
+                log.error("channel.lease_failed", channel=channel_id, error=str(exc))
+            if self.state(channel_id) not in RECONNECTING:
+                return False
+            await asyncio.sleep(min(LEASE_POLL, self._leases.renew_every))
+
+    async def _pause(self, channel_id: str, delay: float) -> None:
+        """Sleep `delay` seconds between attempts, renewing the reconnect lease meanwhile."""
+        leases = self._leases
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(left if leases is None else min(left, leases.renew_every))
+            if leases is not None and end - time.monotonic() > 0:
+                with contextlib.suppress(StorageUnavailable):  # _turn tries again after
+                    await leases.acquire(channel_lease(channel_id))
+
     async def _connect_loop(
-        self, channel_id: str, first: asyncio.Future[None], first_delay: bool
+        self, channel_id: str, first: asyncio.Future[None], first_delay: bool, steal: bool
     ) -> None:
         delivery = self._settings.delivery
         attempt = 1 if first_delay else 0  # the back-off's step
@@ -249,7 +368,10 @@ class ChannelManager:
                         next_try_in=round(delay, 2),
                         last_error=self.row(channel_id).last_error,
                     )
-                    await asyncio.sleep(delay)
+                    await self._pause(channel_id, delay)
+                if not await self._turn(channel_id, steal):
+                    return
+                steal = False
                 attempt += 1
                 tries += 1
                 try:
@@ -272,6 +394,11 @@ class ChannelManager:
                 del self._loops[channel_id]
             if not first.done():
                 first.set_result(None)
+            # The next loop, here or on another replica, may start at once (unless this one
+            # was replaced by a new loop here, which holds the lease now).
+            if self._leases is not None and channel_id not in self._loops:
+                with contextlib.suppress(Exception):
+                    await self._leases.release(channel_lease(channel_id))
 
 
 def _err(result: DeliveryResult) -> str:

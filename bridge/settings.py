@@ -102,6 +102,10 @@ class DeliverySettings(_Section):
     # Performance): 0 against 8, ingest with deliveries on 1.34x against 0.59x of the
     # insert-and-commit baseline, end to end 0.30x against 0.22x, ack p99 8.8 against 19.6 ms.
     share_after: int = Field(default=0, ge=0, le=1024)
+    # Replicas sharing a PostgreSQL database: seconds a replica's lease on a lane's item in
+    # flight, or on a channel's reconnect attempts, lasts unless renewed (every third of it).
+    # A replica that dies holds them this long before another takes over. Unused on SQLite.
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
 
 
 class RetentionSettings(_Section):

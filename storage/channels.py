@@ -40,8 +40,8 @@ def sync_from_config(
         """INSERT INTO channels (id, state, since, enabled, config_enabled)
            VALUES (?, CASE WHEN ? = 1 THEN 'connecting' ELSE 'disconnected' END, ?, ?, ?)
            ON CONFLICT (id) DO UPDATE SET
-               enabled = CASE WHEN config_enabled != excluded.config_enabled
-                              THEN excluded.config_enabled ELSE enabled END,
+               enabled = CASE WHEN channels.config_enabled != excluded.config_enabled
+                              THEN excluded.config_enabled ELSE channels.enabled END,
                config_enabled = excluded.config_enabled""",
         (channel_id, int(config_enabled), now, int(config_enabled), int(config_enabled)),
     )
@@ -77,6 +77,18 @@ def set_state(
             channel_id,
         ),
     )
+
+
+def state_for_update(conn: Connection, channel_id: str) -> str | None:
+    """The channel's state now (None: no row). On PostgreSQL its row stays locked until the
+    transaction ends: a replica changing it at the same time waits, then reads what this one
+    wrote (so a change, and what it sets off, happens once)."""
+    lock = " FOR UPDATE" if conn.dialect == "postgres" else ""
+    row = conn.execute(
+        f"SELECT state FROM channels WHERE id = ?{lock}",  # noqa: S608 (constants only)
+        (channel_id,),
+    ).fetchone()
+    return str(row["state"]) if row else None
 
 
 async def all_channels(db: Store) -> list[ChannelRow]:

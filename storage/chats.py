@@ -114,10 +114,10 @@ def upsert_chat(
                               livechat_id, created_at, url_key)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (channel_id, external_chat_id) DO UPDATE SET
-               name = coalesce(excluded.name, name),
+               name = coalesce(excluded.name, chats.name),
                user_id = excluded.user_id,
                livechat_id = excluded.livechat_id,
-               url_key = coalesce(url_key, excluded.url_key)
+               url_key = coalesce(chats.url_key, excluded.url_key)
            RETURNING id""",
         (
             channel_id,
@@ -248,16 +248,24 @@ def open_session_id(conn: Connection, chat_id: int) -> int | None:
 def open_session(
     conn: Connection, chat_id: int, livechat_id: str, opened_by: str, now: float
 ) -> tuple[int, bool]:
-    """The chat's open session, creating one if there is none; (id, created)."""
+    """The chat's open session, creating one if there is none; (id, created).
+
+    Race-free between replicas (PostgreSQL): the index of one open session per chat
+    (sessions_one_open) decides; a replica whose insert meets another's open session, even one
+    not committed yet, waits for it and takes it."""
     existing = open_session_id(conn, chat_id)
     if existing is not None:
         return existing, False
     row = conn.execute(
         """INSERT INTO sessions (chat_id, livechat_id, status, opened_by, opened_at)
-           VALUES (?, ?, 'open', ?, ?) RETURNING id""",
+           VALUES (?, ?, 'open', ?, ?)
+           ON CONFLICT (chat_id) WHERE status = 'open' DO NOTHING RETURNING id""",
         (chat_id, livechat_id, opened_by, now),
     ).fetchone()
-    assert row is not None
+    if row is None:  # another replica opened one since the look above: its commit is seen now
+        existing = open_session_id(conn, chat_id)
+        assert existing is not None
+        return existing, False
     return int(row["id"]), True
 
 

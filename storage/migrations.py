@@ -197,6 +197,20 @@ V7 = [
     " WHERE remote_chat_id IS NOT NULL",
 ]
 
+V8 = [
+    # Leases: what one replica of several (sharing a PostgreSQL database) works on at a time,
+    # until `expires_at` (seconds since the epoch, the database server's clock) unless renewed:
+    # a lane's head item in flight ('lane:' + lane), a channel's reconnect attempts
+    # ('channel:' + id). `holder`: the replica (bridge/replicas.py). Unused on SQLite, which
+    # one process serves, but kept so both backends have one schema.
+    """CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX leases_by_holder ON leases (holder)",
+]
+
 # Each step's PostgreSQL DDL is in storage/postgres_migrations.py, under the same number.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial schema", V1),
@@ -206,6 +220,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (5, "the webhook URL each channel was last connected with", V5),
     (6, "an index of the operator replies kept as dead letters", V6),
     (7, "contact keys, chat URL keys, unlinked events' reasons", V7),
+    (8, "leases: a lane's head or a channel's reconnects worked by one replica at a time", V8),
 ]
 LATEST = MIGRATIONS[-1][0]
 

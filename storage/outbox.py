@@ -15,6 +15,8 @@ from typing import Any
 
 from bridge.core import outbox_kinds
 from bridge.core.outbox_kinds import EVENT_KINDS, MESSAGE_KINDS
+from storage import leases
+from storage.notify import OUTBOX, notify
 from storage.port import Connection, Dialect, Row, Store, json_text, matching
 
 # Outbox kinds, as stored in the `kind` column. What each one is, and the groups derived from
@@ -74,30 +76,59 @@ def enqueue(
         (kind, lane, channel_id, ref_id, json.dumps(payload or {}), now, now, now),
     ).fetchone()
     assert row is not None
+    notify(conn, OUTBOX)  # other replicas' workers wake (PostgreSQL), once per transaction
     return int(row["id"])
 
 
+_CLAIM = """SELECT o.* FROM outbox o
+           LEFT JOIN channels c ON c.id = o.channel_id
+           WHERE o.status = 'pending' AND o.next_attempt_at <= ?
+             AND (o.channel_id IS NULL OR c.state = 'active')
+             AND o.id = (SELECT min(p.id) FROM outbox p
+                         WHERE p.lane = o.lane AND p.status = 'pending'){leased}
+           ORDER BY o.id LIMIT ?"""
+_CLAIM_ONE_PROCESS = _CLAIM.format(leased="")
+# PostgreSQL, several replicas claiming at once: lanes another replica holds are left out
+# before the limit (the lease taken after decides; this keeps them from filling the batch),
+# and rows another's open claim has locked are passed over, not waited for.
+_CLAIM_LEASED = (
+    _CLAIM.format(  # noqa: S608 (constants only)
+        leased=f"""
+             AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = '{leases.LANE}' || o.lane
+                 AND l.holder <> ? AND l.expires_at > {leases.server_now("postgres")})"""  # noqa: S608
+    )
+    + " FOR UPDATE OF o SKIP LOCKED"
+)
+
+
 def claim_ready(
-    conn: Connection, now: float, limit: int, busy: Container[int], n_busy: int
+    conn: Connection,
+    now: float,
+    limit: int,
+    busy: Container[int],
+    n_busy: int,
+    *,
+    holder: str = "",
+    lease_seconds: float = 0.0,
 ) -> list[OutboxItem]:
     """Heads of lanes that are due and not held, oldest first, skipping those in flight.
 
     Run on the writer, in turn with the settles: a reader's snapshot could still show an item
     that a settle has just completed, and it would be sent twice.
+
+    PostgreSQL (several replicas): each item claimed comes with its lane's lease, taken for
+    `holder` for `lease_seconds` (storage/leases.py): a lane whose head another replica has in
+    flight is passed over until that replica settles it (and lets go) or its lease expires
+    (it died: the head is claimed again, and performed again with the same ids). `busy` are
+    the caller's own items in flight, whose leases it holds.
     """
-    sql = """SELECT o.* FROM outbox o
-           LEFT JOIN channels c ON c.id = o.channel_id
-           WHERE o.status = 'pending' AND o.next_attempt_at <= ?
-             AND (o.channel_id IS NULL OR c.state = 'active')
-             AND o.id = (SELECT min(p.id) FROM outbox p
-                         WHERE p.lane = o.lane AND p.status = 'pending')
-           ORDER BY o.id LIMIT ?"""
-    if conn.dialect == "postgres":
-        # Several processes claim at once there (SQLite has one writer): rows another's open
-        # claim holds are passed over, not waited for.
-        sql += " FOR UPDATE OF o SKIP LOCKED"
-    rows = conn.execute(sql, (now, limit + n_busy)).fetchall()
-    return [item for item in map(_item, rows) if item.id not in busy][:limit]
+    if conn.dialect != "postgres":
+        rows = conn.execute(_CLAIM_ONE_PROCESS, (now, limit + n_busy)).fetchall()
+        return [item for item in map(_item, rows) if item.id not in busy][:limit]
+    rows = conn.execute(_CLAIM_LEASED, (now, holder, limit + n_busy)).fetchall()
+    items = [item for item in map(_item, rows) if item.id not in busy][:limit]
+    taken = leases.acquire(conn, {leases.lane_lease(i.lane) for i in items}, holder, lease_seconds)
+    return [item for item in items if leases.lane_lease(item.lane) in taken]
 
 
 async def next_due(db: Store) -> float | None:
@@ -203,6 +234,8 @@ def release_channel(conn: Connection, channel_id: str, now: float) -> int:
            WHERE channel_id = ? AND status = 'pending'""",
         (now, channel_id),
     )
+    if cur.rowcount:
+        notify(conn, OUTBOX)
     return cur.rowcount
 
 

@@ -10,6 +10,10 @@ What can go wrong, and what the caller sees:
 
 - A serialization failure or a deadlock (the server chose this transaction to roll back): the
   work is run again, up to `CONFLICT_RETRIES` times, after a short random pause.
+- A unique violation: the work is run again once. Works look before they insert ("is this
+  message stored?", "is a session open?"); under READ COMMITTED another replica can insert the
+  same key between the look and the insert, and the second run sees its row. A second
+  violation is the work's own, and is raised.
 - The connection found broken before the commit (the server restarted, a failover, an idle
   connection cut by a firewall): the pool's idle connections are checked and the work is run
   once more on a fresh one. Lost during the commit itself: `StorageUnavailable`, since the
@@ -32,7 +36,7 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
@@ -44,6 +48,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.database import StorageUnavailable
 from storage.pg_dsn import describe, redact
+from storage.pg_listen import PgListener
 from storage.postgres_migrations import migrate
 
 T = TypeVar("T")
@@ -297,10 +302,14 @@ class PostgresStore:
         """In a worker thread: `work` in one transaction, retried as the module's docstring
         says. Raises StorageUnavailable, or what `work` raised."""
         conflicts = 0
-        reconnected = False
+        reconnected = raced = False
         while True:
             try:
                 return self._attempt(work, deadline, read_only)
+            except errors.UniqueViolation:
+                if raced:
+                    raise
+                raced = True  # another replica's insert of the same key: look again
             except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
                 conflicts += 1
                 if conflicts > CONFLICT_RETRIES:
@@ -359,6 +368,12 @@ class PostgresStore:
         DSN's password."""
         text = str(exc).strip().splitlines()
         return redact(text[0] if text else type(exc).__name__, self._dsn)
+
+    def listener(
+        self, handlers: Mapping[str, Callable[[str], None]], on_connect: Callable[[], None]
+    ) -> PgListener:
+        """A listener for notifications on this database (storage/pg_listen.py), not started."""
+        return PgListener(self._dsn, handlers, on_connect)
 
     # --- readiness ----------------------------------------------------------------------------
 

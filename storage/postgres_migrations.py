@@ -185,6 +185,15 @@ PG_V7 = [
     " WHERE remote_chat_id IS NOT NULL",
 ]
 
+PG_V8 = [
+    """CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX leases_by_holder ON leases (holder)",
+]
+
 PG_STEPS: dict[int, list[str]] = {
     1: PG_V1,
     2: PG_V2,
@@ -193,6 +202,7 @@ PG_STEPS: dict[int, list[str]] = {
     5: PG_V5,
     6: PG_V6,
     7: PG_V7,
+    8: PG_V8,
 }
 # (number, description, PostgreSQL statements), in the order and with the descriptions of
 # `storage.migrations.MIGRATIONS`. A step without PostgreSQL DDL fails here, at import.

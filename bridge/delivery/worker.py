@@ -2,7 +2,9 @@
 
 At-least-once: an item is deleted only after its call succeeded, so a crash in between means
 one more call with the same ids, which the other side drops. Per-lane order comes from the
-claim (only a lane's oldest pending item is claimable) plus one item in flight per lane.
+claim (only a lane's oldest pending item is claimable) plus one item in flight per lane; with
+several replicas on one PostgreSQL database, plus the lane's lease (bridge/leases.py), which the
+replica holding the lane's head in flight renews until it settles it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from bridge.core.model import Delivered, Failed, Retry, Unauthorized
 from bridge.core.outbox_kinds import OUTCOME, target_of
 from bridge.delivery.calls import CallResult
 from bridge.delivery.settle import Settlement, Settler
+from bridge.leases import Leases
 from bridge.logs import Redactor
 from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
+from storage import leases as lease_repo
 from storage import outbox
 from storage.outbox import OutboxItem
 from storage.port import Connection, StorageUnavailable, Store
@@ -56,6 +60,7 @@ class OutboxWorker:
         clock: Callable[[], float] = time.time,
         *,
         secrets: Collection[str] = (),
+        leases: Leases | None = None,
     ) -> None:
         self._metrics = metrics
         self._db = db
@@ -71,23 +76,30 @@ class OutboxWorker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._claim_batch = max(1, settings.concurrency // 8)
+        # Replicas on PostgreSQL: the lease of each item's lane, by item id, while in flight.
+        self._leases = leases
+        self._leased: dict[int, str] = {}
+        self._renewals: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="delivery-worker")
+        if self._leases is not None:
+            self._renewals = asyncio.create_task(self._renew(self._leases), name="lane-leases")
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        tasks = [t for t in (self._task, self._renewals, *self._inflight.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._task = None
+        self._task = self._renewals = None
         self._inflight.clear()
+        self._leased.clear()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -108,14 +120,26 @@ class OutboxWorker:
         # A claim costs about the same for one item as for a hundred (it walks the heads of the
         # lanes): while the worker is nearly full, wait for a few more completions first.
         if free > 0 and (free >= self._claim_batch or len(self._inflight) < self._claim_batch):
-            now, inflight = self._clock(), self._inflight
+            now, inflight, leases = self._clock(), self._inflight, self._leases
 
             def claim(conn: Connection) -> list[OutboxItem]:
                 # `inflight` is read when the claim runs, after every settle queued before it.
-                return outbox.claim_ready(conn, now, free, inflight, len(inflight))
+                if leases is None:
+                    return outbox.claim_ready(conn, now, free, inflight, len(inflight))
+                return outbox.claim_ready(
+                    conn,
+                    now,
+                    free,
+                    inflight,
+                    len(inflight),
+                    holder=leases.holder,
+                    lease_seconds=leases.seconds,
+                )
 
             items = await self._db.write(claim)
             for item in items:
+                if leases is not None:
+                    self._leased[item.id] = lease_repo.lane_lease(item.lane)
                 self._inflight[item.id] = asyncio.create_task(self._deliver(item))
             if items and len(items) == free:
                 return  # there may be more ready: look again at once
@@ -167,6 +191,7 @@ class OutboxWorker:
             await asyncio.sleep(MAX_IDLE)
         finally:
             self._inflight.pop(item.id, None)
+            self._leased.pop(item.id, None)
             self.wake()
 
     async def _settle(self, item: OutboxItem, attempt: Settlement, ids: dict[str, object]) -> None:
@@ -239,14 +264,31 @@ class OutboxWorker:
                     )
 
         always = attempt.always
+        lease, holder = self._leased.get(item.id), self._leases.holder if self._leases else ""
 
         def settle(conn: Connection) -> None:
             if always is not None:
                 always(conn)
             if work(conn) and follow_up is not None:
                 follow_up(conn)
+            if lease is not None:  # the lane is free for any replica once this commits
+                lease_repo.release(conn, (lease,), holder)
 
         await self._write_settle(settle, ids)
+
+    async def _renew(self, leases: Leases) -> None:
+        """Renew the leases of the lanes in flight, a third of a lease apart, until stopped. A
+        lost lease (this replica stalled past its expiry, and another took the lane over) is
+        logged: that item may be performed twice, with the same ids."""
+        while True:
+            await asyncio.sleep(leases.renew_every)
+            try:
+                lost = await leases.renew(set(self._leased.values()))
+            except StorageUnavailable as exc:
+                log.error("delivery.lease_not_renewed", error=str(exc))
+                continue
+            for name in lost & set(self._leased.values()):  # not those settled meanwhile
+                log.warning("delivery.lease_lost", lease=name)
 
     async def _write_settle(
         self, settle: Callable[[Connection], None], ids: dict[str, object]

@@ -1,0 +1,307 @@
+"""Several replicas of the bridge on one PostgreSQL database (tests/pg.py), in this process:
+per-lane order while their workers race, a dead replica's lease taken over and its item
+performed again with the same id, NOTIFY waking another replica's worker, one reconnect runner
+per channel, held items released once, one session per chat whoever opens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import pytest
+import structlog
+
+from bridge.keys import WORKER
+from bridge.settings import settings_from_dict
+from storage import leases, outbox
+from storage.port import Connection
+from tests import stored
+from tests.conftest import ADMIN_TOKEN, CODE, Bridge, World, bound_socket, eventually, make_config
+from tests.sim.server import post_json
+
+pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed")
+
+from storage.postgres import PostgresStore
+
+
+class Replicas:
+    """`n` bridges on one database, one public URL (the first's, as behind a load balancer)."""
+
+    def __init__(self, world: World, dsn: str) -> None:
+        self.world, self.dsn = world, dsn
+        self.bridges: list[Bridge] = []
+        self._ids = itertools.count(1)
+
+    async def start(self, n: int, *, wait_active: bool = True, **over: Any) -> list[Bridge]:
+        socks = [bound_socket() for _ in range(n)]
+        ports = [s.getsockname()[1] for s in socks]
+        public = f"http://127.0.0.1:{ports[0]}"
+        delivery = {"worker": "inline", **over.pop("delivery", {})}
+        for sock, port in zip(socks, ports, strict=True):
+            config = make_config(
+                self.world.tmp_path,
+                port,
+                self.world.messenger_server.url,
+                self.world.chatvisor_server.url,
+                server={"port": port, "public_url": public},
+                storage={"backend": "postgres", "dsn": self.dsn, "pool_max": 8},
+                delivery=delivery,
+                **over,
+            )
+            bridge = Bridge(settings_from_dict(config), sock)
+            await bridge.start()
+            self.bridges.append(bridge)
+        self.world.chatvisor.hook_url = self.bridges[0].hook_url()
+        if wait_active:
+            for bridge in self.bridges:
+                await eventually(lambda b=bridge: b.state() == "active", what="channel active")
+        return self.bridges
+
+    async def stop(self) -> None:
+        for bridge in self.bridges:
+            await bridge.stop()
+
+    async def customer_id(self, chat: str) -> str:
+        """The chat's live-chat customer id, once the bridge has stored it."""
+
+        async def linked() -> str | None:
+            row = await stored.chat(self.bridges[0].store, chat)
+            return row.customer_id if row is not None else None
+
+        customer: str = await eventually(linked, what=f"{chat}'s customer stored")
+        return customer
+
+    async def user_says(self, bridge: Bridge, chat: str, text: str) -> int:
+        """A messenger user's message, posted to this replica (as a load balancer would)."""
+        body = {
+            "type": "message",
+            "token": CODE,
+            "data": {
+                "externalMessageId": f"r{next(self._ids)}",
+                "externalChatId": chat,
+                "externalUserId": f"user-{chat}",
+                "text": text,
+            },
+        }
+        status, _ = await post_json(self.world.http, f"{bridge.url}/messengers/acme/webhook", body)
+        return status
+
+
+@pytest.fixture
+async def replicas(world: World, pg_dsn: str) -> AsyncIterator[Replicas]:
+    r = Replicas(world, pg_dsn)
+    yield r
+    await r.stop()
+
+
+async def test_per_lane_order_holds_while_three_replicas_workers_race(
+    world: World, replicas: Replicas
+) -> None:
+    bridges = await replicas.start(3)
+    world.chatvisor.delay = 0.01  # each call takes a while: the other workers look meanwhile
+    chats = [f"chat-{i}" for i in range(4)]
+    sent: dict[str, list[str]] = {chat: [] for chat in chats}
+
+    async def one_chat(chat: str) -> None:
+        for i in range(15):  # one after another (each acked), spread over the replicas
+            text = f"{chat} #{i}"
+            assert await replicas.user_says(bridges[i % 3], chat, text) == 200
+            sent[chat].append(text)
+
+    await asyncio.gather(*(one_chat(chat) for chat in chats))
+    total = sum(len(v) for v in sent.values())
+    await eventually(
+        lambda: len(world.chatvisor.all_texts()) >= total, timeout=30, what="all delivered"
+    )
+    for chat in chats:
+        customer = world.chatvisor.customer_by_key[f"acme:{chat}"]
+        assert world.chatvisor.texts(customer) == sent[chat]
+    assert world.chatvisor.duplicates == 0
+    assert len(world.chatvisor.all_texts()) == total
+
+
+async def test_a_dead_replicas_lease_expires_and_another_performs_its_item_with_the_same_id(
+    pg_dsn: str,
+) -> None:
+    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    await a.open()
+    await b.open()
+    try:
+
+        def queue(conn: Connection) -> int:
+            first = outbox.enqueue(conn, kind="message.in", lane="lc:1", now=0, payload={"n": 1})
+            outbox.enqueue(conn, kind="message.in", lane="lc:1", now=0, payload={"n": 2})
+            return first
+
+        first = await a.write(queue)
+
+        def claim(holder: str, conn: Connection) -> list[outbox.OutboxItem]:
+            return outbox.claim_ready(
+                conn, time.time(), 10, (), 0, holder=holder, lease_seconds=1.0
+            )
+
+        claimed = await a.write(partial(claim, "replica-a"))
+        assert [item.id for item in claimed] == [first]
+        # While replica A's lease lasts, B claims nothing of the lane (not even the next item).
+        assert await b.write(partial(claim, "replica-b")) == []
+        # A renews while its call goes on: B still cannot take the lane.
+        await asyncio.sleep(0.6)
+        renewed = await a.write(
+            partial(leases.renew, names=["lane:lc:1"], holder="replica-a", seconds=1.0)
+        )
+        assert renewed == {"lane:lc:1"}
+        await asyncio.sleep(0.6)
+        assert await b.write(partial(claim, "replica-b")) == []
+        # A dies (renews no more): once its lease expires, B claims the same item, same id and
+        # payload, to perform it again.
+        await asyncio.sleep(1.1)
+        again = await b.write(partial(claim, "replica-b"))
+        assert [(item.id, item.payload) for item in again] == [(first, {"n": 1})]
+        # A's late settle of it, were it to come, finds it still pending at most once.
+        assert await a.write(partial(outbox.complete, item_id=first)) is True
+        assert await b.write(partial(outbox.complete, item_id=first)) is False
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_lane_leased_by_a_dead_replica_is_delivered_once_the_lease_expires(
+    world: World, replicas: Replicas
+) -> None:
+    (bridge,) = await replicas.start(1, delivery={"lease_seconds": 1.5})
+    # A replica that died holding the lane of the first chat's messages (chat id 1).
+    await bridge.store.write(
+        partial(leases.acquire, names=["lane:lc:1"], holder="dead-replica", seconds=1.5)
+    )
+    started = time.monotonic()
+    assert await replicas.user_says(bridge, "c1", "after the takeover") == 200
+    await eventually(lambda: world.chatvisor.all_texts(), timeout=10, what="delivered")
+    assert time.monotonic() - started > 1.0  # not before the dead replica's lease expired
+    assert world.chatvisor.all_texts() == ["after the takeover"]
+
+
+async def test_a_notify_wakes_another_replicas_worker_well_before_its_poll(
+    world: World, replicas: Replicas
+) -> None:
+    a, _b = await replicas.start(2)
+    await a.app[WORKER].stop()  # only B delivers: it learns of A's items by notification
+    for i in range(5):
+        await asyncio.sleep(0.3)  # B's worker idles (it would look again within 1 s)
+        started = time.monotonic()
+        assert await replicas.user_says(a, "c1", f"m{i}") == 200
+        await eventually(lambda i=i: len(world.chatvisor.all_texts()) > i, what=f"m{i}")
+        assert time.monotonic() - started < 0.3, "B's worker was not woken"
+
+
+async def test_one_replica_at_a_time_runs_a_channels_reconnect_attempts(
+    world: World, replicas: Replicas
+) -> None:
+    world.messenger.fail_types["connect"] = 500
+    world.messenger.delay_types["connect"] = 0.15  # an attempt takes a while: overlaps show
+    await replicas.start(2, wait_active=False)
+
+    def in_flight() -> int:
+        return world.messenger.attempts["connect"] - world.messenger.refused.count("connect")
+
+    most = 0
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        most = max(most, in_flight())
+        await asyncio.sleep(0.005)
+    assert most == 1
+    assert world.messenger.attempts["connect"] >= 3
+    # The runner connects; the other replica sees the channel active too.
+    del world.messenger.fail_types["connect"]
+    for bridge in replicas.bridges:
+        await eventually(lambda b=bridge: b.state() == "active", what="active everywhere")
+
+
+async def test_held_replies_are_released_once_when_two_replicas_connect_at_once(
+    world: World, replicas: Replicas
+) -> None:
+    a, b = await replicas.start(2)
+    assert await replicas.user_says(a, "c1", "hello") == 200
+    customer = await replicas.customer_id("c1")
+    await eventually(lambda: world.chatvisor.all_texts(), what="delivered")
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with world.http.post(f"{a.url}/admin/messengers/acme/disconnect", headers=admin) as r:
+        assert r.status == 200
+    await eventually(lambda: b.state() == "disconnected", what="B sees the disconnect")
+    for i in range(3):
+        status, _ = await world.chatvisor.agent_reply(world.http, customer, f"held {i}")
+        assert status == 200
+
+    async def connect(bridge: Bridge) -> int:
+        async with world.http.post(
+            f"{bridge.url}/admin/messengers/acme/connect", headers=admin
+        ) as resp:
+            return resp.status
+
+    with structlog.testing.capture_logs() as logs:
+        assert await asyncio.gather(connect(a), connect(b)) == [200, 200]
+        await eventually(
+            lambda: len(world.messenger.chat_log["c1"]) == 3, what="held replies delivered"
+        )
+    released = [e for e in logs if e["event"] == "channel.held_released"]
+    assert [e["held"] for e in released] == [3]
+    assert world.messenger.chat_log["c1"] == ["held 0", "held 1", "held 2"]
+    assert world.messenger.duplicates == 0
+
+
+async def test_two_replicas_opening_a_session_for_one_chat_at_once_open_one(
+    world: World, replicas: Replicas
+) -> None:
+    a, b = await replicas.start(2)
+    chats = [f"race-{i}" for i in range(8)]
+    # Known chats whose sessions are closed: the next message opens one, on whichever replica.
+    for chat in chats:
+        assert await replicas.user_says(a, chat, f"{chat} first") == 200
+    for chat in chats:
+        customer = await replicas.customer_id(chat)
+        assert (await world.chatvisor.set_status(world.http, customer, "DONE"))[0] == 200
+    for chat in chats:
+        await eventually(lambda chat=chat: _all_closed(a, chat), what=f"{chat}'s session closed")
+    statuses = await asyncio.gather(
+        *(
+            replicas.user_says(bridge, chat, f"{chat} via {n}")
+            for chat in chats
+            for n, bridge in enumerate((a, b))
+        )
+    )
+    assert set(statuses) == {200}
+    for chat in chats:
+        sessions = await stored.sessions(a.store, chat)
+        assert [s["status"] for s in sessions] == ["closed", "open"], chat
+
+
+async def _all_closed(bridge: Bridge, chat: str) -> bool:
+    sessions = await stored.sessions(bridge.store, chat)
+    return bool(sessions) and all(s["status"] == "closed" for s in sessions)
+
+
+async def test_a_lost_listen_connection_is_reconnected_and_wakes_again(
+    world: World, replicas: Replicas, pg_dsn: str
+) -> None:
+    import psycopg
+
+    a, _b = await replicas.start(2)
+    await a.app[WORKER].stop()
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+        cur = await admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'messenger-bridge listen'"
+        )
+        row = await cur.fetchone()
+        assert row is not None and row[0] == 2  # each replica's listening connection
+    await asyncio.sleep(0.8)  # the first reconnect comes within 0.2 s
+    for i in range(3):
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        assert await replicas.user_says(a, "c1", f"m{i}") == 200
+        await eventually(lambda i=i: len(world.chatvisor.all_texts()) > i, what=f"m{i}")
+        assert time.monotonic() - started < 0.3, "B's worker was not woken"
