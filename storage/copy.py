@@ -59,7 +59,7 @@ TABLES: tuple[str, ...] = (
 )
 # Tables the migrations create whose rows only a running service's processes mean anything
 # to (leases, locks): never copied; the PostgreSQL side starts with its own.
-NOT_COPIED: frozenset[str] = frozenset()
+NOT_COPIED: frozenset[str] = frozenset({"leases"})  # lane and channel leases (step 8)
 # The migrations' own bookkeeping (PostgreSQL's is written by migrating it) and SQLite's own
 # (AUTOINCREMENT's counters, read to place the sequences).
 BOOKKEEPING = frozenset({"schema_version", "sqlite_sequence"})
