@@ -28,6 +28,8 @@ from bridge.core.model import Delivered, DeliveryResult, Failed, Retry
 from bridge.settings import DeliverySettings
 
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+# json.dumps with any option builds a new encoder per call; one kept encodes the same bytes.
+_ENCODE_JSON = json.JSONEncoder(ensure_ascii=False).encode
 USER_AGENT = "messenger-bridge/0.1"
 
 
@@ -110,13 +112,7 @@ async def request(
 ) -> Response | NoResponse:
     """One call, bounded by the session's timeout or `seconds`. `raw` sends bytes as they are
     (a signed body must not be re-serialised)."""
-    data = (
-        raw
-        if raw is not None
-        else None
-        if body is None
-        else json.dumps(body, ensure_ascii=False).encode()
-    )
+    data = raw if raw is not None else None if body is None else _ENCODE_JSON(body).encode()
     all_headers = {**JSON_HEADERS, **(headers or {})} if data is not None else headers
     extra: dict[str, Any] = (
         {} if seconds is None else {"timeout": aiohttp.ClientTimeout(total=seconds)}
