@@ -2,7 +2,8 @@
 
 The same load as `bench.run` (wrk, distinct messages; see bench/wrk.py). `--paused` holds the
 live chat's calls during the load, as the bench's first phase does, so that the samples show the
-ack path alone; `--process delivery` samples the delivery process instead of the serving one.
+ack path alone; `--process delivery` samples the delivery process instead of the serving one;
+`--rate R` offers a fixed load of R msg/s instead of the closed loop.
 Prints the functions with the most samples, self and inclusive, and keeps the raw collapsed
 stacks (bench/results/profile-*.txt) for a flame graph. py-spy is in the `dev` extra.
 """
@@ -60,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     add("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
     add("--paused", action="store_true", help="hold the live chat's calls: the ack path alone")
     add("--process", default="serving", choices=["serving", "delivery"])
+    add("--rate", type=float, help="a fixed offered load (msg/s) instead of the closed loop")
     add("--top", type=int, default=30)
     add("--cpu", action="store_true", help="leave out idle samples: where the CPU time goes")
     args = parser.parse_args()
@@ -95,18 +97,23 @@ async def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
                 await asyncio.sleep(1)
-                load = await ctx.closed(bridge.url, "prof")
+                if args.rate:
+                    paced = await ctx.paced(bridge.url, "prof", args.rate, args.duration)
+                    ok, rate = len(paced.acked), paced.achieved
+                else:
+                    load = await ctx.closed(bridge.url, "prof")
+                    ok, rate = load.ok, load.rate
                 if not args.paused:
-                    await ctx.until_arrived("outcomes", load.ok)
+                    await ctx.until_arrived("outcomes", ok)
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
                 spy.wait()
                 if args.paused:
                     await ctx.sinks.release()
-                    await ctx.until_arrived("outcomes", load.ok)
+                    await ctx.until_arrived("outcomes", ok)
             finally:
                 bridge.proc.stop()
     mode = "deliveries paused" if args.paused else "deliveries on"
-    print(f"ingest {load.rate:.0f} msg/s while the {args.process} process was sampled ({mode})")
+    print(f"ingest {rate:.0f} msg/s while the {args.process} process was sampled ({mode})")
     print(summarise(raw, args.top))
 
 

@@ -26,6 +26,8 @@ by an empty-database run to compare it with.
     python -m bench.run                  # the full run
     python -m bench.run --quick          # shorter phases and a smaller filled database
     python -m bench.run --repeat 5       # more rounds, for steadier medians
+    python -m bench.run --phase e2e --repeat 1 --synchronous normal
+                                         # one phase of the bridge alone, its raw figures
 """
 
 from __future__ import annotations
@@ -379,6 +381,25 @@ async def measure_bridge(ctx: Ctx, synchronous: str, rnd: int) -> dict[str, Any]
     }
 
 
+PHASES = ("e2e", "fixed", "paused")  # --phase: on_phase, fixed_phase, paused_phase
+
+
+async def measure_phase(ctx: Ctx, synchronous: str, rnd: int) -> dict[str, Any]:
+    """One phase (--phase) of a fresh bridge, for comparing a change quickly: no baselines,
+    no ratios; CPU ms per message is the figure that moves least with a busy machine."""
+    db = round_db(ctx.tmp, synchronous, rnd)
+    bridge = await start_bridge(ctx, db, synchronous)
+    wal, tag = WalSampler(db), f"x{synchronous[0]}r{rnd}"
+    try:
+        if ctx.args.phase == "paused":
+            return await paused_phase(ctx, bridge, wal, tag)
+        if ctx.args.phase == "e2e":
+            return await on_phase(ctx, bridge, wal, tag)
+        return await fixed_phase(ctx, bridge, wal, f"{tag}f", ctx.args.rate)
+    finally:
+        bridge.proc.stop()
+
+
 async def measure_scale(ctx: Ctx, synchronous: str) -> dict[str, Any]:
     """Ingest (deliveries on) on a database filled with history, then at once on an empty one
     again, so that the filled-database figure has an empty-database figure taken close in time."""
@@ -523,6 +544,11 @@ def parse_args() -> argparse.Namespace:
     add("--synchronous", nargs="+", default=["normal", "full"])
     add("--log-level", default="info")
     add("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    add(
+        "--phase",
+        choices=PHASES,
+        help="run only this phase of the bridge (no baselines, no report): its raw figures",
+    )
     add("--report", type=Path, help="print the report of a saved run (bench/results/*.json)")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -590,6 +616,14 @@ async def main() -> None:
     os.environ["BRIDGE_DELIVERY__WORKER"] = args.worker  # the bridges inherit it
     os.environ["BENCH_EVENT_LOOP"] = args.event_loop  # and the baselines this
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    if args.phase:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
+            async with environment(args, Path(tmpdir)) as ctx:
+                for rnd in range(args.repeat):
+                    for synchronous in args.synchronous:
+                        one = await measure_phase(ctx, synchronous, rnd)
+                        print(json.dumps({"synchronous": synchronous, "round": rnd, **one}))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
         async with environment(args, Path(tmpdir)) as ctx:
             raw = await measure_all(ctx)

@@ -217,9 +217,12 @@ def customer_body(customer: Customer) -> dict[str, Any]:
     return body
 
 
+_ENCODE_SORTED = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per delivery
+
+
 def customer_tag(body: dict[str, Any]) -> str:
     """A digest of what we told the live chat about a customer, to re-tag only on change."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(_ENCODE_SORTED(body).encode()).hexdigest()[:16]
 
 
 class ChatvisorConnector:

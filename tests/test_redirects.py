@@ -368,3 +368,27 @@ async def test_a_session_of_ours_refuses_to_follow_even_when_asked(trap: Trap) -
         await server.stop()
     assert trap.hits == []
     assert str(refused.value) == f"HTTP 302: redirect to {trap.host} not followed"
+
+
+async def test_the_guard_costs_request_no_tracing(trap: Trap) -> None:
+    """The guard is a client middleware, skipped by `request` (which asks for no redirects
+    itself): a TraceConfig would make aiohttp create and await a trace at every step of every
+    outside call, a sixth of a call's CPU. `request` still reads the redirect as a failed call,
+    and never reaches the Location."""
+    front = web.Application()
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(trap.location)
+
+    front.router.add_post("/", moved)
+    server = SimServer(front)
+    await server.start()
+    try:
+        async with outside.client_session(aiohttp.ClientTimeout(total=5)) as session:
+            assert session.trace_configs == []
+            answer = await outside.request(session, "POST", server.url + "/", {"a": 1})
+    finally:
+        await server.stop()
+    assert trap.hits == []
+    assert isinstance(answer, outside.Response) and answer.status == 307
+    assert outside.describe(answer) == f"HTTP 307: redirect to {trap.host} not followed"
