@@ -40,14 +40,7 @@ from bridge.core.outbox_kinds import (
 )
 from bridge.settings import Settings
 from storage import chats, events, messages, outbox
-
-# Outbox kinds: what the delivery worker does with an item (named with the outbox).
-from storage.outbox import KEPT_REPLY as KEPT_REPLY
-from storage.outbox import OUTCOME as OUTCOME
-from storage.outbox import READ as READ
-from storage.outbox import TO_LIVECHAT as TO_LIVECHAT
-from storage.outbox import TO_MESSENGER as TO_MESSENGER
-from storage.outbox import TO_SUBSCRIBER as TO_SUBSCRIBER
+from storage.outbox import KEPT_REPLY, OUTCOME, READ, TO_LIVECHAT, TO_MESSENGER, TO_SUBSCRIBER
 from storage.port import Connection, Store
 
 log = structlog.get_logger("relay")
