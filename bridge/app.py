@@ -77,14 +77,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         def wake() -> None:
             worker.wake()
 
-        livechats = build_connectors(settings.livechats, settings.messengers, http).livechats
+        # The serving process's connectors, built once: the channel life cycle, the deliveries
+        # it performs itself and the readiness check share them.
+        connectors = build_connectors(settings.livechats, settings.messengers, http)
+        livechats = connectors.livechats
         # Replicas sharing the database (PostgreSQL) take leases; one process (SQLite) needs none.
         leases = (
             Leases(db, replica_id(), settings.delivery.lease_seconds)
             if db.dialect == "postgres"
             else None
         )
-        channels = ChannelManager(db, settings, http, wake, clock, leases=leases)
+        channels = ChannelManager(db, settings, connectors.messengers, wake, clock, leases=leases)
         relay = app[RELAY] = Relay(db, settings, wake, clock)
         await relay.key_old_contacts()  # once after an upgrade; then an index lookup
         # A delivery's reads run on the loop, on a connection of their own: they are point
@@ -93,7 +96,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         reads = build_reader(settings.storage) or db
         if reads is not db:
             await reads.open_reader()
-        local = LocalCaller(reads, settings, http, clock)
+        local = LocalCaller(reads, settings, http, connectors, clock)
         caller: LocalCaller | SplitCaller = local
         process: ChildProcess | None = None
         if settings.delivery.worker == "process" and reads is not db:

@@ -22,14 +22,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import aiohttp
 import structlog
 
 from bridge.backoff import backoff
 from bridge.core.model import ChannelState, Delivered, DeliveryResult, Unauthorized
 from bridge.leases import Leases
 from bridge.settings import Settings
-from connectors.registry import build_connectors
+from connectors.messenger import MessengerClient
 from storage import channels as repo
 from storage import outbox
 from storage.channels import ChannelRow
@@ -54,7 +53,7 @@ class ChannelManager:
         self,
         db: Store,
         settings: Settings,
-        http: aiohttp.ClientSession,
+        clients: dict[str, MessengerClient],
         wake: Callable[[], None],
         clock: Callable[[], float] = time.time,
         *,
@@ -65,7 +64,7 @@ class ChannelManager:
         self._settings = settings
         self._wake = wake
         self._clock = clock
-        self.clients = build_connectors({}, settings.messengers, http).messengers
+        self.clients = clients  # by channel id, from the process's one build_connectors
         self._rows: dict[str, ChannelRow] = {}
         self._active: frozenset[str] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}

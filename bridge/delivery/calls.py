@@ -33,7 +33,7 @@ from bridge.settings import Settings
 from connectors import webhooks
 from connectors.base import LiveChatConnector
 from connectors.messenger import MessengerClient
-from connectors.registry import build_connectors
+from connectors.registry import Connectors
 from storage import chats, events, messages, outbox
 from storage.outbox import OutboxItem
 from storage.port import Store
@@ -107,12 +107,14 @@ class LocalCaller:
         db: Store,
         settings: Settings,
         http: aiohttp.ClientSession,
+        connectors: Connectors,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`connectors`: this process's, from `connectors.registry.build_connectors` (built once
+        per process, shared with the channel life cycle)."""
         self._http = http
         self._db = db
         self._settings = settings
-        connectors = build_connectors(settings.livechats, settings.messengers, http)
         self._livechats: dict[str, LiveChatConnector] = connectors.livechats
         self._clients = connectors.messengers
         self._clock = clock

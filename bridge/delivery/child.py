@@ -29,6 +29,7 @@ from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
 from bridge.settings import Settings
 from connectors import http as outside
+from connectors.registry import build_connectors
 from storage.open import build_reader
 from storage.outbox import OutboxItem
 
@@ -86,7 +87,8 @@ class ChildLoop:
         try:
             await db.open_reader()
             async with outside.session(settings.delivery) as http:
-                self.caller = LocalCaller(db, settings, http)
+                connectors = build_connectors(settings.livechats, settings.messengers, http)
+                self.caller = LocalCaller(db, settings, http, connectors)
                 link.send(READY)
                 try:
                     await asyncio.get_running_loop().create_future()  # until cancelled
