@@ -295,6 +295,15 @@ class Relay:
             return self._on_lifecycle(conn, livechat_id, event)
         if isinstance(event, AgentMessage):
             found = self._reply_chat(conn, livechat_id, event.chat)
+            customer = event.chat.customer_id
+            if (
+                isinstance(found, str)
+                and customer is not None
+                and messages.lock_orphans(conn, livechat_id, customer)
+            ):
+                # Another replica may be linking that customer right now: its commit is waited
+                # for, and the chat looked up again, rather than keep an orphan it would miss.
+                found = self._reply_chat(conn, livechat_id, event.chat)
             if isinstance(found, str):
                 return self._on_unlinked_reply(conn, livechat_id, event, found)
             return self._on_agent_message(conn, livechat_id, found, event)

@@ -266,11 +266,31 @@ def keep_orphan(
     )
 
 
+def lock_orphans(conn: Connection, livechat_id: str, customer_id: str) -> bool:
+    """Take, until this transaction ends, the lock on keeping and taking a customer's orphans.
+
+    Replicas on PostgreSQL (READ COMMITTED): one replica's settle links a chat to the customer
+    and takes its orphans, while another's hook finds no chat for that customer (the link is
+    not committed yet) and keeps the reply as an orphan; unserialised, the take misses the
+    orphan, which would wait until `retention.orphan_after` made it a dead letter. Both take
+    this lock first (`take_orphans` itself; the hook before it looks for the chat again), so
+    the hook either sees the link or keeps its orphan before the take runs. Returns whether a
+    lock was taken: a SQLite database has one writer at a time, and needs none."""
+    if conn.dialect != "postgres":
+        return False
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+        (f"orphans:{livechat_id}:{customer_id}",),
+    )
+    return True
+
+
 def take_orphans(
     conn: Connection, livechat_id: str, customer_id: str
 ) -> list[tuple[str | None, str, tuple[FileRef, ...], str | None, str | None]]:
     """The orphans of a customer in arrival order, removed: (message id, text, files,
     operator id, operator name)."""
+    lock_orphans(conn, livechat_id, customer_id)
     rows = conn.execute(
         """DELETE FROM orphans WHERE livechat_id = ? AND customer_id = ?
            RETURNING id, message_id, text, files, operator_id, operator_name""",

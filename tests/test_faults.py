@@ -19,9 +19,17 @@ from aiohttp import web
 
 from tests.conftest import API_TOKEN, CODE, eventually, free_port, make_config
 from tests.procs import BridgeProcess, Tally, post, together, until_200, user_message
-from tests.sim.chatvisor import ChatvisorSim
 from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
+from tests.traffic import (
+    HoldingChatvisor,
+    aid,
+    all_outcomes,
+    assert_delivered_once_in_order,
+    mid,
+    reply,
+    text,
+)
 
 SEED = 20261121
 
@@ -62,29 +70,6 @@ class SlowMessenger(MessengerSim):
             finally:
                 self.held -= 1
         return await super()._hook(request)
-
-
-class HoldingChatvisor(ChatvisorSim):
-    """The live-chat sim, holding its answer to a customer message it has already recorded
-    (the operator already sees it) while `hold` is set."""
-
-    def __init__(self, api_token: str) -> None:
-        super().__init__(api_token)
-        self.hold = False
-        self.release = asyncio.Event()
-        self.holding = 0
-
-    async def _message(self, request: web.Request) -> web.Response:
-        answer = await super()._message(request)
-        if self.hold:
-            self.holding += 1
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(30):
-                        await self.release.wait()
-            finally:
-                self.holding -= 1
-        return answer
 
 
 class Faults:
@@ -153,22 +138,6 @@ class Faults:
         return body
 
 
-def mid(chat: str, i: int) -> str:
-    return f"{chat}-m{i}"
-
-
-def text(chat: str, i: int) -> str:
-    return f"{chat} says {i}"
-
-
-def aid(chat: str, j: int) -> str:
-    return f"{chat}-a{j}"
-
-
-def reply(chat: str, j: int) -> str:
-    return f"operator to {chat}: {j}"
-
-
 @pytest.fixture
 async def faults(tmp_path: Path) -> AsyncIterator[Faults]:
     timeout = aiohttp.ClientTimeout(total=10)
@@ -185,29 +154,6 @@ async def faults(tmp_path: Path) -> AsyncIterator[Faults]:
                 await f.bridge.stop_quietly()
             await f.messenger_server.stop()
             await f.chatvisor_server.stop()
-
-
-def assert_delivered_once_in_order(
-    f: Faults, sent: dict[str, int], replied: dict[str, int] | None = None
-) -> None:
-    """Every user message reached the live chat once, in order, with a good outcome; every
-    operator reply reached the messenger once, in order."""
-    m, cv = f.messenger, f.chatvisor
-    for chat, n in sent.items():
-        assert cv.texts(f.customer(chat)) == [text(chat, i) for i in range(n)], chat
-    ids = [mid(chat, i) for chat, n in sent.items() for i in range(n)]
-    assert sorted(m.outcomes) == sorted(ids)
-    assert all(m.outcomes.values())
-    assert len(cv.message_ids) == len(ids)  # nothing else reached the live chat
-    for chat, n in (replied or {}).items():
-        assert m.chat_log[chat] == [reply(chat, j) for j in range(n)], chat
-    assert len(m.messages) == sum((replied or {}).values())
-
-
-def all_outcomes(f: Faults, sent: dict[str, int]) -> bool:
-    return all(mid(chat, n - 1) in f.messenger.outcomes for chat, n in sent.items()) and len(
-        f.messenger.outcomes
-    ) == sum(sent.values())
 
 
 # --- 1. kill -9, again and again ------------------------------------------------------------

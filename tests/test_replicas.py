@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -16,9 +17,9 @@ from typing import Any
 import pytest
 import structlog
 
-from bridge.keys import WORKER
+from bridge.keys import RELAY, WORKER
 from bridge.settings import settings_from_dict
-from storage import leases, outbox
+from storage import chats, leases, outbox
 from storage.port import Connection
 from tests import stored
 from tests.conftest import ADMIN_TOKEN, CODE, Bridge, World, bound_socket, eventually, make_config
@@ -305,3 +306,42 @@ async def test_a_lost_listen_connection_is_reconnected_and_wakes_again(
         assert await replicas.user_says(a, "c1", f"m{i}") == 200
         await eventually(lambda i=i: len(world.chatvisor.all_texts()) > i, what=f"m{i}")
         assert time.monotonic() - started < 0.3, "B's worker was not woken"
+
+
+async def test_a_reply_that_comes_while_another_replica_links_its_customer_is_not_orphaned(
+    world: World, replicas: Replicas
+) -> None:
+    a, b = await replicas.start(2)
+    for bridge in (a, b):  # nothing is delivered: the chat stays unlinked until A links it below
+        await bridge.app[WORKER].stop()
+    assert await replicas.user_says(a, "c1", "hello") == 200
+    chat = await stored.chat(a.store, "c1")
+    assert chat is not None and chat.customer_id is None
+    relay, linked, go = a.app[RELAY], threading.Event(), threading.Event()
+
+    def settle(conn: Connection) -> None:
+        # Replica A's settle of the chat's first delivery, held open before its commit: the
+        # customer's id stored, and the replies kept for that customer taken.
+        chats.set_customer(conn, chat.id, "cust-late", None)
+        relay.adopt_orphans(conn, chat.id)
+        linked.set()
+        go.wait(10)
+
+    settling = asyncio.create_task(a.store.write(settle))
+    assert await asyncio.to_thread(linked.wait, 10)
+    # Meanwhile the operator's reply reaches replica B, which cannot see the link yet.
+    replying = asyncio.create_task(
+        world.chatvisor.agent_reply(
+            world.http, "cust-late", "early reply", message_id="x1", url=b.hook_url()
+        )
+    )
+    await asyncio.sleep(0.5)
+    go.set()
+    await settling
+    assert (await replying)[0] == 200
+    # Not kept as an orphan that A's take, already run, would never see again: queued.
+    assert await stored.orphans(a.store) == []
+    items = await stored.outbox_items(a.store, "pending")
+    assert [i["kind"] for i in items] == [outbox.TO_LIVECHAT, outbox.TO_MESSENGER]
+    replies = [m["text"] for m in await stored.all_messages(a.store) if m["direction"] == "out"]
+    assert replies == ["early reply"]

@@ -120,8 +120,12 @@ class ChatvisorSim:
 
     # --- the operator's side -----------------------------------------------------------
 
-    async def hook(self, http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, Any]:
-        return await post_json(http, self.hook_url, body)
+    async def hook(
+        self, http: aiohttp.ClientSession, body: dict[str, Any], url: str | None = None
+    ) -> tuple[int, Any]:
+        """POST an event to the bridge's hook: `url`, else `hook_url` (one of several replicas'
+        hooks may be given, as a load balancer in front of them would choose)."""
+        return await post_json(http, url or self.hook_url, body)
 
     async def agent_reply(
         self,
@@ -132,6 +136,7 @@ class ChatvisorSim:
         message_id: str | None = None,
         files: list[dict[str, Any]] | None = None,
         agent: tuple[str, str] = ("agent-1", "Olga Operator"),
+        url: str | None = None,
     ) -> tuple[int, Any]:
         return await self.hook(
             http,
@@ -146,6 +151,7 @@ class ChatvisorSim:
                     "sender": {"type": "agent", "id": agent[0], "name": agent[1]},
                 },
             },
+            url,
         )
 
     async def set_status(
