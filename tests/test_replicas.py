@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import structlog
 
+from bridge.delivery import worker as worker_module
 from bridge.keys import RELAY, WORKER
 from bridge.settings import settings_from_dict
 from storage import chats, leases, outbox
@@ -187,16 +188,17 @@ async def test_a_lane_leased_by_a_dead_replica_is_delivered_once_the_lease_expir
 
 
 async def test_a_notify_wakes_another_replicas_worker_well_before_its_poll(
-    world: World, replicas: Replicas
+    world: World, replicas: Replicas, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # An idle worker looks again only after an hour: a delivery within the test's wait can
+    # only come from a notification (no timing assertion, whatever the machine's load).
+    monkeypatch.setattr(worker_module, "MAX_IDLE", 3600.0)
     a, _b = await replicas.start(2)
     await a.app[WORKER].stop()  # only B delivers: it learns of A's items by notification
     for i in range(5):
-        await asyncio.sleep(0.3)  # B's worker idles (it would look again within 1 s)
-        started = time.monotonic()
+        await asyncio.sleep(0.3)  # B's worker idles
         assert await replicas.user_says(a, "c1", f"m{i}") == 200
         await eventually(lambda i=i: len(world.chatvisor.all_texts()) > i, what=f"m{i}")
-        assert time.monotonic() - started < 0.3, "B's worker was not woken"
 
 
 async def test_one_replica_at_a_time_runs_a_channels_reconnect_attempts(
@@ -286,10 +288,11 @@ async def _all_closed(bridge: Bridge, chat: str) -> bool:
 
 
 async def test_a_lost_listen_connection_is_reconnected_and_wakes_again(
-    world: World, replicas: Replicas, pg_dsn: str
+    world: World, replicas: Replicas, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
 
+    monkeypatch.setattr(worker_module, "MAX_IDLE", 3600.0)  # only a notification wakes B
     a, _b = await replicas.start(2)
     await a.app[WORKER].stop()
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
@@ -302,10 +305,8 @@ async def test_a_lost_listen_connection_is_reconnected_and_wakes_again(
     await asyncio.sleep(0.8)  # the first reconnect comes within 0.2 s
     for i in range(3):
         await asyncio.sleep(0.3)
-        started = time.monotonic()
         assert await replicas.user_says(a, "c1", f"m{i}") == 200
         await eventually(lambda i=i: len(world.chatvisor.all_texts()) > i, what=f"m{i}")
-        assert time.monotonic() - started < 0.3, "B's worker was not woken"
 
 
 async def test_a_reply_that_comes_while_another_replica_links_its_customer_is_not_orphaned(
