@@ -657,7 +657,10 @@ async def measure_all(ctx: Ctx) -> dict[str, Any]:
         for synchronous in args.synchronous:
             print(f"bench: filled database ({synchronous})", file=sys.stderr, flush=True)
             scale[synchronous] = await measure_scale(ctx, synchronous)
-    return {"rounds": rounds, "scale": scale}
+    out: dict[str, Any] = {"rounds": rounds, "scale": scale}
+    if ctx.postgres is not None:
+        out["postgres_version"] = ctx.postgres.version
+    return out
 
 
 def postgres_backends(args: argparse.Namespace) -> list[str]:
