@@ -271,14 +271,17 @@ class Ctx:
             addrs=list(addrs),
         )
 
-    async def until_arrived(self, kind: str, n: int) -> None:
-        """Wait until `n` distinct ids of `kind` arrived at the sinks, or until none more
-        arrived for --stall seconds (what is missing then is counted as lost)."""
+    async def until_arrived(self, kind: str, n: int, ids: set[str] | None = None) -> None:
+        """Wait until `n` distinct ids of `kind` arrived at the sinks (with `ids`: all of
+        them, since a request cut off at the load's end may arrive too, but not count), or
+        until none more arrived for --stall seconds (what is missing then is counted as lost)."""
         last, last_change = -1, time.monotonic()
         while True:
             got = await self.sinks.totals(kind)
-            if got >= n and (await self.sinks.stats())[kind]["unique"] >= n:
-                return
+            if got >= n:
+                arrived = (await self.sinks.stats())[kind]
+                if arrived["unique"] >= n and (ids is None or ids <= arrived["ids"]):
+                    return
             if got != last:
                 last, last_change = got, time.monotonic()
             elif time.monotonic() - last_change > self.args.stall:
@@ -431,12 +434,12 @@ async def fixed_phase(ctx: Ctx, bridge: Subject, wal: Wal, tag: str, rate: float
     args, sinks = ctx.args, ctx.sinks
     if args.warmup > 0:
         warm = await ctx.paced(bridge.url, f"{tag}w", rate, args.warmup, bridge.addrs)
-        await ctx.until_arrived("outcomes", len(warm.acked))
+        await ctx.until_arrived("outcomes", len(warm.acked), set(warm.acked))
     await sinks.clear()
     cpu0 = bridge.cpu()
     with wal.phase() as wal_sizes:
         paced = await ctx.paced(bridge.url, tag, rate, args.seconds, bridge.addrs)
-        await ctx.until_arrived("outcomes", len(paced.acked))
+        await ctx.until_arrived("outcomes", len(paced.acked), set(paced.acked))
     cpu1 = bridge.cpu()
     stats = await sinks.stats(arrival=True)
     arrivals = stats["livechat"]["arrival"]
