@@ -18,6 +18,14 @@ and database through four phases:
 3. a fixed offered load of --rate msg/s (500), after --warmup seconds at that rate;
 4. a fixed offered load of 80% of what phase 2 sustained.
 
+Then, with PostgreSQL subjects (--backends; postgresN is N bridge processes sharing a fresh
+database of one PostgreSQL server started for the run with durability on, see bench/postgres.py),
+each goes through phases 2 and 3, and the report sets them beside the SQLite bridge
+(synchronous = full) of the same round. No proxy stands between wrk and the replicas: wrk's Lua
+connects its threads to them in turn (common.lua's spread), as a layer-4 load balancer spreads
+connections; an nginx proxy would take CPU from the subjects on this 2-core machine, and a real
+load balancer runs on a machine of its own.
+
 The development machine is a VM whose speed drifts from minute to minute, so ratios are
 computed within a round and the report gives their median and range over the rounds. The
 filled-database runs are slow: once per synchronous mode, after the rounds, each followed at once
@@ -28,6 +36,9 @@ by an empty-database run to compare it with.
     python -m bench.run --repeat 5       # more rounds, for steadier medians
     python -m bench.run --phase e2e --repeat 1 --synchronous normal
                                          # one phase of the bridge alone, its raw figures
+    python -m bench.run --backends sqlite  # without the PostgreSQL subjects
+    python -m bench.run --phase e2e --repeat 1 --backends postgres2
+                                         # one phase of two replicas on PostgreSQL
 """
 
 from __future__ import annotations
