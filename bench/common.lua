@@ -33,6 +33,23 @@ function M.body(shape, ext, chat)
       .. '","text":"' .. ext .. '"}}'
 end
 
+-- In setup(thread): with BENCH_WRK_ADDRS = "host:port,host:port,...", thread number `tid`
+-- connects to the (tid mod n)-th address instead of the URL's, so that the connections are
+-- spread round-robin over several replicas with no proxy between (as a layer-4 load balancer
+-- spreads connections). Without it, every thread connects to the URL's address.
+function M.spread(thread, tid)
+   local list = os.getenv("BENCH_WRK_ADDRS")
+   if list == nil or list == "" then
+      return
+   end
+   local addrs = {}
+   for host, port in list:gmatch("([^,]+):(%d+)") do
+      addrs[#addrs + 1] = { host, port }
+   end
+   local pick = addrs[tid % #addrs + 1]
+   thread.addr = wrk.lookup(pick[1], pick[2])[1]
+end
+
 M.headers = { ["Content-Type"] = "application/json" }
 
 -- A flat JSON object of numbers, for done() to hand its figures to the Python side.

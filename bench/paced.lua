@@ -16,6 +16,7 @@ local next_tid = 0
 
 function setup(thread)
    thread:set("tid", next_tid)
+   common.spread(thread, next_tid)
    next_tid = next_tid + 1
    threads[#threads + 1] = thread
 end

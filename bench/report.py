@@ -37,6 +37,62 @@ def _over_rounds(docs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {key: spread([f.get(key, math.nan) for f in flat]) for key in flat[0]}
 
 
+def postgres_subjects(args: argparse.Namespace) -> list[str]:
+    """The PostgreSQL subjects of --backends ([] in runs saved before it)."""
+    return [b for b in getattr(args, "backends", ["sqlite"]) if b.startswith("postgres")]
+
+
+def reference(args: argparse.Namespace) -> str | None:
+    """The SQLite bridge the PostgreSQL subjects are compared with: synchronous = "full" (as
+    durable as PostgreSQL's commit), else the last mode run; None when SQLite did not run."""
+    if "sqlite" not in getattr(args, "backends", ["sqlite"]):
+        return None
+    return "full" if "full" in args.synchronous else args.synchronous[-1]
+
+
+def _cpu_total(phase: dict[str, Any]) -> float:
+    """CPU ms per message of every process of a subject, summed."""
+    return float(sum(phase["cpu_ms"].values()))
+
+
+def summarise_postgres(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Per PostgreSQL subject: medians over the rounds, and ratios to the SQLite reference
+    bridge of the same round (its figures too, under "sqlite")."""
+    rounds, ref = raw["rounds"], reference(args)
+    phases = ("on", "fixed")
+    out: dict[str, Any] = {"reference": ref, "version": raw.get("postgres_version"), "subjects": {}}
+    if ref is not None:
+        refs = [r["bridge"][ref] for r in rounds]
+        out["sqlite"] = {
+            "on.cpu_ms.total": spread([_cpu_total(x["on"]) for x in refs]),
+            "fixed.cpu_ms.total": spread([_cpu_total(x["fixed"]) for x in refs]),
+            "peak_rss_mb.total": spread(
+                [x["peak_rss_mb"]["serving"] + x["peak_rss_mb"]["delivery"] for x in refs]
+            ),
+            "lost": sum(x[p]["lost"] for x in refs for p in phases),
+            "duplicated": sum(x[p]["duplicated"] for x in refs for p in phases),
+        }
+    for name in postgres_subjects(args):
+        runs = [r["postgres"][name] for r in rounds]
+        s: dict[str, Any] = _over_rounds(runs)
+        for p in phases:
+            s[f"{p}.cpu_ms.total"] = spread([_cpu_total(x[p]) for x in runs])
+        s["lost"] = sum(x[p]["lost"] for x in runs for p in phases)
+        s["duplicated"] = sum(x[p]["duplicated"] for x in runs for p in phases)
+        if ref is not None:
+            pairs = [(r["bridge"][ref], r["postgres"][name]) for r in rounds]
+            for key, fn in (
+                ("on_ingest", lambda x: x["on"]["ingest"]),
+                ("e2e", lambda x: x["on"]["e2e"]),
+                ("fixed_ack_p99", lambda x: x["fixed"]["ack_p99_ms"]),
+                ("on_cpu", lambda x: _cpu_total(x["on"])),
+                ("fixed_cpu", lambda x: _cpu_total(x["fixed"])),
+            ):
+                s[f"ratio.{key}"] = spread([fn(x) / fn(b) for b, x in pairs])
+        out["subjects"][name] = s
+    return out
+
+
 def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Medians over the rounds; each ratio from the bridge and baseline of the same round."""
     rounds = raw["rounds"]
@@ -47,7 +103,7 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "scale": {},
         "fixed_answer": rounds[0]["alone"]["fixed_answer"],
     }
-    for sync in args.synchronous:
+    for sync in args.synchronous if reference(args) is not None else ():
         bridge_rounds = [r["bridge"][sync] for r in rounds]
         b: dict[str, Any] = _over_rounds(bridge_rounds)
         pairs = [(r["baselines"], r["bridge"][sync]) for r in rounds]
@@ -72,6 +128,8 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             b["lost"] += s["filled"]["lost"] + s["empty"]["lost"]
             b["duplicated"] += s["filled"]["duplicated"] + s["empty"]["duplicated"]
         summary["bridge"][sync] = b
+    if postgres_subjects(args):
+        summary["postgres"] = summarise_postgres(raw, args)
     return summary
 
 
@@ -92,7 +150,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def method(args: argparse.Namespace, fixed_answer: str) -> str:
+def method(args: argparse.Namespace, fixed_answer: str, version: int | None = None) -> str:
     text = (
         f"Method. Load from wrk (C; Lua scripts make every request a distinct message: its own "
         f"externalMessageId, spread over {args.chats} chats). Throughput: closed loop, "
@@ -118,7 +176,31 @@ def method(args: argparse.Namespace, fixed_answer: str) -> str:
         f"duplicated: counted at the sinks by message id (exactly at fixed loads; after a closed "
         f"loop by counts, as wrk cannot say which ids the requests cut off at its end carried)."
     )
+    if postgres_subjects(args):
+        text += " " + postgres_method(args, version)
     return textwrap.fill(text, width=100)
+
+
+def postgres_method(args: argparse.Namespace, version: int | None) -> str:
+    """The method's sentences on the PostgreSQL subjects."""
+    threads = -(-args.threads // 2) * 2
+    return (
+        f'PostgreSQL subjects (postgresN: N bridge processes with storage.backend = "postgres" '
+        f"on one database): PostgreSQL {version or '?'} from the OS's packages, one server for the "
+        f"run in a fresh cluster, set up as an operator would run it: fsync, synchronous_commit "
+        f"and full_page_writes on (a commit is on disk when it answers, as with SQLite's "
+        f"synchronous = full, the mode they are compared with), shared_buffers 128 MB, the rest "
+        f"PostgreSQL's defaults; the bridges' pools at their defaults (pool_min 2, pool_max 10); "
+        f"deliveries run in each replica's serving process (the delivery process is SQLite's). "
+        f"Each subject gets a fresh database and a CHECKPOINT before it starts, and runs in each "
+        f"round after the SQLite bridges: ingest with deliveries on followed to the last outcome, "
+        f"then the fixed load of {args.rate:.0f} msg/s. No proxy stands in front of the "
+        f"replicas: wrk's threads connect to them in turn (closed loop: {threads} threads with "
+        f"{args.connections // threads} connections each for two replicas; paced: connection k "
+        f"to replica k mod N), as a layer-4 load balancer spreads connections, so that no proxy "
+        f"takes CPU from the subjects on this machine. CPU: the replicas' processes summed, and "
+        f"the server's (the postmaster and every process under it, exited ones included) summed."
+    )
 
 
 def report(summary: dict[str, Any], args: argparse.Namespace, started: str) -> str:
@@ -140,7 +222,7 @@ def report(summary: dict[str, Any], args: argparse.Namespace, started: str) -> s
         f"{platform.python_version()}; event loop {args.event_loop}; delivery.worker "
         f"{args.worker}; log level {args.log_level}",
         "",
-        method(args, fixed_answer),
+        method(args, fixed_answer, summary.get("postgres", {}).get("version")),
         "",
         f"The load generator and the sinks alone (req/s; median (lowest{DASH}highest round)):",
         line(
@@ -248,23 +330,116 @@ def report(summary: dict[str, Any], args: argparse.Namespace, started: str) -> s
 
     width = max(len(label) for label, _, _ in rows) + 1
     col = 22
-    lines.append(f"{'bridge':{width}}" + "".join(f"{name:>{col}}" for name in bridges) + "  target")
-    lines += [
-        f"{label:{width}}" + "".join(f"{v:>{col}}" for v in values) + (f"  {t}" if t else "")
-        for label, values, t in rows
-    ]
-    lines += ["", headroom(summary)]
+    if bridges:
+        lines.append(
+            f"{'bridge':{width}}" + "".join(f"{name:>{col}}" for name in bridges) + "  target"
+        )
+        lines += [
+            f"{label:{width}}" + "".join(f"{v:>{col}}" for v in values) + (f"  {t}" if t else "")
+            for label, values, t in rows
+        ]
+        lines.append("")
+    lines.append(headroom(summary))
+    if "postgres" in summary:
+        lines += ["", *postgres_section(summary, args)]
     return "\n".join(lines)
+
+
+def postgres_section(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The PostgreSQL subjects beside the SQLite bridge they are compared with."""
+    pg = summary["postgres"]
+    ref: str | None = pg["reference"]
+    subjects: dict[str, dict[str, Any]] = pg["subjects"]
+    columns: dict[str, dict[str, Any]] = {}
+    if ref is not None:
+        columns[f"sqlite ({ref})"] = {**summary["bridge"][ref], **pg["sqlite"], "reference": True}
+    columns.update(subjects)
+    rate = f"{args.rate:.0f}/s"
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, fn: Any) -> None:
+        rows.append((label, [fn(c) for c in columns.values()]))
+
+    def ratio(key: str) -> Any:
+        return lambda c: "reference" if c.get("reference") else _r(c[f"ratio.{key}"], unit="x")
+
+    def split(phase: str) -> Any:
+        def cell(c: dict[str, Any]) -> str:
+            if c.get("reference"):
+                return f"{c[f'{phase}.cpu_ms.total']['median']:.3f} / {DASH}"
+            return _pair(c[f"{phase}.cpu_ms.replicas"], c[f"{phase}.cpu_ms.postgres"], 3)
+
+        return cell
+
+    against = f"SQLite ({ref})"
+    row("ingest, deliveries on (msg/s)", lambda c: _m(c["on.ingest"]))
+    if ref:
+        row(f"  ratio to {against}", ratio("on_ingest"))
+    row("end to end (msg/s, to the last outcome)", lambda c: _m(c["on.e2e"]))
+    if ref:
+        row(f"  ratio to {against}", ratio("e2e"))
+    row(f"ack p50 / p99 ms @{rate}", lambda c: _pair(c["fixed.ack_p50_ms"], c["fixed.ack_p99_ms"]))
+    if ref:
+        row(f"  p99's ratio to {against}", ratio("fixed_ack_p99"))
+    row(
+        f"delivery p50 / p99 ms @{rate}",
+        lambda c: _pair(c["fixed.delivery_p50_ms"], c["fixed.delivery_p99_ms"]),
+    )
+    row(
+        f"  achieved / offered msg/s @{rate}",
+        lambda c: _pair(c["fixed.achieved"], c["fixed.rate"], 0),
+    )
+    row("CPU ms/msg, 'on': bridge processes / PostgreSQL", split("on"))
+    if ref:
+        row(f"  the sum's ratio to {against}", ratio("on_cpu"))
+    row(f"CPU ms/msg @{rate}: bridge processes / PostgreSQL", split("fixed"))
+    if ref:
+        row(f"  the sum's ratio to {against}", ratio("fixed_cpu"))
+    row(
+        "peak RSS MB, bridge processes summed",
+        lambda c: _m(c["peak_rss_mb.total" if c.get("reference") else "peak_rss_mb.replicas"]),
+    )
+    row("lost / duplicated at the sinks", lambda c: f"{c['lost']} / {c['duplicated']}")
+
+    width = max(len(label) for label, _ in rows) + 1
+    col = 22
+    head = (
+        "PostgreSQL: postgresN is N replicas on one database"
+        + (
+            f"; each ratio is to the SQLite bridge ({ref}) of the same round, the median of the "
+            f"rounds' (lowest{DASH}highest round): below 1, a rate is lower; above 1, a latency "
+            f"is longer or a cost higher"
+            if ref
+            else " (SQLite not run: no ratios)"
+        )
+        + ":"
+    )
+    lines = [textwrap.fill(head, width=100)]
+    lines.append(f"{'':{width}}" + "".join(f"{name:>{col}}" for name in columns))
+    lines += [f"{label:{width}}" + "".join(f"{v:>{col}}" for v in values) for label, values in rows]
+    lines += [
+        "",
+        textwrap.fill(
+            f"{os.cpu_count()} cores: the replicas, the PostgreSQL server, wrk and the sinks share "
+            f"them, so these figures show what coordinating through one database costs (a "
+            f"network round trip per statement, lane leases, NOTIFY), not the scaling replicas "
+            f"on machines of their own, with the database on another, would give.",
+            width=100,
+        ),
+    ]
+    return lines
 
 
 def headroom(summary: dict[str, Any]) -> str:
     """Whether the generator or a sink could have capped a subject: their rates alone against
     the fastest subject's."""
     alone, base, bridges = summary["alone"], summary["baselines"], summary["bridge"]
+    replicas = summary.get("postgres", {}).get("subjects", {}).values()
     fastest = max(
         [base["forward"]["max"]]
         + [v["max"] for k, v in base.items() if k.startswith("sqlite_") and "cpu" not in k]
         + [b["paused.ingest"]["max"] for b in bridges.values()]
+        + [s["on.ingest"]["max"] for s in replicas]
     )
     generator = alone["generator"]["min"]
     sink = min(alone[k]["min"] for k in ("sink_livechat", "sink_messenger", "sink_forward"))
@@ -273,7 +448,10 @@ def headroom(summary: dict[str, Any]) -> str:
         if min(generator, sink) >= 1.5 * fastest
         else "WARNING: within 1.5x of a subject, which it may cap"
     )
-    highest = max(b["near_max.rate"]["max"] for b in bridges.values())
+    highest = max(
+        [b["near_max.rate"]["max"] for b in bridges.values()]
+        + [s["fixed.rate"]["max"] for s in replicas]
+    )
     paced = alone["paced.achieved"]["min"]
     paced_verdict = (
         "above every fixed load offered"

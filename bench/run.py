@@ -18,6 +18,14 @@ and database through four phases:
 3. a fixed offered load of --rate msg/s (500), after --warmup seconds at that rate;
 4. a fixed offered load of 80% of what phase 2 sustained.
 
+Then, with PostgreSQL subjects (--backends; postgresN is N bridge processes sharing a fresh
+database of one PostgreSQL server started for the run with durability on, see bench/postgres.py),
+each goes through phases 2 and 3, and the report sets them beside the SQLite bridge
+(synchronous = full) of the same round. No proxy stands between wrk and the replicas: wrk's Lua
+connects its threads to them in turn (common.lua's spread), as a layer-4 load balancer spreads
+connections; an nginx proxy would take CPU from the subjects on this 2-core machine, and a real
+load balancer runs on a machine of its own.
+
 The development machine is a VM whose speed drifts from minute to minute, so ratios are
 computed within a round and the report gives their median and range over the rounds. The
 filled-database runs are slow: once per synchronous mode, after the rounds, each followed at once
@@ -28,6 +36,9 @@ by an empty-database run to compare it with.
     python -m bench.run --repeat 5       # more rounds, for steadier medians
     python -m bench.run --phase e2e --repeat 1 --synchronous normal
                                          # one phase of the bridge alone, its raw figures
+    python -m bench.run --backends sqlite  # without the PostgreSQL subjects
+    python -m bench.run --phase e2e --repeat 1 --backends postgres2
+                                         # one phase of two replicas on PostgreSQL
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import sys
 import tempfile
@@ -45,12 +57,15 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from bench import nginx, wrk
-from bench.procs import ROOT, Cpu, Proc, WalSampler, free_port, wait_http
+from bench import postgres as pg
+from bench.postgres import BenchPostgres
+from bench.procs import ROOT, Proc, WalSampler, free_port, wait_http
 from bench.report import report, summarise
 from bench.sinks import SinkPool
 
@@ -59,18 +74,28 @@ WEBHOOK = "/messengers/load/webhook"
 MB = 1e6
 
 
-def bridge_toml(port: int, sink: str, db: str, synchronous: str, log_level: str, loop: str) -> str:
+def sqlite_storage(db: str, synchronous: str) -> str:
+    return f'path = "{db}"\nsynchronous = "{synchronous}"'
+
+
+def postgres_storage(dsn: str) -> str:
+    # The pool sizes are the defaults (pool_min 2, pool_max 10), as an operator starts with.
+    return f'backend = "postgres"\ndsn = "{dsn}"'
+
+
+def bridge_toml(
+    port: int, sink: str, storage: str, log_level: str, loop: str, public_port: int | None = None
+) -> str:
     # request_timeout outlasts the paused phase, whose calls the live-chat sink holds.
     return f"""
 [server]
 event_loop = "{loop}"
 host = "127.0.0.1"
 port = {port}
-public_url = "http://127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{public_port or port}"
 max_body_bytes = 1048576
 [storage]
-path = "{db}"
-synchronous = "{synchronous}"
+{storage}
 [admin]
 token = "bench-admin-token"
 [delivery]
@@ -147,6 +172,67 @@ class Bridge:
     url: str
     proc: Proc
     db: str
+    addrs: tuple[str, ...] = ()  # one process: wrk connects to the URL's address
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the serving process, and the delivery process (its children)."""
+        cpu = self.proc.cpu()
+        return {"serving": cpu.own, "delivery": cpu.children}
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@dataclass
+class Replicas:
+    """N bridge processes on one PostgreSQL database; wrk spreads its connections over them."""
+
+    replicas: list[Bridge]
+    postgres: BenchPostgres
+
+    @property
+    def url(self) -> str:
+        return self.replicas[0].url
+
+    @property
+    def addrs(self) -> tuple[str, ...]:
+        return (
+            tuple(urlsplit(b.url).netloc for b in self.replicas) if len(self.replicas) > 1 else ()
+        )
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the replicas' processes summed, the server's processes summed."""
+        return {
+            "replicas": sum(b.proc.cpu().total for b in self.replicas),
+            "postgres": self.postgres.cpu(),
+        }
+
+    def stop(self) -> None:
+        for bridge in self.replicas:
+            bridge.proc.stop()
+
+
+class Subject(Protocol):
+    """What the phases measure: one bridge, or replicas."""
+
+    @property
+    def url(self) -> str: ...  # the webhook URL wrk loads
+
+    @property
+    def addrs(self) -> tuple[str, ...]: ...  # "host:port" of each replica when several
+
+    def cpu(self) -> dict[str, float]: ...
+
+
+class Wal(Protocol):
+    def phase(self) -> contextlib.AbstractContextManager[dict[str, int]]: ...
+
+
+class NoWal:
+    """The WAL sampler's stand-in for PostgreSQL subjects (their WAL is the server's)."""
+
+    def phase(self) -> contextlib.AbstractContextManager[dict[str, int]]:
+        return contextlib.nullcontext({})
 
 
 @dataclass
@@ -160,24 +246,30 @@ class Ctx:
     sink_procs: list[Proc]
     fixed_answer: str  # the URL of the fixed-answer target for the generator alone
     fixed_answer_kind: str
+    postgres: BenchPostgres | None = None  # with PostgreSQL subjects (--backends)
 
     def sinks_cpu(self) -> float:
         return sum(p.cpu().total for p in self.sink_procs)
 
-    async def closed(self, url: str, run: str, shape: str = "message") -> wrk.Closed:
+    async def closed(
+        self, url: str, run: str, shape: str = "message", addrs: tuple[str, ...] = ()
+    ) -> wrk.Closed:
         a = self.args
         return await wrk.closed(
             url,
             run,
             seconds=a.duration,
             connections=a.connections,
-            threads=a.threads,
+            threads=closed_threads(a.threads, len(addrs)),
             chats=a.chats,
             shape=shape,
             tmp=self.tmp,
+            addrs=list(addrs),
         )
 
-    async def paced(self, url: str, run: str, rate: float, seconds: float) -> wrk.Paced:
+    async def paced(
+        self, url: str, run: str, rate: float, seconds: float, addrs: tuple[str, ...] = ()
+    ) -> wrk.Paced:
         a = self.args
         return await wrk.paced(
             url,
@@ -187,16 +279,20 @@ class Ctx:
             connections=a.paced_connections,
             chats=a.chats,
             tmp=self.tmp,
+            addrs=list(addrs),
         )
 
-    async def until_arrived(self, kind: str, n: int) -> None:
-        """Wait until `n` distinct ids of `kind` arrived at the sinks, or until none more
-        arrived for --stall seconds (what is missing then is counted as lost)."""
+    async def until_arrived(self, kind: str, n: int, ids: set[str] | None = None) -> None:
+        """Wait until `n` distinct ids of `kind` arrived at the sinks (with `ids`: all of
+        them, since a request cut off at the load's end may arrive too, but not count), or
+        until none more arrived for --stall seconds (what is missing then is counted as lost)."""
         last, last_change = -1, time.monotonic()
         while True:
             got = await self.sinks.totals(kind)
-            if got >= n and (await self.sinks.stats())[kind]["unique"] >= n:
-                return
+            if got >= n:
+                arrived = (await self.sinks.stats())[kind]
+                if arrived["unique"] >= n and (ids is None or ids <= arrived["ids"]):
+                    return
             if got != last:
                 last, last_change = got, time.monotonic()
             elif time.monotonic() - last_change > self.args.stall:
@@ -205,12 +301,21 @@ class Ctx:
             await asyncio.sleep(0.05)
 
 
-async def start_bridge(ctx: Ctx, db: str, synchronous: str) -> Bridge:
+def closed_threads(threads: int, replicas: int) -> int:
+    """wrk threads for a closed loop over `replicas` (0: one address): a multiple of them, so
+    that each replica gets as many connections."""
+    return -(-threads // replicas) * replicas if replicas > 1 else threads
+
+
+async def start_process(
+    ctx: Ctx, name: str, storage: str, db: str, public_port: int | None = None
+) -> Bridge:
+    """A bridge process with this `[storage]`, once it is ready and its channel active."""
     args, http = ctx.args, ctx.http
     port = free_port()
-    config = ctx.tmp / f"bridge-{synchronous}-{port}.toml"
+    config = ctx.tmp / f"bridge-{name}-{port}.toml"
     config.write_text(
-        bridge_toml(port, ctx.sinks.url, db, synchronous, args.log_level, args.event_loop)
+        bridge_toml(port, ctx.sinks.url, storage, args.log_level, args.event_loop, public_port)
     )
     proc = Proc(["-m", "bridge", "--config", str(config), "serve"], ctx.tmp / f"bridge-{port}.log")
     base = f"http://127.0.0.1:{port}"
@@ -227,15 +332,36 @@ async def start_bridge(ctx: Ctx, db: str, synchronous: str) -> Bridge:
     return Bridge(f"{base}{WEBHOOK}", proc, db)
 
 
+async def start_bridge(ctx: Ctx, db: str, synchronous: str) -> Bridge:
+    return await start_process(ctx, synchronous, sqlite_storage(db, synchronous), db)
+
+
+async def start_replicas(ctx: Ctx, name: str, rnd: int) -> Replicas:
+    """`name`'s replicas (postgresN: N) on a fresh database of the run's server, started one
+    after the other (the first runs the migrations), all answering before the load starts."""
+    assert ctx.postgres is not None
+    database = f"bench_{name}_r{rnd}"
+    dsn = await asyncio.to_thread(ctx.postgres.fresh_database, database)
+    group = Replicas([], ctx.postgres)
+    public: int | None = None  # the first replica's, as one URL behind a load balancer
+    try:
+        for _ in range(replica_count(name)):
+            bridge = await start_process(ctx, name, postgres_storage(dsn), database, public)
+            group.replicas.append(bridge)
+            public = public or urlsplit(bridge.url).port
+    except BaseException:
+        group.stop()
+        raise
+    return group
+
+
 def round_db(tmp: Path, synchronous: str, rnd: int) -> str:
     return str(tmp / f"bridge-{synchronous}-r{rnd}.sqlite3")
 
 
-def per_message(cpu: Cpu, n: int) -> dict[str, float]:
-    """CPU ms per message of the serving process and of the delivery process (its children)."""
-    if not n:
-        return {"serving": float("nan"), "delivery": float("nan")}
-    return {"serving": cpu.own * 1000 / n, "delivery": cpu.children * 1000 / n}
+def per_message(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU ms per message of each group of processes (`Subject.cpu`) between two readings."""
+    return {k: (after[k] - before[k]) * 1000 / n if n else float("nan") for k in after}
 
 
 def closed_loss(ok: int, stats: dict[str, Any]) -> dict[str, int]:
@@ -251,21 +377,21 @@ def closed_loss(ok: int, stats: dict[str, Any]) -> dict[str, int]:
     }
 
 
-async def paused_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[str, Any]:
+async def paused_phase(ctx: Ctx, bridge: Subject, wal: Wal, tag: str) -> dict[str, Any]:
     """Ingest while the live chat holds every call: the ack path alone. Then the drain."""
     sinks = ctx.sinks
     await sinks.clear()
     await sinks.hold()
-    cpu0 = bridge.proc.cpu()
+    cpu0 = bridge.cpu()
     with wal.phase() as wal_sizes:
-        load = await ctx.closed(bridge.url, f"{tag}p")
-    cpu1 = bridge.proc.cpu()
+        load = await ctx.closed(bridge.url, f"{tag}p", addrs=bridge.addrs)
+    cpu1 = bridge.cpu()
     held = (await sinks.stats())["held"]
     released = time.time()
     with wal.phase() as drain_wal_sizes:
         await sinks.release()
         await ctx.until_arrived("outcomes", load.ok)
-    cpu2 = bridge.proc.cpu()
+    cpu2 = bridge.cpu()
     stats = await sinks.stats(arrival=True)
     last = max(stats["outcomes"]["arrival"].values(), default=released)
     return {
@@ -275,25 +401,25 @@ async def paused_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> d
         "closed_p50_ms": load.latency_p50_ms,
         "closed_p99_ms": load.latency_p99_ms,
         "held_calls": held,
-        "cpu_ms": per_message(cpu1 - cpu0, load.ok),
+        "cpu_ms": per_message(cpu0, cpu1, load.ok),
         "drain": load.ok / (last - released) if last > released else float("nan"),
-        "drain_cpu_ms": per_message(cpu2 - cpu1, load.ok),
+        "drain_cpu_ms": per_message(cpu1, cpu2, load.ok),
         "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
         "drain_wal_mb": {k: v / MB for k, v in drain_wal_sizes.items()},
         **closed_loss(load.ok, stats),
     }
 
 
-async def on_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[str, Any]:
+async def on_phase(ctx: Ctx, bridge: Subject, wal: Wal, tag: str) -> dict[str, Any]:
     """Ingest with deliveries on, followed until every messageOutcome arrived."""
     sinks = ctx.sinks
     await sinks.clear()
-    cpu0, sinks0 = bridge.proc.cpu(), ctx.sinks_cpu()
+    cpu0, sinks0 = bridge.cpu(), ctx.sinks_cpu()
     started = time.time()
     with wal.phase() as wal_sizes:
-        load = await ctx.closed(bridge.url, f"{tag}o")
+        load = await ctx.closed(bridge.url, f"{tag}o", addrs=bridge.addrs)
         await ctx.until_arrived("outcomes", load.ok)
-    cpu1, sinks1 = bridge.proc.cpu(), ctx.sinks_cpu()
+    cpu1, sinks1 = bridge.cpu(), ctx.sinks_cpu()
     stats = await sinks.stats(arrival=True)
     last = max(stats["outcomes"]["arrival"].values(), default=started)
     n = load.ok
@@ -304,7 +430,7 @@ async def on_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[
         "closed_p50_ms": load.latency_p50_ms,
         "closed_p99_ms": load.latency_p99_ms,
         "e2e": n / (last - started) if last > started else float("nan"),
-        "cpu_ms": per_message(cpu1 - cpu0, n),
+        "cpu_ms": per_message(cpu0, cpu1, n),
         "sinks_cpu_ms": (sinks1 - sinks0) * 1000 / n if n else float("nan"),
         "wrk_cpu_ms": load.wrk_cpu_s * 1000 / n if n else float("nan"),
         "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
@@ -312,22 +438,20 @@ async def on_phase(ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str) -> dict[
     }
 
 
-async def fixed_phase(
-    ctx: Ctx, bridge: Bridge, wal: WalSampler, tag: str, rate: float
-) -> dict[str, Any]:
+async def fixed_phase(ctx: Ctx, bridge: Subject, wal: Wal, tag: str, rate: float) -> dict[str, Any]:
     """A fixed offered load after a warm-up at the same rate (the targets are about the steady
     state, not the first second's connection set-up). Loss is exact here: wrk's paced script
     knows which id each answer was for."""
     args, sinks = ctx.args, ctx.sinks
     if args.warmup > 0:
-        warm = await ctx.paced(bridge.url, f"{tag}w", rate, args.warmup)
-        await ctx.until_arrived("outcomes", len(warm.acked))
+        warm = await ctx.paced(bridge.url, f"{tag}w", rate, args.warmup, bridge.addrs)
+        await ctx.until_arrived("outcomes", len(warm.acked), set(warm.acked))
     await sinks.clear()
-    cpu0 = bridge.proc.cpu()
+    cpu0 = bridge.cpu()
     with wal.phase() as wal_sizes:
-        paced = await ctx.paced(bridge.url, tag, rate, args.seconds)
-        await ctx.until_arrived("outcomes", len(paced.acked))
-    cpu1 = bridge.proc.cpu()
+        paced = await ctx.paced(bridge.url, tag, rate, args.seconds, bridge.addrs)
+        await ctx.until_arrived("outcomes", len(paced.acked), set(paced.acked))
+    cpu1 = bridge.cpu()
     stats = await sinks.stats(arrival=True)
     arrivals = stats["livechat"]["arrival"]
     delivery_ms = [
@@ -349,7 +473,7 @@ async def fixed_phase(
         "generator_late_p99_ms": wrk.pct(paced.late_ms, 99),
         "generator_cpu_ms": paced.wrk_cpu_s * 1000 / len(acked) if acked else float("nan"),
         "busy_past_due": paced.busy_past_due,
-        "cpu_ms": per_message(cpu1 - cpu0, len(acked)),
+        "cpu_ms": per_message(cpu0, cpu1, len(acked)),
         "wal_mb": {k: v / MB for k, v in wal_sizes.items()},
         "lost": len(acked - stats["livechat"]["ids"]) + len(acked - stats["outcomes"]["ids"]),
         "duplicated": stats["livechat"]["duplicates"] + stats["outcomes"]["duplicates"],
@@ -381,7 +505,32 @@ async def measure_bridge(ctx: Ctx, synchronous: str, rnd: int) -> dict[str, Any]
     }
 
 
+async def measure_postgres(ctx: Ctx, name: str, rnd: int) -> dict[str, Any]:
+    """One round's figures of `name`'s replicas on a fresh PostgreSQL database: the phases
+    the report compares with SQLite's (ingest with deliveries on and end to end; the first
+    fixed load)."""
+    assert ctx.postgres is not None
+    group = await start_replicas(ctx, name, rnd)
+    tag = f"{name[0]}{replica_count(name)}r{rnd}"
+    try:
+        on = await on_phase(ctx, group, NoWal(), tag)
+        fixed = await fixed_phase(ctx, group, NoWal(), f"{tag}f", ctx.args.rate)
+        rss = sum(sum(b.proc.peak_rss_mb()) for b in group.replicas)
+    finally:
+        group.stop()
+        await asyncio.to_thread(ctx.postgres.drop_database, group.replicas[0].db)
+    return {"on": on, "fixed": fixed, "peak_rss_mb": {"replicas": rss}}
+
+
 PHASES = ("e2e", "fixed", "paused")  # --phase: on_phase, fixed_phase, paused_phase
+
+
+async def one_phase(ctx: Ctx, subject: Subject, wal: Wal, tag: str) -> dict[str, Any]:
+    if ctx.args.phase == "paused":
+        return await paused_phase(ctx, subject, wal, tag)
+    if ctx.args.phase == "e2e":
+        return await on_phase(ctx, subject, wal, tag)
+    return await fixed_phase(ctx, subject, wal, f"{tag}f", ctx.args.rate)
 
 
 async def measure_phase(ctx: Ctx, synchronous: str, rnd: int) -> dict[str, Any]:
@@ -389,15 +538,21 @@ async def measure_phase(ctx: Ctx, synchronous: str, rnd: int) -> dict[str, Any]:
     no ratios; CPU ms per message is the figure that moves least with a busy machine."""
     db = round_db(ctx.tmp, synchronous, rnd)
     bridge = await start_bridge(ctx, db, synchronous)
-    wal, tag = WalSampler(db), f"x{synchronous[0]}r{rnd}"
     try:
-        if ctx.args.phase == "paused":
-            return await paused_phase(ctx, bridge, wal, tag)
-        if ctx.args.phase == "e2e":
-            return await on_phase(ctx, bridge, wal, tag)
-        return await fixed_phase(ctx, bridge, wal, f"{tag}f", ctx.args.rate)
+        return await one_phase(ctx, bridge, WalSampler(db), f"x{synchronous[0]}r{rnd}")
     finally:
         bridge.proc.stop()
+
+
+async def measure_phase_postgres(ctx: Ctx, name: str, rnd: int) -> dict[str, Any]:
+    """--phase for `name`'s replicas on a fresh PostgreSQL database."""
+    assert ctx.postgres is not None
+    group = await start_replicas(ctx, name, rnd)
+    try:
+        return await one_phase(ctx, group, NoWal(), f"x{name[0]}{replica_count(name)}r{rnd}")
+    finally:
+        group.stop()
+        await asyncio.to_thread(ctx.postgres.drop_database, group.replicas[0].db)
 
 
 async def measure_scale(ctx: Ctx, synchronous: str) -> dict[str, Any]:
@@ -502,16 +657,34 @@ async def measure_all(ctx: Ctx) -> dict[str, Any]:
             "baselines": await measure_baselines(ctx, rnd),
             "bridge": {},
         }
-        for synchronous in args.synchronous:
+        for synchronous in args.synchronous if "sqlite" in args.backends else ():
             print(f"bench: round {rnd + 1}: bridge ({synchronous})", file=sys.stderr, flush=True)
             one["bridge"][synchronous] = await measure_bridge(ctx, synchronous, rnd)
+        if postgres_backends(args):
+            one["postgres"] = {}
+        for name in postgres_backends(args):
+            print(f"bench: round {rnd + 1}: {name}", file=sys.stderr, flush=True)
+            one["postgres"][name] = await measure_postgres(ctx, name, rnd)
         rounds.append(one)
     scale: dict[str, Any] = {}
-    if args.scale_sessions:
+    if args.scale_sessions and "sqlite" in args.backends:
         for synchronous in args.synchronous:
             print(f"bench: filled database ({synchronous})", file=sys.stderr, flush=True)
             scale[synchronous] = await measure_scale(ctx, synchronous)
-    return {"rounds": rounds, "scale": scale}
+    out: dict[str, Any] = {"rounds": rounds, "scale": scale}
+    if ctx.postgres is not None:
+        out["postgres_version"] = ctx.postgres.version
+    return out
+
+
+def postgres_backends(args: argparse.Namespace) -> list[str]:
+    """The PostgreSQL subjects of --backends, in its order ([] in runs saved before it)."""
+    return [b for b in getattr(args, "backends", ["sqlite"]) if b.startswith("postgres")]
+
+
+def replica_count(name: str) -> int:
+    """postgresN -> N."""
+    return int(name.removeprefix("postgres"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -542,6 +715,13 @@ def parse_args() -> argparse.Namespace:
     add("--scale-sessions", type=int, default=1_000_000)
     add("--scale-messages", type=int, default=5_000_000)
     add("--synchronous", nargs="+", default=["normal", "full"])
+    add(
+        "--backends",
+        default="sqlite,postgres1,postgres2",
+        help="comma-separated subjects: sqlite (one bridge per --synchronous mode), postgresN "
+        "(N replicas on one PostgreSQL database; needs the OS package postgresql); default "
+        "sqlite,postgres1,postgres2",
+    )
     add("--log-level", default="info")
     add("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
     add(
@@ -553,6 +733,12 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for name in args.backends:
+        if name != "sqlite" and not re.fullmatch(r"postgres[1-9]", name):
+            parser.error(f"--backends: {name!r} is neither sqlite nor postgresN (N from 1 to 9)")
+    if not args.backends:
+        parser.error("--backends: name at least one")
     if args.quick:
         args.duration = min(args.duration, 4.0)
         args.seconds = min(args.seconds, 6.0)
@@ -578,7 +764,12 @@ async def environment(args: argparse.Namespace, tmp: Path) -> AsyncIterator[Ctx]
     ]
     nginx_port = free_port()
     target = nginx.start(tmp, nginx_port)
+    server: BenchPostgres | None = None
     try:
+        if postgres_backends(args):
+            server = BenchPostgres()
+            print("bench: starting PostgreSQL (initdb)", file=sys.stderr, flush=True)
+            await asyncio.to_thread(server.start)
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=100), timeout=aiohttp.ClientTimeout(total=120)
         ) as http:
@@ -595,10 +786,12 @@ async def environment(args: argparse.Namespace, tmp: Path) -> AsyncIterator[Ctx]
                     file=sys.stderr,
                 )
                 fixed, kind = sinks.url, f"the sinks' fixed answer ({len(controls)} processes)"
-            yield Ctx(args, tmp, http, sinks, procs, fixed, kind)
+            yield Ctx(args, tmp, http, sinks, procs, fixed, kind, server)
     finally:
         for proc in [*procs, *([target] if target else [])]:
             proc.stop()
+        if server is not None:
+            server.stop()
 
 
 def reprint(path: Path) -> None:
@@ -613,6 +806,8 @@ async def main() -> None:
         reprint(args.report)
         return
     wrk.wrk_binary()  # fail early, with the install hint
+    if postgres_backends(args) and (why := pg.missing()):
+        raise SystemExit(f"bench: {why}; or leave PostgreSQL out: --backends sqlite")
     os.environ["BRIDGE_DELIVERY__WORKER"] = args.worker  # the bridges inherit it
     os.environ["BENCH_EVENT_LOOP"] = args.event_loop  # and the baselines this
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -620,9 +815,12 @@ async def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
             async with environment(args, Path(tmpdir)) as ctx:
                 for rnd in range(args.repeat):
-                    for synchronous in args.synchronous:
+                    for synchronous in args.synchronous if "sqlite" in args.backends else ():
                         one = await measure_phase(ctx, synchronous, rnd)
                         print(json.dumps({"synchronous": synchronous, "round": rnd, **one}))
+                    for name in postgres_backends(args):
+                        one = await measure_phase_postgres(ctx, name, rnd)
+                        print(json.dumps({"backend": name, "round": rnd, **one}))
         return
     with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
         async with environment(args, Path(tmpdir)) as ctx:

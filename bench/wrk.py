@@ -48,12 +48,20 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 10) - 1]
 
 
-async def _run(argv: list[str], log: Path) -> float:
+def _env(addrs: list[str] | None) -> dict[str, str] | None:
+    """wrk's environment: with several `addrs` ("host:port"), the Lua scripts connect thread k
+    to the (k mod n)-th (common.lua's spread)."""
+    if not addrs or len(addrs) < 2:
+        return None
+    return {**os.environ, "BENCH_WRK_ADDRS": ",".join(addrs)}
+
+
+async def _run(argv: list[str], log: Path, addrs: list[str] | None = None) -> float:
     """Runs wrk to its end in a thread (the caller's loop keeps sampling); returns its CPU s."""
 
     def run() -> float:
         with log.open("w") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env(addrs))
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
@@ -96,7 +104,10 @@ async def closed(
     chats: int,
     shape: str,
     tmp: Path,
+    addrs: list[str] | None = None,
 ) -> Closed:
+    """With several `addrs`, wrk's threads connect to them in turn (`threads` should be a
+    multiple of their number, so that each gets as many connections)."""
     out = tmp / f"wrk-{run}.json"
     argv = [
         wrk_binary(),
@@ -114,7 +125,7 @@ async def closed(
         shape,
         str(out),
     ]
-    cpu = await _run(argv, tmp / f"wrk-{run}.log")
+    cpu = await _run(argv, tmp / f"wrk-{run}.log", addrs)
     raw = json.loads(out.read_text())
     completed = int(raw["completed"])
     status_errors = int(raw["status_errors"])
@@ -167,9 +178,11 @@ async def paced(
     chats: int,
     tmp: Path,
     tail: float = 3.0,
+    addrs: list[str] | None = None,
 ) -> Paced:
     """`rate` requests per second for `seconds`; wrk runs `tail` seconds longer for the last
-    answers (one not in by then is counted as not answered)."""
+    answers (one not in by then is counted as not answered). With several `addrs`, connection
+    k goes to the (k mod n)-th, so request k too."""
     out = tmp / f"paced-{run}.txt"
     lead = 0.5 + connections * 0.005  # time for wrk to start its threads and connect
     start = time.time() + lead
@@ -192,7 +205,7 @@ async def paced(
         str(connections),
         str(out),
     ]
-    cpu = await _run(argv, tmp / f"paced-{run}.log")
+    cpu = await _run(argv, tmp / f"paced-{run}.log", addrs)
     result = Paced(rate=rate, seconds=seconds, offered=int(seconds * rate), issued=0, wrk_cpu_s=cpu)
     for line in out.read_text().splitlines():
         if line.startswith("# issued"):
