@@ -34,6 +34,13 @@ class StorageUnavailable(Exception):
     closed...). A request that meets it gets a 503."""
 
 
+class IntegrityError(Exception):
+    """A constraint refused the change a work made (a unique key already taken, a foreign key
+    missing): raised by `Store.write` in place of the driver's own error (`sqlite3` or psycopg;
+    kept as `__cause__`), the transaction rolled back. A repository that expects a conflict
+    writes `ON CONFLICT` instead; this is for the ones it does not expect."""
+
+
 class DatabaseInUse(Exception):
     """Another bridge process holds this database (a backend that allows one process only)."""
 
@@ -109,8 +116,9 @@ class Store(Protocol):
     async def write(self, work: Work[T]) -> T:
         """Run `work` in one transaction; return its result once committed.
 
-        Raises StorageUnavailable when it cannot be committed. Errors raised by `work` itself
-        are raised as they are, and fail only this work."""
+        Raises StorageUnavailable when it cannot be committed, IntegrityError when a
+        constraint refused its change. Other errors raised by `work` itself are raised as they
+        are, and fail only this work."""
         ...
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:

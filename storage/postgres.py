@@ -18,8 +18,9 @@ What can go wrong, and what the caller sees:
   held by another for longer than that, the server out of disk or read-only: the call raises
   `StorageUnavailable`, and `write_fault` says why until a write commits again; meanwhile a
   probe is tried every second, so readiness comes back without waiting for traffic.
-- Anything else the work raises (a unique violation, a bug in its SQL) is raised as it is, and
-  the transaction is rolled back.
+- A constraint the change breaks (a unique key taken): `storage.port.IntegrityError`, the
+  transaction rolled back. Anything else the work raises (a bug in its SQL) is raised as it
+  is, and the transaction is rolled back.
 
 The DSN is a secret: no message this module raises or logs contains its password.
 """
@@ -34,7 +35,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import psycopg
 import structlog
@@ -42,8 +43,17 @@ from psycopg import errors
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.database import StorageUnavailable
 from storage.pg_dsn import describe, redact
+from storage.port import (
+    CannotOpen,
+    Connection,
+    Cursor,
+    Dialect,
+    IntegrityError,
+    Row,
+    StorageUnavailable,
+    Work,
+)
 from storage.postgres_migrations import migrate
 
 T = TypeVar("T")
@@ -55,6 +65,7 @@ CONFLICT_RETRIES = 5
 CONFLICT_PAUSE = (0.005, 0.2)  # seconds: first pause (randomised), cap; doubling between
 # While writes fail, a probe write is tried this often, in seconds.
 WATCH_EVERY = 1.0
+MIN_TIMEOUT = 0.05  # seconds: the least wait for a connection or a lock
 APPLICATION_NAME = "messenger-bridge"  # in pg_stat_activity, for the operators
 
 # SQLSTATE classes and codes that say "the database cannot take this now", not "this work is
@@ -101,23 +112,22 @@ class PgConnection:
     """One transaction's connection, as the repositories use it: `execute(sql, params)` with
     `?` placeholders, rows addressable by column name (`row["id"]`)."""
 
-    dialect: Final = "postgres"
+    dialect: Final[Dialect] = "postgres"
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[DictRow]:
-        return self._conn.execute(translate(sql), tuple(params))
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor:
+        # A psycopg cursor of dict rows is a port Cursor; mypy cannot see list[DictRow] as
+        # list[Row] (a list is invariant).
+        return cast(Cursor, self._conn.execute(translate(sql), tuple(params)))
 
-    def executemany(
-        self, sql: str, seq_of_params: Iterable[Sequence[Any]], /
-    ) -> psycopg.Cursor[DictRow]:
+    def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]], /) -> Cursor:
         cur = self._conn.cursor()
+        # psycopg's rowcount after executemany counts the rows of every statement, as the port
+        # says (sqlite3's does too).
         cur.executemany(translate(sql), [tuple(p) for p in seq_of_params])
-        return cur
-
-
-Work = Callable[[PgConnection], T]
+        return cast(Cursor, cur)
 
 
 class _CommitLost(Exception):
@@ -130,7 +140,7 @@ class PostgresStore:
     connections kept open, and at most open (so also works run at once). `timeout`: seconds a
     call may wait for a connection or for another's lock before it raises StorageUnavailable."""
 
-    dialect: Final = "postgres"
+    dialect: Final[Dialect] = "postgres"
 
     def __init__(self, dsn: str, pool_min: int = 2, pool_max: int = 10, timeout: float = 5.0):
         if not 1 <= pool_min <= pool_max:
@@ -138,7 +148,9 @@ class PostgresStore:
         self._dsn = dsn
         self.where = describe(dsn)  # the DSN without its password, for messages and logs
         self._pool_min, self._pool_max = pool_min, pool_max
-        self._timeout = timeout
+        # busy_timeout may be 0 ("never wait for a lock"); PostgreSQL's lock_timeout 0 would
+        # mean "wait forever", and a pool wait of 0 would refuse every work.
+        self._timeout = max(timeout, MIN_TIMEOUT)
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -165,32 +177,34 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Connect, migrate (under the migration lock: replicas starting together migrate
-        once) and fill the pool. Raises StorageUnavailable when the server cannot be reached
-        or refuses the credentials, SchemaTooNew for a database newer than the code."""
+        once) and fill the pool. Raises CannotOpen when the server cannot be reached or
+        refuses the credentials (the message names the database, its password masked),
+        SchemaTooNew for a database newer than the code."""
         self._executor = ThreadPoolExecutor(
             max_workers=self._pool_max, thread_name_prefix="pg-store"
         )
-        try:
-            self.schema_version = await self._in_thread(self._migrate)
-            self._pool = self._new_pool()
-            await self._in_thread(self._open_pool)
-        except BaseException:
-            await self.close()
-            raise
+        await self._opening(migrate=True)
         self._watch_task = asyncio.create_task(self._watch_loop(), name="pg-watch")
 
     async def open_reader(self) -> None:
         """Reads only (a delivery process's store): the pool, no migrations (the serving
-        process migrated first), and writes refused. Raises StorageUnavailable as `open`."""
+        process migrated first), and writes refused. Raises CannotOpen as `open`."""
         self._reads_only = True
         self._executor = ThreadPoolExecutor(
             max_workers=self._pool_max, thread_name_prefix="pg-reader"
         )
+        await self._opening(migrate=False)
+
+    async def _opening(self, *, migrate: bool) -> None:
         try:
+            if migrate:
+                self.schema_version = await self._in_thread(self._migrate)
             self._pool = self._new_pool()
             await self._in_thread(self._open_pool)
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, StorageUnavailable):
+                raise CannotOpen(str(exc)) from None
             raise
 
     def _new_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
@@ -274,10 +288,10 @@ class PostgresStore:
             self._note_fault(str(exc))
             raise
 
-    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return await self.read(lambda conn: conn.execute(sql, params).fetchall())
 
-    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         return await self.read(lambda conn: conn.execute(sql, params).fetchone())
 
     async def readable(self) -> bool:
@@ -315,6 +329,8 @@ class PostgresStore:
                 raise StorageUnavailable(
                     f"no database connection within {self._timeout:g} s"
                 ) from None
+            except errors.IntegrityError as exc:
+                raise IntegrityError(self._message(exc)) from exc
             except psycopg.Error as exc:
                 if _broken(exc) and not reconnected and time.monotonic() < deadline:
                     # Idle connections of the pool are likely as dead as this one was: test
@@ -372,7 +388,7 @@ class PostgresStore:
                     await self.write(_probe)
 
 
-def _probe(conn: PgConnection) -> None:
+def _probe(conn: Connection) -> None:
     """A write that changes nothing: it takes a transaction id, which a standby (read-only
     after a failover) refuses."""
     conn.execute("SELECT pg_current_xact_id()")
