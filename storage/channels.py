@@ -40,8 +40,8 @@ def sync_from_config(
         """INSERT INTO channels (id, state, since, enabled, config_enabled)
            VALUES (?, CASE WHEN ? = 1 THEN 'connecting' ELSE 'disconnected' END, ?, ?, ?)
            ON CONFLICT (id) DO UPDATE SET
-               enabled = CASE WHEN config_enabled != excluded.config_enabled
-                              THEN excluded.config_enabled ELSE enabled END,
+               enabled = CASE WHEN channels.config_enabled != excluded.config_enabled
+                              THEN excluded.config_enabled ELSE channels.enabled END,
                config_enabled = excluded.config_enabled""",
         (channel_id, int(config_enabled), now, int(config_enabled), int(config_enabled)),
     )

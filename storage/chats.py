@@ -114,10 +114,10 @@ def upsert_chat(
                               livechat_id, created_at, url_key)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (channel_id, external_chat_id) DO UPDATE SET
-               name = coalesce(excluded.name, name),
+               name = coalesce(excluded.name, chats.name),
                user_id = excluded.user_id,
                livechat_id = excluded.livechat_id,
-               url_key = coalesce(url_key, excluded.url_key)
+               url_key = coalesce(chats.url_key, excluded.url_key)
            RETURNING id""",
         (
             channel_id,

@@ -11,7 +11,8 @@ retention.py) are plain functions whose SQL is shared by every backend, as in ma
 The SQL the repositories write is the subset SQLite >= 3.35 and PostgreSQL >= 13 share:
 `?` positional placeholders only (a backend whose driver wants `%s` translates them), no
 `:name` or `?1` parameters, `INSERT ... ON CONFLICT ... DO NOTHING / DO UPDATE SET x =
-excluded.x`, `RETURNING id` (never `lastrowid`), no `INSERT OR IGNORE / REPLACE`, no `rowid`,
+excluded.x` (the old row's columns named by their table, `coalesce(t.x, excluded.x)`: a bare
+`x` is ambiguous to PostgreSQL), `RETURNING id` (never `lastrowid`), no `INSERT OR IGNORE / REPLACE`, no `rowid`,
 no functions of one engine only (`json_extract`, `strftime`, `ifnull`, `group_concat`...),
 integer 0/1 flags compared and bound as integers, rows read by column name (`row["col"]`,
 never `row[0]`: a select names or aliases every column it reads). Where the two must differ,

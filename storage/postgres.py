@@ -177,7 +177,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Connect, migrate (under the migration lock: replicas starting together migrate
-        once) and fill the pool. Raises CannotOpen when the server cannot be reached or
+        once) and open the pool. Raises CannotOpen when the server cannot be reached or
         refuses the credentials (the message names the database, its password masked),
         SchemaTooNew for a database newer than the code."""
         self._executor = ThreadPoolExecutor(
@@ -197,10 +197,13 @@ class PostgresStore:
 
     async def _opening(self, *, migrate: bool) -> None:
         try:
-            if migrate:
-                self.schema_version = await self._in_thread(self._migrate)
+            self.schema_version = await self._in_thread(self._first_connection, migrate)
             self._pool = self._new_pool()
-            await self._in_thread(self._open_pool)
+            # Not waiting for the pool to fill (`open(wait=True)`): that wait cannot be cut
+            # short, and a store closed while starting (a delivery process stopped at once)
+            # would hold its process for `timeout`. The first connection above proved the
+            # server and the credentials; a work waits for its connection.
+            await self._in_thread(self._pool.open, False)
         except BaseException as exc:
             await self.close()
             if isinstance(exc, StorageUnavailable):
@@ -219,23 +222,18 @@ class PostgresStore:
             open=False,
         )
 
-    def _migrate(self) -> int:
+    def _first_connection(self, migrate_first: bool) -> int:
+        """A connection of its own, before the pool: migrate on it (`open`), or only see that
+        the server takes us (`open_reader`). Returns the schema version, 0 when not read."""
         try:
             with psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs()) as conn:
-                return migrate(conn)
+                if migrate_first:
+                    return migrate(conn)
+                conn.execute("SELECT 1")
+                return 0
         except psycopg.Error as exc:
             raise StorageUnavailable(
                 f"cannot open the database {self.where}: {self._message(exc)}"
-            ) from None
-
-    def _open_pool(self) -> None:
-        assert self._pool is not None
-        try:
-            self._pool.open(wait=True, timeout=max(self._timeout, 1.0))
-        except PoolTimeout:
-            raise StorageUnavailable(
-                f"cannot fill the connection pool of {self.where}"
-                f" ({self._pool_min} connections) within {self._timeout:g} s"
             ) from None
 
     async def close(self) -> None:

@@ -20,11 +20,11 @@ import pytest
 
 from bridge.settings import ConfigError, config_warnings, settings_from_dict
 from storage.database import SqliteConnection, StorageUnavailable
-from storage.port import CannotOpen, IntegrityError
 from storage.migrations import LATEST as SQLITE_LATEST
 from storage.migrations import MIGRATIONS, SchemaTooNew
 from storage.migrations import migrate as migrate_sqlite
 from storage.pg_dsn import describe, passwords, redact
+from storage.port import CannotOpen, IntegrityError
 from tests.conftest import eventually
 from tests.pg import PgServer
 
