@@ -10,6 +10,11 @@ What can go wrong, and what the caller sees:
 
 - A serialization failure or a deadlock (the server chose this transaction to roll back): the
   work is run again, up to `CONFLICT_RETRIES` times, after a short random pause.
+- A unique violation: nearly always a race, not a bug. Works read, then decide, then insert
+  (the chat's first message opens its session, a duplicate is looked up by its key), and
+  under READ COMMITTED two concurrent works can both find nothing and both insert; SQLite,
+  one writer at a time, never lets them. The loser is run again like a conflict, and then
+  sees the winner's committed row. Still violated after the retries: `IntegrityError`.
 - The connection found broken before the commit (the server restarted, a failover, an idle
   connection cut by a firewall): the pool's idle connections are checked and the work is run
   once more on a fresh one. Lost during the commit itself: `StorageUnavailable`, since the
@@ -313,9 +318,15 @@ class PostgresStore:
         while True:
             try:
                 return self._attempt(work, deadline, read_only)
-            except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
+            except (
+                errors.SerializationFailure,
+                errors.DeadlockDetected,
+                errors.UniqueViolation,
+            ) as exc:
                 conflicts += 1
                 if conflicts > CONFLICT_RETRIES:
+                    if isinstance(exc, errors.UniqueViolation):
+                        raise IntegrityError(self._message(exc)) from exc
                     raise StorageUnavailable(self._message(exc)) from None
                 first, cap = CONFLICT_PAUSE
                 time.sleep(random.uniform(0, min(cap, first * 2**conflicts)))
