@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -131,6 +133,38 @@ def _log_to_suite_sink(_suite_log: TextIO) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=_suite_log),
         cache_logger_on_first_use=False,
     )
+
+
+@contextlib.asynccontextmanager
+async def database_locked(storage: dict[str, Any]) -> AsyncIterator[None]:
+    """Another program holds the bridge's database locked against writes while in the block
+    (reads go on): SQLite's `BEGIN EXCLUSIVE` on the file; PostgreSQL's `LOCK TABLE ... IN
+    EXCLUSIVE MODE` on every table. A write of the bridge waits for it up to busy_timeout."""
+    if storage.get("backend") == "postgres":
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(storage["dsn"])
+        try:
+            rows = await (
+                await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).fetchall()
+            tables = ", ".join(f'"{name}"' for (name,) in rows)
+            await conn.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+            yield
+        finally:
+            await conn.rollback()
+            await conn.close()
+        return
+    locker = sqlite3.connect(
+        storage["path"], timeout=5, isolation_level=None, check_same_thread=False
+    )
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            locker.execute("ROLLBACK")
+        locker.close()
 
 
 def bound_socket(port: int = 0) -> socket.socket:
