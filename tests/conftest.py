@@ -59,7 +59,8 @@ DSN_SECRETS: set[str] = set()
 # once per backend: `[sqlite]` on a file in its tmp_path, `[postgres]` on a fresh database of
 # its own on the session's PostgreSQL server (tests/pg.py), or skipped saying why that server
 # cannot be had. A test about SQLite itself (its file, WAL, locks) is marked
-# `@pytest.mark.sqlite_only("why")`: its PostgreSQL variant is skipped with that reason.
+# `@pytest.mark.sqlite_only("why")`: its PostgreSQL variant is skipped with that reason. A test
+# whose own bridge does not use the world's database runs once: `@pytest.mark.backends("x")`.
 
 BACKENDS = ("sqlite", "postgres")
 
@@ -69,12 +70,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "sqlite_only(reason): a test of SQLite itself; its [postgres] variant is skipped",
     )
+    config.addinivalue_line(
+        "markers", "backends(*names): the only backends the test runs on, no variant skipped"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
     only = metafunc.definition.get_closest_marker("sqlite_only")
+    chosen = metafunc.definition.get_closest_marker("backends")
     params = [
         pytest.param(
             name,
@@ -83,6 +88,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             else [],
         )
         for name in BACKENDS
+        if chosen is None or name in chosen.args
     ]
     metafunc.parametrize("backend", params)
 
