@@ -125,14 +125,28 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor:
         # A psycopg cursor of dict rows is a port Cursor; mypy cannot see list[DictRow] as
         # list[Row] (a list is invariant).
-        return cast(Cursor, self._conn.execute(translate(sql), tuple(params)))
+        return cast(Cursor, self._conn.execute(translate(sql), _storable(params)))
 
     def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]], /) -> Cursor:
         cur = self._conn.cursor()
         # psycopg's rowcount after executemany counts the rows of every statement, as the port
         # says (sqlite3's does too).
-        cur.executemany(translate(sql), [tuple(p) for p in seq_of_params])
+        cur.executemany(translate(sql), [_storable(p) for p in seq_of_params])
         return cast(Cursor, cur)
+
+
+NUL = "\x00"
+NUL_STORED = "\ufffd"  # U+FFFD REPLACEMENT CHARACTER
+
+
+def _storable(params: Sequence[Any]) -> tuple[Any, ...]:
+    """The parameters with every NUL character of a string replaced by U+FFFD: PostgreSQL's
+    text cannot hold NUL (the server refuses the whole statement), SQLite's can. Outside input
+    may carry one (a webhook's JSON string with the escape for it); it is never meaningful
+    text. (JSON the repositories write escapes it: a jsonb cast of such a document fails.)"""
+    return tuple(
+        p.replace(NUL, NUL_STORED) if isinstance(p, str) and NUL in p else p for p in params
+    )
 
 
 class _CommitLost(Exception):

@@ -292,6 +292,14 @@ async def test_write_and_read_round_trip(pg: PostgresStore) -> None:
     assert await pg.write(lambda conn: conn.execute(upsert, ("a", 7)).fetchone()) == {"last_id": 7}
 
 
+async def test_text_with_a_nul_character_is_stored(pg: PostgresStore) -> None:
+    """Outside input may hold a NUL (a webhook's JSON string with its escape), which
+    PostgreSQL's text refuses: it is stored as U+FFFD."""
+    item = await pg.write(new_item("lane\x00nul"))
+    row = await pg.fetch_one("SELECT lane FROM outbox WHERE id = ?", (item,))
+    assert row == {"lane": "lane\ufffdnul"}
+
+
 async def test_a_failing_work_is_rolled_back_and_its_error_raised_as_it_is(
     pg: PostgresStore,
 ) -> None:
