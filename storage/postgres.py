@@ -6,15 +6,25 @@ change is on the server's disk (with its `synchronous_commit`, on by default). U
 PostgreSQL takes concurrent writers, so there is no single writer and no group commit: up to
 `pool_max` works run at once, each on its own connection.
 
+Isolation: every write work runs SERIALIZABLE. The repositories were written for SQLite, whose
+one writer never lets two works interleave: a work reads, decides, then writes on what it read
+(a chat's first message opens its session; a resend of a failed message queues it again; a
+reply whose chat is not linked yet is kept while the link, at the same time, takes what was
+kept). Under READ COMMITTED two such works at once can both decide on what neither sees of
+the other, and a message is queued twice or kept forever. SERIALIZABLE makes the server roll
+one of them back instead, and the store runs it again: SQLite's outcome, whatever the work.
+Reads (`read`, `fetch_all`...) run READ COMMITTED, read only: one statement's snapshot.
+
 What can go wrong, and what the caller sees:
 
 - A serialization failure or a deadlock (the server chose this transaction to roll back): the
-  work is run again, up to `CONFLICT_RETRIES` times, after a short random pause.
-- A unique violation: nearly always a race, not a bug. Works read, then decide, then insert
-  (the chat's first message opens its session, a duplicate is looked up by its key), and
-  under READ COMMITTED two concurrent works can both find nothing and both insert; SQLite,
-  one writer at a time, never lets them. The loser is run again like a conflict, and then
-  sees the winner's committed row. Still violated after the retries: `IntegrityError`.
+  work is run again after a short random pause, until `timeout` seconds from the call have
+  passed (a row every work updates, under load, takes many tries; none in the bridge is so
+  hot, but a count of tries would fail them where waiting a little more succeeds).
+- A unique violation: nearly always a race, not a bug (two works inserting the same key at
+  once; SERIALIZABLE reports most of these as serialization failures already). It is run
+  again like a conflict (`UNIQUE_RETRIES` times at most), and then sees the winner's
+  committed row. Still violated: `IntegrityError`.
 - The connection found broken before the commit (the server restarted, a failover, an idle
   connection cut by a firewall): the pool's idle connections are checked and the work is run
   once more on a fresh one. Lost during the commit itself: `StorageUnavailable`, since the
@@ -66,8 +76,10 @@ T = TypeVar("T")
 log = structlog.get_logger("storage")
 
 # A conflict the server resolved by rolling one transaction back: run it again, this often.
-CONFLICT_RETRIES = 5
-CONFLICT_PAUSE = (0.005, 0.2)  # seconds: first pause (randomised), cap; doubling between
+# A unique violation is run again this often at most: the winner has committed by then, and
+# one still violated is the work's own error.
+UNIQUE_RETRIES = 3
+CONFLICT_PAUSE = (0.005, 0.1)  # seconds: first pause (randomised), cap; doubling between
 # While writes fail, a probe write is tried this often, in seconds.
 WATCH_EVERY = 1.0
 MIN_TIMEOUT = 0.05  # seconds: the least wait for a connection or a lock
@@ -191,7 +203,8 @@ class PostgresStore:
             "connect_timeout": max(2, math.ceil(self._timeout)),  # libpq: whole seconds, >= 2
             # A row lock held by another (another replica's long transaction) fails this one
             # after `timeout`, as SQLite's busy_timeout does, instead of holding a request.
-            "options": f"-c lock_timeout={int(self._timeout * 1000)}",
+            "options": f"-c lock_timeout={int(self._timeout * 1000)}"
+            " -c default_transaction_isolation=serializable",  # see the module's docstring
         }
 
     async def open(self) -> None:
@@ -327,7 +340,7 @@ class PostgresStore:
     def _run(self, work: Work[T], deadline: float, read_only: bool) -> T:
         """In a worker thread: `work` in one transaction, retried as the module's docstring
         says. Raises StorageUnavailable, or what `work` raised."""
-        conflicts = 0
+        conflicts = violations = 0
         reconnected = False
         while True:
             try:
@@ -338,12 +351,16 @@ class PostgresStore:
                 errors.UniqueViolation,
             ) as exc:
                 conflicts += 1
-                if conflicts > CONFLICT_RETRIES:
-                    if isinstance(exc, errors.UniqueViolation):
+                first, cap = CONFLICT_PAUSE
+                pause = random.uniform(0, min(cap, first * 2**conflicts))
+                unique = isinstance(exc, errors.UniqueViolation)
+                if unique and (violations := violations + 1) > UNIQUE_RETRIES:
+                    raise IntegrityError(self._message(exc)) from exc
+                if time.monotonic() + pause >= deadline:
+                    if unique:
                         raise IntegrityError(self._message(exc)) from exc
                     raise StorageUnavailable(self._message(exc)) from None
-                first, cap = CONFLICT_PAUSE
-                time.sleep(random.uniform(0, min(cap, first * 2**conflicts)))
+                time.sleep(pause)
             except _CommitLost as exc:
                 raise StorageUnavailable(
                     f"connection lost while committing, the outcome is unknown: {exc}"
@@ -375,7 +392,7 @@ class PostgresStore:
             raise PoolTimeout()
         with pool.connection(timeout=wait) as conn:
             if read_only:
-                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY")
             try:
                 result = work(PgConnection(conn))
             except BaseException:

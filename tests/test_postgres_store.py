@@ -364,6 +364,35 @@ async def test_a_deadlock_is_retried_until_both_commit(pg: PostgresStore) -> Non
     assert rows == [{"name": "a", "last_id": 11}, {"name": "b", "last_id": 11}]
 
 
+async def test_works_that_decide_on_what_they_read_run_as_if_one_at_a_time(
+    pg: PostgresStore,
+) -> None:
+    """Two works each find no row, then insert one (a write skew: each row is new, no unique
+    key is shared). SQLite's one writer runs them one after the other, so the second finds the
+    first's row and inserts nothing; SERIALIZABLE makes PostgreSQL end the same way."""
+    both_read = threading.Barrier(2, timeout=5)
+    runs: list[str] = []
+
+    def insert_if_none(name: str) -> Any:
+        def work(conn: PgConnection) -> None:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM retention_marks WHERE name LIKE 'skew-%'"
+            ).fetchone()
+            first_run = name not in runs
+            runs.append(name)
+            if first_run:
+                both_read.wait()  # each has read before either writes
+            if row is not None and row["n"] == 0:
+                conn.execute("INSERT INTO retention_marks VALUES (?, 0)", (name,))
+
+        return work
+
+    await asyncio.gather(pg.write(insert_if_none("skew-a")), pg.write(insert_if_none("skew-b")))
+    assert len(runs) == 3  # one of them run again
+    rows = await pg.fetch_all("SELECT name FROM retention_marks WHERE name LIKE 'skew-%'")
+    assert len(rows) == 1
+
+
 async def test_a_reader_reads_and_refuses_writes(pg: PostgresStore, pg_dsn: str) -> None:
     await pg.write(new_item("lane-r"))
     reader = store(pg_dsn, pool_min=1, pool_max=2)
