@@ -264,12 +264,6 @@ def config_warnings(settings: Settings) -> list[str]:
             found.append(
                 f"{path}: still the example's placeholder ('{EXAMPLE_SECRET_MARK}...'); set a secret of your own"
             )
-    if settings.storage.backend == "postgres":
-        # TODO(issue 14): gone once the store factory builds storage.postgres.PostgresStore.
-        found.append(
-            'storage.backend: "postgres" is not used by this version yet; the service runs on'
-            " SQLite at storage.path"
-        )
     return found
 
 

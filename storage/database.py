@@ -38,7 +38,7 @@ import aiosqlite
 import structlog
 
 from storage.migrations import migrate
-from storage.port import CannotOpen, Connection, Dialect, Row, Work
+from storage.port import CannotOpen, Connection, Dialect, IntegrityError, Row, Work
 from storage.port import DatabaseInUse as DatabaseInUse
 from storage.port import StorageUnavailable as StorageUnavailable
 
@@ -331,8 +331,9 @@ class Database:
 
         Raises StorageUnavailable when it cannot be committed: the database file deleted or
         replaced, locked by another for longer than busy_timeout (counted from this call),
-        read-only, full, an I/O error, or closed. Errors raised by `work` itself (such as
-        sqlite3.IntegrityError) are raised as they are, and fail only this work."""
+        read-only, full, an I/O error, or closed. IntegrityError when a constraint refused the
+        work's change. Other errors raised by `work` itself are raised as they are, and fail
+        only this work."""
         if self._task is None or self._task.done():
             raise StorageUnavailable("database not open")
         if self._lost is not None:
@@ -551,9 +552,12 @@ def _refused(exc: Exception, deadlines: list[float]) -> list[Outcome]:
 
 
 def _unavailable(exc: BaseException) -> BaseException:
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError
-    ):
+    """What the caller of `write` sees of a failed work's error (the port's exceptions)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        refused = IntegrityError(str(exc))
+        refused.__cause__ = exc
+        return refused
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
         log.error("storage.write_failed", error=str(exc))
         return StorageUnavailable(str(exc))
     return exc

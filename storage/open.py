@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, cast
+from typing import Literal, Protocol
 
 from storage.database import Database
 from storage.port import Store
 
 
+class Secret(Protocol):
+    """A secret setting (pydantic's SecretStr): its value only when asked for."""
+
+    def get_secret_value(self) -> str: ...
+
+
 class StorageConfig(Protocol):
     """What building a store reads of `[storage]` (bridge.settings.StorageSettings)."""
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgres"]: ...
 
     @property
     def path(self) -> str: ...  # the SQLite file; ":memory:" for a private in-memory one
@@ -19,36 +28,27 @@ class StorageConfig(Protocol):
     def synchronous(self) -> str: ...  # SQLite: "normal" | "full"
 
     @property
-    def busy_timeout(self) -> float: ...  # s a write waits for a lock held by another
+    def busy_timeout(
+        self,
+    ) -> float: ...  # s a write waits for a lock (PostgreSQL: a connection too)
 
     @property
     def wal_max_bytes(self) -> int: ...  # SQLite: the WAL file's bound
 
     @property
-    def backend(self) -> str: ...  # "sqlite" | "postgres"
+    def dsn(self) -> Secret | None: ...  # PostgreSQL: a libpq URI or key=value string
 
     @property
-    def dsn(self) -> Any: ...  # PostgreSQL: a SecretStr (its get_secret_value())
+    def pool_min(self) -> int: ...  # PostgreSQL: connections kept open per store
 
     @property
-    def pool_min(self) -> int: ...
-
-    @property
-    def pool_max(self) -> int: ...
+    def pool_max(self) -> int: ...  # PostgreSQL: connections at most open per store
 
 
 def build_store(config: StorageConfig) -> Store:
     """The store the serving process reads and writes through; not open yet (`Store.open`)."""
     if config.backend == "postgres":
-        from storage.postgres import PostgresStore  # the driver is an optional extra
-
-        # A cast until PostgresStore's signatures name the port's types (helper G's change).
-        return cast(
-            Store,
-            PostgresStore(
-                config.dsn.get_secret_value(), config.pool_min, config.pool_max, config.busy_timeout
-            ),
-        )
+        return _postgres(config, config.pool_min, config.pool_max)
     return Database(config.path, config.synchronous, config.busy_timeout, config.wal_max_bytes)
 
 
@@ -57,9 +57,21 @@ def build_reader(config: StorageConfig) -> Store | None:
     process's own), opened with `Store.open_reader` once the main store is open; None when
     the main store must serve them too (an in-memory SQLite database, which a second
     connection would not see)."""
-    if config.path == ":memory:" or config.backend == "postgres":
+    if config.backend == "postgres":
+        # A delivery reads an item and its message or event, one query at a time: a small pool.
+        return _postgres(config, 1, min(config.pool_max, 4))
+    if config.path == ":memory:":
         return None
     return Database(config.path, config.synchronous)
+
+
+def _postgres(config: StorageConfig, pool_min: int, pool_max: int) -> Store:
+    # Imported here: psycopg is an optional dependency (the `postgres` extra), which settings
+    # check for before anything is built.
+    from storage.postgres import PostgresStore
+
+    dsn = config.dsn.get_secret_value() if config.dsn is not None else ""
+    return PostgresStore(dsn, pool_min, pool_max, config.busy_timeout)
 
 
 class Listener(Protocol):

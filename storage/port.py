@@ -11,7 +11,8 @@ retention.py) are plain functions whose SQL is shared by every backend, as in ma
 The SQL the repositories write is the subset SQLite >= 3.35 and PostgreSQL >= 13 share:
 `?` positional placeholders only (a backend whose driver wants `%s` translates them), no
 `:name` or `?1` parameters, `INSERT ... ON CONFLICT ... DO NOTHING / DO UPDATE SET x =
-excluded.x`, `RETURNING id` (never `lastrowid`), no `INSERT OR IGNORE / REPLACE`, no `rowid`,
+excluded.x` (the old row's columns named by their table, `coalesce(t.x, excluded.x)`: a bare
+`x` is ambiguous to PostgreSQL), `RETURNING id` (never `lastrowid`), no `INSERT OR IGNORE / REPLACE`, no `rowid`,
 no functions of one engine only (`json_extract`, `strftime`, `ifnull`, `group_concat`...),
 integer 0/1 flags compared and bound as integers, rows read by column name (`row["col"]`,
 never `row[0]`: a select names or aliases every column it reads). Where the two must differ,
@@ -32,6 +33,13 @@ Dialect = Literal["sqlite", "postgres"]
 class StorageUnavailable(Exception):
     """The database cannot take the change now (locked, read-only, disk full, unreachable,
     closed...). A request that meets it gets a 503."""
+
+
+class IntegrityError(Exception):
+    """A constraint refused the change a work made (a unique key already taken, a foreign key
+    missing): raised by `Store.write` in place of the driver's own error (`sqlite3` or psycopg;
+    kept as `__cause__`), the transaction rolled back. A repository that expects a conflict
+    writes `ON CONFLICT` instead; this is for the ones it does not expect."""
 
 
 class DatabaseInUse(Exception):
@@ -109,8 +117,9 @@ class Store(Protocol):
     async def write(self, work: Work[T]) -> T:
         """Run `work` in one transaction; return its result once committed.
 
-        Raises StorageUnavailable when it cannot be committed. Errors raised by `work` itself
-        are raised as they are, and fail only this work."""
+        Raises StorageUnavailable when it cannot be committed, IntegrityError when a
+        constraint refused its change. Other errors raised by `work` itself are raised as they
+        are, and fail only this work."""
         ...
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:

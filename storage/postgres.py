@@ -6,14 +6,25 @@ change is on the server's disk (with its `synchronous_commit`, on by default). U
 PostgreSQL takes concurrent writers, so there is no single writer and no group commit: up to
 `pool_max` works run at once, each on its own connection.
 
+Isolation: every write work runs SERIALIZABLE. The repositories were written for SQLite, whose
+one writer never lets two works interleave: a work reads, decides, then writes on what it read
+(a chat's first message opens its session; a resend of a failed message queues it again; a
+reply whose chat is not linked yet is kept while the link, at the same time, takes what was
+kept). Under READ COMMITTED two such works at once can both decide on what neither sees of
+the other, and a message is queued twice or kept forever. SERIALIZABLE makes the server roll
+one of them back instead, and the store runs it again: SQLite's outcome, whatever the work.
+Reads (`read`, `fetch_all`...) run READ COMMITTED, read only: one statement's snapshot.
+
 What can go wrong, and what the caller sees:
 
 - A serialization failure or a deadlock (the server chose this transaction to roll back): the
-  work is run again, up to `CONFLICT_RETRIES` times, after a short random pause.
-- A unique violation: the work is run again once. Works look before they insert ("is this
-  message stored?", "is a session open?"); under READ COMMITTED another replica can insert the
-  same key between the look and the insert, and the second run sees its row. A second
-  violation is the work's own, and is raised.
+  work is run again after a short random pause, until `timeout` seconds from the call have
+  passed (a row every work updates, under load, takes many tries; none in the bridge is so
+  hot, but a count of tries would fail them where waiting a little more succeeds).
+- A unique violation: nearly always a race, not a bug (two works inserting the same key at
+  once; SERIALIZABLE reports most of these as serialization failures already). It is run
+  again like a conflict (`UNIQUE_RETRIES` times at most), and then sees the winner's
+  committed row. Still violated: `IntegrityError`.
 - The connection found broken before the commit (the server restarted, a failover, an idle
   connection cut by a firewall): the pool's idle connections are checked and the work is run
   once more on a fresh one. Lost during the commit itself: `StorageUnavailable`, since the
@@ -22,8 +33,9 @@ What can go wrong, and what the caller sees:
   held by another for longer than that, the server out of disk or read-only: the call raises
   `StorageUnavailable`, and `write_fault` says why until a write commits again; meanwhile a
   probe is tried every second, so readiness comes back without waiting for traffic.
-- Anything else the work raises (a unique violation, a bug in its SQL) is raised as it is, and
-  the transaction is rolled back.
+- A constraint the change breaks (a unique key taken): `storage.port.IntegrityError`, the
+  transaction rolled back. Anything else the work raises (a bug in its SQL) is raised as it
+  is, and the transaction is rolled back.
 
 The DSN is a secret: no message this module raises or logs contains its password.
 """
@@ -38,7 +50,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import psycopg
 import structlog
@@ -46,9 +58,18 @@ from psycopg import errors
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.database import StorageUnavailable
 from storage.pg_dsn import describe, redact
 from storage.pg_listen import PgListener
+from storage.port import (
+    CannotOpen,
+    Connection,
+    Cursor,
+    Dialect,
+    IntegrityError,
+    Row,
+    StorageUnavailable,
+    Work,
+)
 from storage.postgres_migrations import migrate
 
 T = TypeVar("T")
@@ -56,10 +77,13 @@ T = TypeVar("T")
 log = structlog.get_logger("storage")
 
 # A conflict the server resolved by rolling one transaction back: run it again, this often.
-CONFLICT_RETRIES = 5
-CONFLICT_PAUSE = (0.005, 0.2)  # seconds: first pause (randomised), cap; doubling between
+# A unique violation is run again this often at most: the winner has committed by then, and
+# one still violated is the work's own error.
+UNIQUE_RETRIES = 3
+CONFLICT_PAUSE = (0.005, 0.1)  # seconds: first pause (randomised), cap; doubling between
 # While writes fail, a probe write is tried this often, in seconds.
 WATCH_EVERY = 1.0
+MIN_TIMEOUT = 0.05  # seconds: the least wait for a connection or a lock
 APPLICATION_NAME = "messenger-bridge"  # in pg_stat_activity, for the operators
 
 # SQLSTATE classes and codes that say "the database cannot take this now", not "this work is
@@ -106,23 +130,36 @@ class PgConnection:
     """One transaction's connection, as the repositories use it: `execute(sql, params)` with
     `?` placeholders, rows addressable by column name (`row["id"]`)."""
 
-    dialect: Final = "postgres"
+    dialect: Final[Dialect] = "postgres"
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[DictRow]:
-        return self._conn.execute(translate(sql), tuple(params))
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor:
+        # A psycopg cursor of dict rows is a port Cursor; mypy cannot see list[DictRow] as
+        # list[Row] (a list is invariant).
+        return cast(Cursor, self._conn.execute(translate(sql), _storable(params)))
 
-    def executemany(
-        self, sql: str, seq_of_params: Iterable[Sequence[Any]], /
-    ) -> psycopg.Cursor[DictRow]:
+    def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]], /) -> Cursor:
         cur = self._conn.cursor()
-        cur.executemany(translate(sql), [tuple(p) for p in seq_of_params])
-        return cur
+        # psycopg's rowcount after executemany counts the rows of every statement, as the port
+        # says (sqlite3's does too).
+        cur.executemany(translate(sql), [_storable(p) for p in seq_of_params])
+        return cast(Cursor, cur)
 
 
-Work = Callable[[PgConnection], T]
+NUL = "\x00"
+NUL_STORED = "\ufffd"  # U+FFFD REPLACEMENT CHARACTER
+
+
+def _storable(params: Sequence[Any]) -> tuple[Any, ...]:
+    """The parameters with every NUL character of a string replaced by U+FFFD: PostgreSQL's
+    text cannot hold NUL (the server refuses the whole statement), SQLite's can. Outside input
+    may carry one (a webhook's JSON string with the escape for it); it is never meaningful
+    text. (JSON the repositories write escapes it: a jsonb cast of such a document fails.)"""
+    return tuple(
+        p.replace(NUL, NUL_STORED) if isinstance(p, str) and NUL in p else p for p in params
+    )
 
 
 class _CommitLost(Exception):
@@ -135,7 +172,7 @@ class PostgresStore:
     connections kept open, and at most open (so also works run at once). `timeout`: seconds a
     call may wait for a connection or for another's lock before it raises StorageUnavailable."""
 
-    dialect: Final = "postgres"
+    dialect: Final[Dialect] = "postgres"
 
     def __init__(self, dsn: str, pool_min: int = 2, pool_max: int = 10, timeout: float = 5.0):
         if not 1 <= pool_min <= pool_max:
@@ -143,7 +180,9 @@ class PostgresStore:
         self._dsn = dsn
         self.where = describe(dsn)  # the DSN without its password, for messages and logs
         self._pool_min, self._pool_max = pool_min, pool_max
-        self._timeout = timeout
+        # busy_timeout may be 0 ("never wait for a lock"); PostgreSQL's lock_timeout 0 would
+        # mean "wait forever", and a pool wait of 0 would refuse every work.
+        self._timeout = max(timeout, MIN_TIMEOUT)
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -165,37 +204,43 @@ class PostgresStore:
             "connect_timeout": max(2, math.ceil(self._timeout)),  # libpq: whole seconds, >= 2
             # A row lock held by another (another replica's long transaction) fails this one
             # after `timeout`, as SQLite's busy_timeout does, instead of holding a request.
-            "options": f"-c lock_timeout={int(self._timeout * 1000)}",
+            "options": f"-c lock_timeout={int(self._timeout * 1000)}"
+            " -c default_transaction_isolation=serializable",  # see the module's docstring
         }
 
     async def open(self) -> None:
         """Connect, migrate (under the migration lock: replicas starting together migrate
-        once) and fill the pool. Raises StorageUnavailable when the server cannot be reached
-        or refuses the credentials, SchemaTooNew for a database newer than the code."""
+        once) and open the pool. Raises CannotOpen when the server cannot be reached or
+        refuses the credentials (the message names the database, its password masked),
+        SchemaTooNew for a database newer than the code."""
         self._executor = ThreadPoolExecutor(
             max_workers=self._pool_max, thread_name_prefix="pg-store"
         )
-        try:
-            self.schema_version = await self._in_thread(self._migrate)
-            self._pool = self._new_pool()
-            await self._in_thread(self._open_pool)
-        except BaseException:
-            await self.close()
-            raise
+        await self._opening(migrate=True)
         self._watch_task = asyncio.create_task(self._watch_loop(), name="pg-watch")
 
     async def open_reader(self) -> None:
         """Reads only (a delivery process's store): the pool, no migrations (the serving
-        process migrated first), and writes refused. Raises StorageUnavailable as `open`."""
+        process migrated first), and writes refused. Raises CannotOpen as `open`."""
         self._reads_only = True
         self._executor = ThreadPoolExecutor(
             max_workers=self._pool_max, thread_name_prefix="pg-reader"
         )
+        await self._opening(migrate=False)
+
+    async def _opening(self, *, migrate: bool) -> None:
         try:
+            self.schema_version = await self._in_thread(self._first_connection, migrate)
             self._pool = self._new_pool()
-            await self._in_thread(self._open_pool)
-        except BaseException:
+            # Not waiting for the pool to fill (`open(wait=True)`): that wait cannot be cut
+            # short, and a store closed while starting (a delivery process stopped at once)
+            # would hold its process for `timeout`. The first connection above proved the
+            # server and the credentials; a work waits for its connection.
+            await self._in_thread(self._pool.open, False)
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, StorageUnavailable):
+                raise CannotOpen(str(exc)) from None
             raise
 
     def _new_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
@@ -210,23 +255,18 @@ class PostgresStore:
             open=False,
         )
 
-    def _migrate(self) -> int:
+    def _first_connection(self, migrate_first: bool) -> int:
+        """A connection of its own, before the pool: migrate on it (`open`), or only see that
+        the server takes us (`open_reader`). Returns the schema version, 0 when not read."""
         try:
             with psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs()) as conn:
-                return migrate(conn)
+                if migrate_first:
+                    return migrate(conn)
+                conn.execute("SELECT 1")
+                return 0
         except psycopg.Error as exc:
             raise StorageUnavailable(
                 f"cannot open the database {self.where}: {self._message(exc)}"
-            ) from None
-
-    def _open_pool(self) -> None:
-        assert self._pool is not None
-        try:
-            self._pool.open(wait=True, timeout=max(self._timeout, 1.0))
-        except PoolTimeout:
-            raise StorageUnavailable(
-                f"cannot fill the connection pool of {self.where}"
-                f" ({self._pool_min} connections) within {self._timeout:g} s"
             ) from None
 
     async def close(self) -> None:
@@ -279,10 +319,10 @@ class PostgresStore:
             self._note_fault(str(exc))
             raise
 
-    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return await self.read(lambda conn: conn.execute(sql, params).fetchall())
 
-    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         return await self.read(lambda conn: conn.execute(sql, params).fetchone())
 
     async def readable(self) -> bool:
@@ -301,21 +341,27 @@ class PostgresStore:
     def _run(self, work: Work[T], deadline: float, read_only: bool) -> T:
         """In a worker thread: `work` in one transaction, retried as the module's docstring
         says. Raises StorageUnavailable, or what `work` raised."""
-        conflicts = 0
-        reconnected = raced = False
+        conflicts = violations = 0
+        reconnected = False
         while True:
             try:
                 return self._attempt(work, deadline, read_only)
-            except errors.UniqueViolation:
-                if raced:
-                    raise
-                raced = True  # another replica's insert of the same key: look again
-            except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
+            except (
+                errors.SerializationFailure,
+                errors.DeadlockDetected,
+                errors.UniqueViolation,
+            ) as exc:
                 conflicts += 1
-                if conflicts > CONFLICT_RETRIES:
-                    raise StorageUnavailable(self._message(exc)) from None
                 first, cap = CONFLICT_PAUSE
-                time.sleep(random.uniform(0, min(cap, first * 2**conflicts)))
+                pause = random.uniform(0, min(cap, first * 2**conflicts))
+                unique = isinstance(exc, errors.UniqueViolation)
+                if unique and (violations := violations + 1) > UNIQUE_RETRIES:
+                    raise IntegrityError(self._message(exc)) from exc
+                if time.monotonic() + pause >= deadline:
+                    if unique:
+                        raise IntegrityError(self._message(exc)) from exc
+                    raise StorageUnavailable(self._message(exc)) from None
+                time.sleep(pause)
             except _CommitLost as exc:
                 raise StorageUnavailable(
                     f"connection lost while committing, the outcome is unknown: {exc}"
@@ -324,6 +370,8 @@ class PostgresStore:
                 raise StorageUnavailable(
                     f"no database connection within {self._timeout:g} s"
                 ) from None
+            except errors.IntegrityError as exc:
+                raise IntegrityError(self._message(exc)) from exc
             except psycopg.Error as exc:
                 if _broken(exc) and not reconnected and time.monotonic() < deadline:
                     # Idle connections of the pool are likely as dead as this one was: test
@@ -345,7 +393,7 @@ class PostgresStore:
             raise PoolTimeout()
         with pool.connection(timeout=wait) as conn:
             if read_only:
-                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY")
             try:
                 result = work(PgConnection(conn))
             except BaseException:
@@ -387,7 +435,7 @@ class PostgresStore:
                     await self.write(_probe)
 
 
-def _probe(conn: PgConnection) -> None:
+def _probe(conn: Connection) -> None:
     """A write that changes nothing: it takes a transaction id, which a standby (read-only
     after a failover) refuses."""
     conn.execute("SELECT pg_current_xact_id()")

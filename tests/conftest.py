@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +24,7 @@ from aiohttp import web
 from bridge.app import create_app
 from bridge.keys import CHANNELS, DATABASE
 from bridge.settings import Settings, settings_from_dict
+from storage.pg_dsn import passwords as dsn_passwords
 from storage.port import Store
 from tests import stored
 from tests.sim.chatvisor import ChatvisorSim
@@ -46,6 +49,58 @@ SUBSCRIPTION_SECRETS = [
     "whsec_" + base64.b64encode(b"b" * 24).decode(),
 ]
 JIVO_URL_SECRET = "x7Kq2mPz9"  # the random part of the simulated Chat API URL
+# The test PostgreSQL server's passwords, from the DSNs handed out (see `storage`).
+DSN_SECRETS: set[str] = set()
+
+
+# --- the storage backend ------------------------------------------------------------------
+#
+# Every test that asks for `backend` (through `world`, `running`, `jivo` or `storage`) runs
+# once per backend: `[sqlite]` on a file in its tmp_path, `[postgres]` on a fresh database of
+# its own on the session's PostgreSQL server (tests/pg.py), or skipped saying why that server
+# cannot be had. A test about SQLite itself (its file, WAL, locks) is marked
+# `@pytest.mark.sqlite_only("why")`: its PostgreSQL variant is skipped with that reason. A test
+# whose own bridge does not use the world's database runs once: `@pytest.mark.backends("x")`.
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): a test of SQLite itself; its [postgres] variant is skipped",
+    )
+    config.addinivalue_line(
+        "markers", "backends(*names): the only backends the test runs on, no variant skipped"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    chosen = metafunc.definition.get_closest_marker("backends")
+    params = [
+        pytest.param(
+            name,
+            marks=[pytest.mark.skip(reason=f"SQLite only: {only.args[0]}")]
+            if only is not None and name != "sqlite"
+            else [],
+        )
+        for name in BACKENDS
+        if chosen is None or name in chosen.args
+    ]
+    metafunc.parametrize("backend", params)
+
+
+@pytest.fixture
+def storage(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The `[storage]` section of the test's bridges on its backend."""
+    if backend == "postgres":
+        dsn: str = request.getfixturevalue("pg_dsn")
+        DSN_SECRETS.update(dsn_passwords(dsn))
+        return {"backend": "postgres", "dsn": dsn, "pool_min": 1, "pool_max": 4}
+    return {"path": str(tmp_path / "bridge.sqlite3")}
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +119,7 @@ def _suite_log() -> Iterator[TextIO]:
         "jivo-hook-token-7777",
         JIVO_URL_SECRET,
         *SUBSCRIPTION_SECRETS,
+        *DSN_SECRETS,
     ]
     leaked = [secret for secret in secrets if secret in text]
     assert not leaked, f"secrets found in the suite's logs: {len(leaked)} of {len(secrets)}"
@@ -83,6 +139,38 @@ def _log_to_suite_sink(_suite_log: TextIO) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=_suite_log),
         cache_logger_on_first_use=False,
     )
+
+
+@contextlib.asynccontextmanager
+async def database_locked(storage: dict[str, Any]) -> AsyncIterator[None]:
+    """Another program holds the bridge's database locked against writes while in the block
+    (reads go on): SQLite's `BEGIN EXCLUSIVE` on the file; PostgreSQL's `LOCK TABLE ... IN
+    EXCLUSIVE MODE` on every table. A write of the bridge waits for it up to busy_timeout."""
+    if storage.get("backend") == "postgres":
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(storage["dsn"])
+        try:
+            rows = await (
+                await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).fetchall()
+            tables = ", ".join(f'"{name}"' for (name,) in rows)
+            await conn.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+            yield
+        finally:
+            await conn.rollback()
+            await conn.close()
+        return
+    locker = sqlite3.connect(
+        storage["path"], timeout=5, isolation_level=None, check_same_thread=False
+    )
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            locker.execute("ROLLBACK")
+        locker.close()
 
 
 def bound_socket(port: int = 0) -> socket.socket:
@@ -210,9 +298,12 @@ def make_config(
 class World:
     """Everything a test needs: the two simulators, the bridge, and an HTTP client."""
 
-    def __init__(self, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, tmp_path: Path, http: aiohttp.ClientSession, storage: dict[str, Any] | None = None
+    ) -> None:
         self.tmp_path = tmp_path
         self.http = http
+        self.storage = storage or {"path": str(tmp_path / "bridge.sqlite3")}
         self.messenger = MessengerSim(CODE)
         self.chatvisor = ChatvisorSim(API_TOKEN)
         self.messenger_server = SimServer(self.messenger.app)
@@ -237,6 +328,7 @@ class World:
             self.messenger_server.url,
             self.chatvisor_server.url,
             delivery=delivery,
+            storage={**self.storage, **over.pop("storage", {})},
             **over,
         )
 
@@ -288,8 +380,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[World]:
-    w = World(tmp_path, http)
+async def world(
+    tmp_path: Path, http: aiohttp.ClientSession, storage: dict[str, Any]
+) -> AsyncIterator[World]:
+    w = World(tmp_path, http, storage)
     await w.start_sims()
     yield w
     await w.stop()

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from storage.pg_dsn import passwords as dsn_passwords
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,9 +186,10 @@ class BridgeProcess:
         delivery process's lines included, as it writes to the same output. `allow` exempts
         the lines it accepts from the traceback rule: for a known bug, named where it is used.
         """
+        dsn = self.config.get("storage", {}).get("dsn", "")
         for index, run in enumerate(self.runs, 1):
             text = run.text()
-            for secret in (ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN):
+            for secret in (ADMIN_TOKEN, API_TOKEN, CODE, HOOK_TOKEN, *dsn_passwords(dsn)):
                 assert secret not in text, f"run {index}: a secret in the log"
             raw_lines = text.splitlines()
             for number, raw in enumerate(raw_lines, 1):

@@ -5,8 +5,6 @@ written is retried, not the outside call it settles."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 from email.utils import formatdate
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests import stored
-from tests.conftest import Jivo, World, eventually
+from tests.conftest import Jivo, World, database_locked, eventually
 
 
 @pytest.mark.parametrize(
@@ -97,18 +95,11 @@ async def test_a_settle_that_cannot_be_written_waits_without_calling_again(
     cv.delay = 1.0  # the call is out when the lock is taken
     assert (await m.send_message(http, "s1", "second", message_id="s1-2"))[0] == 200
     await eventually(lambda: cv.message_calls == calls + 1, what="the call made")
-    locker = sqlite3.connect(
-        bridge.settings.storage.path, timeout=5, isolation_level=None, check_same_thread=False
-    )
-    try:
-        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+    async with database_locked(world.storage):
         await eventually(lambda: cv.texts(customer) == ["first", "second"], what="taken")
         await asyncio.sleep(2.5)  # several settle tries meet the lock
         assert cv.message_calls == calls + 1
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            locker.execute("ROLLBACK")
-        locker.close()
+        assert await stored.outbox_items(bridge.store) != []  # the lock held the settle back
 
     async def settled() -> bool:
         return await stored.outbox_items(bridge.store) == []

@@ -22,6 +22,9 @@ import pytest
 from tests import stored
 from tests.conftest import ADMIN_TOKEN, World, eventually
 
+# What the browser does with the pages; the pages' data on PostgreSQL: test_console [postgres].
+pytestmark = pytest.mark.backends("sqlite")
+
 CHROMIUM = os.environ.get("BRIDGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

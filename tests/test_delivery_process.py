@@ -23,6 +23,10 @@ from tests.conftest import World, eventually
 from tests.procs import ROOT, BridgeProcess
 from tests.test_metrics import scrape, value
 
+# The delivery process's own life (start, share, exit with its parent): not the database's.
+# Its reads on PostgreSQL run in the round trips' [process-postgres] variants.
+pytestmark = pytest.mark.backends("sqlite")
+
 
 async def delivery_process_ready(world: World) -> None:
     assert world.bridge is not None and world.bridge.app is not None

@@ -44,6 +44,11 @@ async def drained(f: Any) -> Any:
     return await eventually(depth, timeout=10, what="the outbox drained")
 
 
+# The lock tests hold the SQLite file with another program's BEGIN EXCLUSIVE; PostgreSQL's
+# equivalent (a table lock against the bridge's writes) is in test_outages and test_call_pacing.
+SQLITE_FILE_LOCK = pytest.mark.sqlite_only("SQLite's file locking by another program")
+
+
 class KnownBug(AssertionError):
     """A regression of a bug these tests found (and that was fixed): named, so it stands out."""
 
@@ -75,9 +80,12 @@ class SlowMessenger(MessengerSim):
 class Faults:
     """Both simulators on loopback, the bridge as a real process, and a client."""
 
-    def __init__(self, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, tmp_path: Path, http: aiohttp.ClientSession, storage: dict[str, Any]
+    ) -> None:
         self.tmp_path = tmp_path
         self.http = http
+        self.storage = storage  # the backend's [storage] (conftest's `storage`)
         self.messenger = SlowMessenger(CODE)
         self.chatvisor = HoldingChatvisor(API_TOKEN)
         self.messenger_server = SimServer(self.messenger.app)
@@ -91,6 +99,7 @@ class Faults:
             self.messenger_server.url,
             self.chatvisor_server.url,
             logging={"level": "info", "format": "json"},
+            storage={**self.storage, **over.pop("storage", {})},
             **over,
         )
         bridge = self.bridge = BridgeProcess(config, self.tmp_path)
@@ -139,10 +148,10 @@ class Faults:
 
 
 @pytest.fixture
-async def faults(tmp_path: Path) -> AsyncIterator[Faults]:
+async def faults(tmp_path: Path, storage: dict[str, Any]) -> AsyncIterator[Faults]:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        f = Faults(tmp_path, http)
+        f = Faults(tmp_path, http, storage)
         await f.messenger_server.start()
         await f.chatvisor_server.start()
         try:
@@ -484,12 +493,14 @@ async def run_with_a_locked_database(f: Faults) -> BridgeProcess:
     return bridge
 
 
+@SQLITE_FILE_LOCK
 @pytest.mark.timeout(300)
 async def test_database_locked_by_another_process(faults: Faults) -> None:
     bridge = await run_with_a_locked_database(faults)
     bridge.assert_clean_logs()
 
 
+@SQLITE_FILE_LOCK
 @pytest.mark.timeout(300)
 async def test_a_locked_database_logs_no_traceback(faults: Faults) -> None:
     bridge = await run_with_a_locked_database(faults)
@@ -498,6 +509,7 @@ async def test_a_locked_database_logs_no_traceback(faults: Faults) -> None:
     bridge.assert_clean_logs()
 
 
+@SQLITE_FILE_LOCK
 @pytest.mark.timeout(120)
 async def test_under_a_lock_each_refusal_comes_within_busy_timeout(faults: Faults) -> None:
     f = faults

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from bridge.core.contacts import email_key, phone_key
 from bridge.settings import ConfigError, settings_from_dict
 from storage import chats
+from storage.port import Connection
 from tests.conftest import HOOK, Jivo, World, eventually, seed
 from tests.procs import ROOT, toml
 
@@ -343,13 +343,13 @@ async def test_contacts_stored_before_keys_are_keyed_at_start(world: World, jivo
     await user_with_phone(jivo, "k1", "u9")
     await jivo.sim.event(jivo.http, real("chat_updated", 9, phone="+79991234567", email="K@X.io"))
     assert world.bridge is not None
+
+    def unkeyed(conn: Connection) -> None:  # as an upgraded database has them: no keys
+        conn.execute("UPDATE users SET phone_key = NULL")
+        conn.execute("UPDATE chats SET contact_phone_key = NULL, contact_email_key = NULL")
+
+    await world.bridge.store.write(unkeyed)  # keys are made at start only
     await world.bridge.stop()
-    # As an upgraded database has them: the originals, no keys.
-    conn = sqlite3.connect(config(jivo)["storage"]["path"])
-    conn.execute("UPDATE users SET phone_key = NULL")
-    conn.execute("UPDATE chats SET contact_phone_key = NULL, contact_email_key = NULL")
-    conn.commit()
-    conn.close()
     await start(jivo)
     keys = await chats.read_keys(world.bridge.store, "acme", "k1")
     assert keys == chats.ContactKeys("+79991234567", "+79991234567", "k@x.io")

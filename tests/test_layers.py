@@ -31,14 +31,15 @@ from bridge.settings import LIVECHAT_KINDS, Settings, settings_from_dict
 from connectors import chatvisor, jivochat, messenger
 from connectors.registry import KINDS, build_connectors
 from storage import chats, events
-from storage.database import Database
+from storage.open import build_store
+from storage.port import Store
 from tests.conftest import ADMIN_TOKEN, CODE, HOOK_TOKEN
 
 
-def _settings(tmp_path: Path) -> Settings:
+def _settings(tmp_path: Path, storage: dict[str, Any] | None = None) -> Settings:
     return settings_from_dict(
         {
-            "storage": {"path": str(tmp_path / "bridge.sqlite3")},
+            "storage": storage or {"path": str(tmp_path / "bridge.sqlite3")},
             "admin": {"token": ADMIN_TOKEN},
             "livechats": {
                 "support": {
@@ -59,11 +60,13 @@ def _settings(tmp_path: Path) -> Settings:
     )
 
 
-async def _relay_with_a_session(tmp_path: Path) -> tuple[Database, Relay, str, int]:
-    """A relay over a fresh database, with one chat and its open session: (db, relay, the
-    chat's client key, the session's id)."""
-    settings = _settings(tmp_path)
-    db = Database(settings.storage.path)
+async def _relay_with_a_session(
+    tmp_path: Path, storage: dict[str, Any]
+) -> tuple[Store, Relay, str, int]:
+    """A relay over a fresh database (of the test's backend), with one chat and its open
+    session: (db, relay, the chat's client key, the session's id)."""
+    settings = _settings(tmp_path, storage)
+    db = build_store(settings.storage)
     await db.open()
     relay = Relay(db, settings, lambda: None)
     accepted = await relay.accept_user_message(
@@ -74,9 +77,9 @@ async def _relay_with_a_session(tmp_path: Path) -> tuple[Database, Relay, str, i
 
 
 async def test_the_relay_acts_on_the_connectors_flags_whatever_the_event_is_named(
-    tmp_path: Path,
+    tmp_path: Path, storage: dict[str, Any]
 ) -> None:
-    db, relay, key, session_id = await _relay_with_a_session(tmp_path)
+    db, relay, key, session_id = await _relay_with_a_session(tmp_path, storage)
     try:
         ref = ChatRef(client_key=key)
         took = Lifecycle(
@@ -98,9 +101,9 @@ async def test_the_relay_acts_on_the_connectors_flags_whatever_the_event_is_name
 
 
 async def test_an_unknown_customers_conversation_is_recorded_under_the_connectors_name(
-    tmp_path: Path,
+    tmp_path: Path, storage: dict[str, Any]
 ) -> None:
-    db, relay, _, _ = await _relay_with_a_session(tmp_path)
+    db, relay, _, _ = await _relay_with_a_session(tmp_path, storage)
     try:
         state = ConversationState(
             ChatRef(customer_id="nobody"), True, "thread.touched", name_if_unknown="thread.new"

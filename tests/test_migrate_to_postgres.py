@@ -373,6 +373,7 @@ async def test_a_file_held_by_a_bridge_is_refused_and_the_copy_holds_it_meanwhil
 # --- the command --------------------------------------------------------------------------
 
 
+@pytest.mark.backends("sqlite")  # the bridge whose file is copied runs on SQLite
 async def test_the_command_copies_a_real_bridges_file_and_refuses_it_while_the_bridge_runs(
     world: World, tmp_path: Path, pg_dsn: str
 ) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.delivery import calls
 from tests import stored
-from tests.conftest import World, eventually
+from tests.conftest import World, database_locked, eventually
 
 
 async def test_livechat_down_then_up(running: World) -> None:
@@ -165,20 +165,11 @@ async def test_restart_with_work_pending(running: World) -> None:
 
 
 async def test_storage_locked_answers_503_then_recovers(world: World) -> None:
-    import sqlite3
-
-    bridge = await world.start_bridge(
-        storage={"path": str(world.tmp_path / "bridge.sqlite3"), "busy_timeout": 0.1}
-    )
+    bridge = await world.start_bridge(storage={"busy_timeout": 0.1})
     m, http = world.messenger, world.http
-    other = sqlite3.connect(str(world.tmp_path / "bridge.sqlite3"), isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
-    try:
+    async with database_locked(world.storage):  # another process holds the database
         status, body = await m.send_message(http, "db", "not stored", message_id="db-1")
         assert status == 503 and body["errcode"] == "storage_unavailable"
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     assert await stored.count_messages(bridge.store) == 0
     assert (await m.send_message(http, "db", "stored", message_id="db-1"))[0] == 200
     await eventually(

@@ -140,6 +140,7 @@ async def test_chatvisor_redirect_is_retried_never_delivered(
         world.messenger_server.url,
         world.chatvisor_server.url,
         logging={"level": "debug", "format": "json"},
+        storage=world.storage,
     )
     bridge = BridgeProcess(config, tmp_path)
     try:

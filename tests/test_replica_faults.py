@@ -39,6 +39,9 @@ from tests.traffic import (
 
 psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed")
 
+# Replicas share one PostgreSQL database: there is no SQLite variant of these tests.
+pytestmark = pytest.mark.backends("postgres")
+
 # Another seed: BRIDGE_TEST_SEED=N (printed by each run, to replay one).
 SEED = int(os.environ.get("BRIDGE_TEST_SEED", "20261414"))
 LEASE = 2.0  # delivery.lease_seconds: takeovers come within the test

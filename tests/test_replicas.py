@@ -30,6 +30,9 @@ pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed")
 
 from storage.postgres import PostgresStore
 
+# Replicas share one PostgreSQL database: there is no SQLite variant of these tests.
+pytestmark = pytest.mark.backends("postgres")
+
 
 class Replicas:
     """`n` bridges on one database, one public URL (the first's, as behind a load balancer)."""
@@ -250,8 +253,12 @@ async def test_held_replies_are_released_once_when_two_replicas_connect_at_once(
         await eventually(
             lambda: len(world.messenger.chat_log["c1"]) == 3, what="held replies delivered"
         )
-    released = [e for e in logs if e["event"] == "channel.held_released"]
-    assert [e["held"] for e in released] == [3]
+    released = [e["held"] for e in logs if e["event"] == "channel.held_released"]
+    # The three are released by whichever connect makes the channel active first. A connect
+    # that commits after that is a connect of its own (connecting, then active again): it
+    # holds and releases again what is still pending by then (up to the same three, if none
+    # was delivered yet), and nothing is delivered twice (below).
+    assert released and released[0] == 3 and all(n <= 3 for n in released[1:])
     assert world.messenger.chat_log["c1"] == ["held 0", "held 1", "held 2"]
     assert world.messenger.duplicates == 0
 

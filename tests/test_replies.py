@@ -43,10 +43,19 @@ async def events(world: World, name: str) -> list[dict[str, Any]]:
     return found
 
 
-def fresh_database(tmp_path: Path) -> None:
-    """What a lost database restored from nothing looks like: no file at all."""
-    for path in tmp_path.glob("bridge.sqlite3*"):
-        path.unlink()
+def fresh_database(storage: dict[str, Any]) -> None:
+    """What a lost database restored from nothing looks like: no SQLite file at all; a
+    PostgreSQL database without a table."""
+    if storage.get("backend") == "postgres":
+        import psycopg
+
+        with psycopg.connect(storage["dsn"], autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        return
+    path = Path(storage["path"])
+    for found in path.parent.glob(f"{path.name}*"):
+        found.unlink()
 
 
 async def test_a_reply_to_a_chat_whose_row_was_lost_is_delivered(
@@ -59,7 +68,7 @@ async def test_a_reply_to_a_chat_whose_row_was_lost_is_delivered(
     await eventually(lambda: m.outcomes.get("e1") is True, what="outcome")
     assert world.bridge is not None
     await world.bridge.stop()
-    fresh_database(tmp_path)
+    fresh_database(world.storage)
 
     with structlog.testing.capture_logs() as logs:
         await jivo.start()  # the same config, an empty database

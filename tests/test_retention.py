@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from bridge.keys import DATABASE, PRUNER
 from bridge.settings import ConfigError, settings_from_dict
+from storage.port import Connection
 from tests import stored
 from tests.conftest import SUBSCRIPTION_SECRETS, World, eventually
 from tests.sim.server import SimServer
@@ -133,21 +133,21 @@ async def test_pruning_removes_old_rows_but_never_what_the_outbox_holds(
         await sub_server.stop()
 
 
-def _seed_old(conn: sqlite3.Connection, sessions: int, per_session: int, at: float) -> None:
+def _seed_old(conn: Connection, sessions: int, per_session: int, at: float) -> None:
     """Old finished conversations, written straight into the database (set-up only)."""
     chat_id = conn.execute(
         """INSERT INTO chats (channel_id, external_chat_id, user_id, client_key, livechat_id,
                               created_at)
            VALUES ('acme', 'ancient', 'u-ancient', 'acme:ancient', 'support', ?) RETURNING id""",
         (at,),
-    ).fetchone()[0]
+    ).fetchone()["id"]
     for s in range(sessions):
         session_id = conn.execute(
             """INSERT INTO sessions (chat_id, livechat_id, status, opened_by, opened_at,
                                      closed_at)
                VALUES (?, 'support', 'closed', 'user', ?, ?) RETURNING id""",
             (chat_id, at, at + 60),
-        ).fetchone()[0]
+        ).fetchone()["id"]
         conn.executemany(
             """INSERT INTO messages (uid, dedupe_key, session_id, chat_id, direction, text,
                                      status, created_at)

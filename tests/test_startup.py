@@ -11,8 +11,11 @@ import socket
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bridge.version import version
 from tests.conftest import World, eventually, make_config
+from tests.pg import PgServer
 from tests.procs import BridgeProcess
 
 
@@ -22,7 +25,7 @@ def config_on(world: World, tmp_path: Path, port: int) -> dict[str, object]:
         port,
         world.messenger_server.url,
         world.chatvisor_server.url,
-        storage={"path": str(tmp_path / "bridge.sqlite3"), "busy_timeout": 0.5},
+        storage={**world.storage, "busy_timeout": 0.5},
     )
 
 
@@ -52,6 +55,7 @@ async def test_a_port_in_use_fails_the_start_before_any_connect(
     assert f"cannot listen on 127.0.0.1:{port}" in error and "in use" in error
 
 
+@pytest.mark.sqlite_only("the one-process lock is SQLite's (fcntl on the file's .lock)")
 async def test_a_database_in_use_fails_the_start_before_any_connect(
     world: World, tmp_path: Path
 ) -> None:
@@ -67,6 +71,7 @@ async def test_a_database_in_use_fails_the_start_before_any_connect(
     assert world.messenger.attempts["connect"] == 0
 
 
+@pytest.mark.sqlite_only("SQLite's file locking by another program")
 async def test_a_locked_database_fails_the_start_cleanly_before_any_connect(
     world: World, tmp_path: Path
 ) -> None:
@@ -80,6 +85,28 @@ async def test_a_locked_database_fails_the_start_cleanly_before_any_connect(
     finally:
         other.close()
     assert error == f"{bridge.db_path}: database is locked"
+    assert world.messenger.attempts["connect"] == 0
+
+
+@pytest.mark.backends("postgres")  # its bridge has a DSN of its own
+async def test_a_postgres_refusing_the_password_fails_the_start_cleanly_before_any_connect(
+    world: World, tmp_path: Path, pg_server: PgServer
+) -> None:
+    wrong = "Wr0ng-pa55word-at-start"
+    config = make_config(
+        tmp_path,
+        world.bridge_port,
+        world.messenger_server.url,
+        world.chatvisor_server.url,
+        storage={"backend": "postgres", "dsn": pg_server.dsn(password=wrong)},
+    )
+    bridge = BridgeProcess(config, tmp_path)
+    error = await fails_to_start(bridge)  # no traceback, no password: assert_clean_logs
+    assert error.startswith(
+        f"cannot open the database postgresql://postgres:***@127.0.0.1:{pg_server.port}/postgres:"
+    )
+    assert "password authentication failed" in error
+    assert wrong not in bridge.log_text() and pg_server.password not in bridge.log_text()
     assert world.messenger.attempts["connect"] == 0
 
 

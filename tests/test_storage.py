@@ -16,7 +16,7 @@ from storage import chats, messages, migrations
 from storage.database import Database, DatabaseInUse, StorageUnavailable
 from storage.migrations import LATEST, MIGRATIONS, STEPS, SchemaTooNew
 from storage.open import build_store
-from storage.port import Connection, Store, json_text, matching
+from storage.port import Connection, IntegrityError, Store, json_text, matching
 
 
 async def test_migrates_an_empty_file_and_is_idempotent(tmp_path: Path) -> None:
@@ -83,7 +83,8 @@ async def test_concurrent_writes_are_grouped_and_isolated(tmp_path: Path) -> Non
         *(db.write(lambda conn, k=k: insert(conn, k)) for k in keys), return_exceptions=True
     )
     failures = [r for r in results if isinstance(r, BaseException)]
-    assert len(failures) == 1 and isinstance(failures[0], sqlite3.IntegrityError)
+    assert len(failures) == 1 and isinstance(failures[0], IntegrityError)  # the port's
+    assert isinstance(failures[0].__cause__, sqlite3.IntegrityError)
     count = await db.fetch_one("SELECT count(*) FROM t")
     assert count is not None and count[0] == 200
     await db.close()

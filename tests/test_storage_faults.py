@@ -31,6 +31,10 @@ from tests.sim.chatvisor import ChatvisorSim
 from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
 
+# The SQLite file itself: its WAL, its inode, the disk under it. PostgreSQL's own faults (a
+# server restart, a wrong password) are in test_postgres_store.py.
+pytestmark = pytest.mark.sqlite_only("faults of the SQLite file: WAL, inode, disk, locks")
+
 MIB = 1024 * 1024
 
 
