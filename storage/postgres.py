@@ -85,6 +85,10 @@ UNIQUE_RETRIES = 3
 CONFLICT_PAUSE = (0.005, 0.1)  # seconds: first pause (randomised), cap; doubling between
 # While writes fail, a probe write is tried this often, in seconds.
 WATCH_EVERY = 1.0
+# While writes are known to fail (`write_fault`), a work waits at most this long for its
+# connection: requests get their 503 at once rather than after `timeout` each (a load
+# balancer's health check would time out first), and a probe finds the server back.
+FAULTED_WAIT = 0.5
 MIN_TIMEOUT = 0.05  # seconds: the least wait for a connection or a lock
 APPLICATION_NAME = "messenger-bridge"  # in pg_stat_activity, for the operators
 # Write transactions a store runs at once. SERIALIZABLE checks conflicts by index page: two
@@ -326,14 +330,20 @@ class PostgresStore:
             raise StorageUnavailable("database not open")
         if self._reads_only:
             raise StorageUnavailable("database opened for reads only")
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + self._wait()
         try:
             result: T = await self._in_thread(self._run, work, deadline, False)
         except StorageUnavailable as exc:
             self._note_fault(str(exc))
             raise
-        self._fault = None
+        if self._fault is not None:
+            log.warning("storage.write_recovered", after=self._fault)
+            self._fault = None
         return result
+
+    def _wait(self) -> float:
+        """How long a work may wait for its connection and its locks now."""
+        return self._timeout if self._fault is None else min(self._timeout, FAULTED_WAIT)
 
     async def read(self, work: Work[T]) -> T:
         """Run `work` read only, each statement in its own READ COMMITTED snapshot (autocommit:
@@ -342,7 +352,7 @@ class PostgresStore:
         if self._pool is None:
             raise StorageUnavailable("database not open")
         try:
-            return await self._in_thread(self._run, work, time.monotonic() + self._timeout, True)
+            return await self._in_thread(self._run, work, time.monotonic() + self._wait(), True)
         except StorageUnavailable as exc:
             self._note_fault(str(exc))
             raise
@@ -471,9 +481,31 @@ class PostgresStore:
         waiting for traffic (which a load balancer holds back while the bridge is not ready)."""
         while True:
             await asyncio.sleep(WATCH_EVERY)
-            if self._fault is not None:
-                with contextlib.suppress(StorageUnavailable):
-                    await self.write(_probe)
+            if self._fault is None:
+                continue
+            with contextlib.suppress(StorageUnavailable):
+                await self.write(_probe)
+            if self._fault is not None and await self._in_thread(self._server_back):
+                # The pool retries its lost connections under a back-off of its own that grows
+                # to many seconds; the server answers again now: a fresh pool, at once.
+                await self._renew_pool()
+
+    def _server_back(self) -> bool:
+        """In a worker thread: a connection of its own (not the pool's) gets a transaction id."""
+        try:
+            with psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs()) as conn:
+                conn.execute("SELECT pg_current_xact_id()")
+        except psycopg.Error:
+            return False
+        return True
+
+    async def _renew_pool(self) -> None:
+        old, self._pool = self._pool, self._new_pool()
+        await self._in_thread(self._pool.open, False)
+        if old is not None:
+            await self._in_thread(old.close, 1.0)
+        with contextlib.suppress(StorageUnavailable):
+            await self.write(_probe)
 
 
 def _probe(conn: Connection) -> None:

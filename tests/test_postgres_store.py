@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -454,3 +455,34 @@ async def survives_restarts(pg: PostgresStore, pg_server: PgServer) -> None:
     assert await pg.readable()
     lanes = [r["lane"] for r in await pg.fetch_all("SELECT lane FROM outbox ORDER BY id")]
     assert lanes == ["before", "after a quick restart", "after"]
+
+
+async def test_while_the_server_is_down_answers_come_at_once_and_it_is_back_soon_after(
+    pg_dsn: str, pg_server: PgServer
+) -> None:
+    """A long `timeout` is for a lock held by another, not for a server known to be down: once
+    a write failed, the next fail within FAULTED_WAIT, so a request gets its 503 (and a health
+    check its answer) long before the timeout. And the server back, the pool is renewed at once
+    rather than at its own reconnect back-off, which after an outage of several seconds waits
+    many seconds more."""
+    pg = store(pg_dsn, timeout=30.0)
+    await pg.open()
+    try:
+        await pg.write(new_item("before"))
+        await asyncio.to_thread(pg_server.stop)
+        try:
+            with pytest.raises(StorageUnavailable):
+                await pg.write(new_item("while down"))  # this one may wait: nothing known yet
+            assert pg.write_fault is not None
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(StorageUnavailable):
+                    await pg.write(new_item("while down"))
+                assert time.monotonic() - started < 10, "waited for the whole timeout"
+            await asyncio.sleep(6)  # long enough for the pool's own back-off to grow
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        await eventually(lambda: pg.write_fault is None, timeout=6, what="write_fault cleared")
+        await pg.write(new_item("after"))
+    finally:
+        await pg.close()

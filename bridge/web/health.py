@@ -18,11 +18,15 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     db = request.app[DATABASE]
-    if not await db.readable():
-        return web.json_response({"status": "unavailable", "database": "not open"}, status=503)
     if (fault := db.write_fault) is not None:
-        # Writes fail (the file deleted or replaced, disk full, read-only, locked...): every
-        # message would get a 503, so a load balancer should send it elsewhere.
+        # Writes fail (the file deleted or replaced, disk full, read-only, locked, the server
+        # down...): every message would get a 503, so a load balancer should send it
+        # elsewhere. Known without asking the database, so answered at once.
+        return web.json_response(
+            {"status": "unavailable", "database": f"writes failing: {fault}"}, status=503
+        )
+    if not await db.readable():
+        fault = db.write_fault or "cannot read"
         return web.json_response(
             {"status": "unavailable", "database": f"writes failing: {fault}"}, status=503
         )
