@@ -6,13 +6,18 @@ change is on the server's disk (with its `synchronous_commit`, on by default). U
 PostgreSQL takes concurrent writers, so there is no single writer: `WRITERS` write works
 of a store (and any number of reads, up to `pool_max`) run at once, each on its own connection.
 
-Isolation: every write work runs SERIALIZABLE. The repositories were written for SQLite, whose
+Isolation: a write work runs SERIALIZABLE unless it asks for READ COMMITTED (`isolation`, see
+`storage.port.Isolation`). The repositories were written for SQLite, whose
 one writer never lets two works interleave: a work reads, decides, then writes on what it read
 (a chat's first message opens its session; a resend of a failed message queues it again; a
 reply whose chat is not linked yet is kept while the link, at the same time, takes what was
 kept). Under READ COMMITTED two such works at once can both decide on what neither sees of
 the other, and a message is queued twice or kept forever. SERIALIZABLE makes the server roll
 one of them back instead, and the store runs it again: SQLite's outcome, whatever the work.
+Its cost: conflicts are checked by index page, so concurrent ingests of different chats (on
+the same newest pages) roll each other back. A hot work whose decisions are each protected
+explicitly (ON CONFLICT on a unique key, a row lock, the chat's advisory lock
+`storage.chats.lock_chat`) runs READ COMMITTED instead: the user-message ingest does.
 Reads (`read`, `fetch_all`...) run READ COMMITTED, read only: one statement's snapshot
 (in autocommit: no transaction of their own to open and roll back).
 
