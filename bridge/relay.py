@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -202,7 +203,14 @@ class Relay:
         dedupe_key = f"in:{channel_id}:{msg.external_message_id}"
         url_key = self._url_key(livechat_id, chats.client_key(channel_id, msg.external_chat_id))
 
-        def work(conn: Connection) -> Accepted | Conflicting:
+        def work(conn: Connection, serial: bool) -> Accepted | Conflicting | None:
+            # Run READ COMMITTED first (below): the chat's lock orders two works on this chat;
+            # the chat, its user and its open session are inserted with ON CONFLICT, and the
+            # idempotency key is unique (the same message id at once in two chats: the loser
+            # runs again and is Conflicting). Queuing a failed message again decides on its
+            # dead items, which an admin's retry (another work, not about one chat) changes
+            # too: that rare case returns None and runs again SERIALIZABLE.
+            chats.lock_chat(conn, channel_id, msg.external_chat_id)
             stored = messages.stored(conn, dedupe_key)
             if stored is not None:
                 differs = _differences(stored, msg)
@@ -210,6 +218,8 @@ class Relay:
                     return Conflicting(stored.uid, stored.external_chat_id, differs)
                 if not _failed_for_good(conn, stored):
                     return Accepted(duplicate=True, uid=stored.uid, session_id=stored.session_id)
+                if not serial:
+                    return None
             now = self._clock()
             chat_id = chats.upsert_chat(
                 conn,
@@ -260,7 +270,10 @@ class Relay:
                 duplicate=False, uid=uid, session_id=session_id, requeued=stored is not None
             )
 
-        accepted = await self._db.write(work)
+        accepted = await self._db.write(partial(work, serial=False), isolation="read committed")
+        if accepted is None:  # a failed message queued again
+            accepted = await self._db.write(partial(work, serial=True))
+            assert accepted is not None
         if isinstance(accepted, Accepted) and not accepted.duplicate:
             self._wake()
         return accepted

@@ -166,6 +166,24 @@ def set_customer(conn: Connection, chat_id: int, customer_id: str | None, tag: s
 # --- users --------------------------------------------------------------------------------
 
 
+def lock_chat(conn: Connection, channel_id: str, external_chat_id: str) -> bool:
+    """Take, until this transaction ends, the lock on deciding about one messenger chat.
+
+    For a work run at READ COMMITTED on PostgreSQL (`Store.write(..., isolation=...)`) that
+    reads the chat's rows and decides on them (a message already stored and failed for good is
+    queued again once, not by each of two resends at once): taken first, it makes two works on
+    the same chat run one after the other, each seeing the other's commit, while works on other
+    chats run at once (SERIALIZABLE made those roll each other back). Returns whether a lock was
+    taken: a SQLite database has one writer at a time, and needs none."""
+    if conn.dialect != "postgres":
+        return False
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+        (f"chat:{channel_id}:{external_chat_id}",),
+    )
+    return True
+
+
 def ensure_user(conn: Connection, channel_id: str, user_id: str) -> None:
     conn.execute(
         "INSERT INTO users (channel_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",

@@ -38,7 +38,7 @@ import aiosqlite
 import structlog
 
 from storage.migrations import migrate
-from storage.port import CannotOpen, Connection, Dialect, IntegrityError, Row, Work
+from storage.port import CannotOpen, Connection, Dialect, IntegrityError, Isolation, Row, Work
 from storage.port import DatabaseInUse as DatabaseInUse
 from storage.port import StorageUnavailable as StorageUnavailable
 
@@ -326,8 +326,9 @@ class Database:
             return False
         return True
 
-    async def write(self, work: Work[T]) -> T:
-        """Run `work` in a write transaction; return its result once committed.
+    async def write(self, work: Work[T], *, isolation: Isolation = "serializable") -> T:
+        """Run `work` in a write transaction; return its result once committed. `isolation`
+        is ignored: one writer at a time is serializable already.
 
         Raises StorageUnavailable when it cannot be committed: the database file deleted or
         replaced, locked by another for longer than busy_timeout (counted from this call),

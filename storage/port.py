@@ -28,6 +28,13 @@ from typing import Any, Literal, Protocol, TypeVar
 T = TypeVar("T")
 
 Dialect = Literal["sqlite", "postgres"]
+# A write work's isolation on a backend with concurrent writers (PostgreSQL). "serializable":
+# the server rolls back one of two works that would not have run one after the other (and the
+# store runs it again): SQLite's outcome whatever the work. "read committed": for a work whose
+# every read-then-write decision is protected explicitly (a unique key with ON CONFLICT, a row
+# lock, `storage.chats.lock_chat`), so concurrent works on different chats never roll each
+# other back. SQLite has one writer at a time and ignores it.
+Isolation = Literal["serializable", "read committed"]
 
 
 class StorageUnavailable(Exception):
@@ -114,8 +121,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def write(self, work: Work[T]) -> T:
-        """Run `work` in one transaction; return its result once committed.
+    async def write(self, work: Work[T], *, isolation: Isolation = "serializable") -> T:
+        """Run `work` in one transaction; return its result once committed. `isolation`: see
+        `Isolation` (only "serializable" is safe for a work that decides on what it read
+        without a protection of its own).
 
         Raises StorageUnavailable when it cannot be committed, IntegrityError when a
         constraint refused its change. Other errors raised by `work` itself are raised as they

@@ -6,13 +6,18 @@ change is on the server's disk (with its `synchronous_commit`, on by default). U
 PostgreSQL takes concurrent writers, so there is no single writer: `WRITERS` write works
 of a store (and any number of reads, up to `pool_max`) run at once, each on its own connection.
 
-Isolation: every write work runs SERIALIZABLE. The repositories were written for SQLite, whose
+Isolation: a write work runs SERIALIZABLE unless it asks for READ COMMITTED (`isolation`, see
+`storage.port.Isolation`). The repositories were written for SQLite, whose
 one writer never lets two works interleave: a work reads, decides, then writes on what it read
 (a chat's first message opens its session; a resend of a failed message queues it again; a
 reply whose chat is not linked yet is kept while the link, at the same time, takes what was
 kept). Under READ COMMITTED two such works at once can both decide on what neither sees of
 the other, and a message is queued twice or kept forever. SERIALIZABLE makes the server roll
 one of them back instead, and the store runs it again: SQLite's outcome, whatever the work.
+Its cost: conflicts are checked by index page, so concurrent ingests of different chats (on
+the same newest pages) roll each other back. A hot work whose decisions are each protected
+explicitly (ON CONFLICT on a unique key, a row lock, the chat's advisory lock
+`storage.chats.lock_chat`) runs READ COMMITTED instead: the user-message ingest does.
 Reads (`read`, `fetch_all`...) run READ COMMITTED, read only: one statement's snapshot
 (in autocommit: no transaction of their own to open and roll back).
 
@@ -68,6 +73,7 @@ from storage.port import (
     Cursor,
     Dialect,
     IntegrityError,
+    Isolation,
     Row,
     StorageUnavailable,
     Work,
@@ -98,8 +104,12 @@ APPLICATION_NAME = "messenger-bridge"  # in pg_stat_activity, for the operators
 # message (replica 4.1-5.1 -> 3.3-3.8 ms, server 3.1-3.8 -> 2.0-2.5 ms) and more messages a
 # second (151-183 -> 188-197); 3 at once was no better than 10. Reads are not limited.
 WRITERS = 2
-# A write's transaction (the pool's connections are in autocommit, read only by default).
-BEGIN_WRITE = "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE"
+# A write's transaction (the pool's connections are in autocommit, read only by default), by
+# the work's isolation.
+BEGIN_WRITE: Final[Mapping[Isolation, str]] = {
+    "serializable": "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+    "read committed": "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE",
+}
 
 # SQLSTATE classes and codes that say "the database cannot take this now", not "this work is
 # wrong" (https://www.postgresql.org/docs/current/errcodes-appendix.html): connection
@@ -320,8 +330,8 @@ class PostgresStore:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def write(self, work: Work[T]) -> T:
-        """Run `work` in one transaction; return its result once committed.
+    async def write(self, work: Work[T], *, isolation: Isolation = "serializable") -> T:
+        """Run `work` in one transaction at `isolation`; return its result once committed.
 
         Raises StorageUnavailable when it cannot be committed (see the module's docstring);
         errors raised by `work` itself (such as psycopg.errors.UniqueViolation) are raised as
@@ -332,7 +342,7 @@ class PostgresStore:
             raise StorageUnavailable("database opened for reads only")
         deadline = time.monotonic() + self._wait()
         try:
-            result: T = await self._in_thread(self._run, work, deadline, False)
+            result: T = await self._in_thread(self._run, work, deadline, isolation)
         except StorageUnavailable as exc:
             self._note_fault(str(exc))
             raise
@@ -352,7 +362,7 @@ class PostgresStore:
         if self._pool is None:
             raise StorageUnavailable("database not open")
         try:
-            return await self._in_thread(self._run, work, time.monotonic() + self._wait(), True)
+            return await self._in_thread(self._run, work, time.monotonic() + self._wait(), None)
         except StorageUnavailable as exc:
             self._note_fault(str(exc))
             raise
@@ -376,14 +386,14 @@ class PostgresStore:
             log.error("storage.write_failed", error=why)
         self._fault = why
 
-    def _run(self, work: Work[T], deadline: float, read_only: bool) -> T:
-        """In a worker thread: `work` in one transaction, retried as the module's docstring
-        says. Raises StorageUnavailable, or what `work` raised."""
+    def _run(self, work: Work[T], deadline: float, isolation: Isolation | None) -> T:
+        """In a worker thread: `work` in one transaction (None: a read, in autocommit), retried
+        as the module's docstring says. Raises StorageUnavailable, or what `work` raised."""
         conflicts = violations = 0
         reconnected = False
         while True:
             try:
-                return self._attempt(work, deadline, read_only)
+                return self._attempt(work, deadline, isolation)
             except (
                 errors.SerializationFailure,
                 errors.DeadlockDetected,
@@ -422,32 +432,36 @@ class PostgresStore:
                     raise StorageUnavailable(self._message(exc)) from None
                 raise
 
-    def _attempt(self, work: Work[T], deadline: float, read_only: bool) -> T:
+    def _attempt(self, work: Work[T], deadline: float, isolation: Isolation | None) -> T:
         pool = self._pool
         if pool is None:
             raise StorageUnavailable("database closed")
         wait = deadline - time.monotonic()
         if wait <= 0:  # queued behind other works for all of its time
             raise PoolTimeout()
-        if read_only:  # autocommit, READ COMMITTED, read only: each statement on its own
+        if isolation is None:  # autocommit, READ COMMITTED, read only: each statement alone
             with pool.connection(timeout=wait) as conn:
                 return work(PgConnection(conn))
         if not self._writers.acquire(timeout=wait):
             raise PoolTimeout()
         try:
-            return self._transaction(pool, work, deadline)
+            return self._transaction(pool, work, deadline, isolation)
         finally:
             self._writers.release()
 
     def _transaction(
-        self, pool: ConnectionPool[psycopg.Connection[DictRow]], work: Work[T], deadline: float
+        self,
+        pool: ConnectionPool[psycopg.Connection[DictRow]],
+        work: Work[T],
+        deadline: float,
+        isolation: Isolation,
     ) -> T:
-        """`work` in a SERIALIZABLE transaction on one of `pool`'s connections, committed."""
+        """`work` in a transaction at `isolation` on one of `pool`'s connections, committed."""
         wait = deadline - time.monotonic()
         if wait <= 0:  # waited for the other writers for all of its time
             raise PoolTimeout()
         with pool.connection(timeout=wait) as conn:
-            conn.execute(BEGIN_WRITE)
+            conn.execute(BEGIN_WRITE[isolation])
             try:
                 result = work(PgConnection(conn))
             except BaseException:

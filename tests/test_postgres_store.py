@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bridge.settings import ConfigError, config_warnings, settings_from_dict
+from storage import chats
 from storage.database import SqliteConnection, StorageUnavailable
 from storage.migrations import LATEST as SQLITE_LATEST
 from storage.migrations import MIGRATIONS, SchemaTooNew
@@ -486,3 +487,41 @@ async def test_while_the_server_is_down_answers_come_at_once_and_it_is_back_soon
         await pg.write(new_item("after"))
     finally:
         await pg.close()
+
+
+async def test_a_work_runs_at_the_isolation_it_asks_for(pg: PostgresStore) -> None:
+    def level(conn: PgConnection) -> Any:
+        row = conn.execute("SHOW transaction_isolation").fetchone()
+        return row["transaction_isolation"] if row else None
+
+    assert await pg.write(level) == "serializable"
+    assert await pg.write(level, isolation="read committed") == "read committed"
+
+
+async def test_works_on_one_chat_under_its_lock_run_one_after_the_other(
+    pg: PostgresStore,
+) -> None:
+    """The write skew above, at READ COMMITTED, each work taking the chat's lock first: the
+    second waits for the first's commit, then finds its row (no retry needed)."""
+    runs: list[str] = []
+
+    def insert_if_none(name: str) -> Any:
+        def work(conn: PgConnection) -> None:
+            assert chats.lock_chat(conn, "ch", "chat-1")
+            runs.append(name)
+            row = conn.execute(
+                "SELECT count(*) AS n FROM retention_marks WHERE name LIKE 'locked-%'"
+            ).fetchone()
+            time.sleep(0.2)  # the other work is waiting on the lock meanwhile
+            if row is not None and row["n"] == 0:
+                conn.execute("INSERT INTO retention_marks VALUES (?, 0)", (name,))
+
+        return work
+
+    await asyncio.gather(
+        pg.write(insert_if_none("locked-a"), isolation="read committed"),
+        pg.write(insert_if_none("locked-b"), isolation="read committed"),
+    )
+    assert len(runs) == 2  # neither rolled back
+    rows = await pg.fetch_all("SELECT name FROM retention_marks WHERE name LIKE 'locked-%'")
+    assert len(rows) == 1

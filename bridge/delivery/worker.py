@@ -136,7 +136,10 @@ class OutboxWorker:
                     lease_seconds=leases.seconds,
                 )
 
-            items = await self._db.write(claim)
+            # READ COMMITTED: the claim's rows are locked (FOR UPDATE SKIP LOCKED) and a lane's
+            # lease is taken by an upsert that re-checks the holder and expiry on the row it
+            # locks, so two replicas never both take a lane; SERIALIZABLE added only rollbacks.
+            items = await self._db.write(claim, isolation="read committed")
             for item in items:
                 if leases is not None:
                     self._leased[item.id] = lease_repo.lane_lease(item.lane)
@@ -303,7 +306,10 @@ class OutboxWorker:
         failures = 0
         while True:
             try:
-                await self._db.write(settle)
+                # READ COMMITTED: the settle's guard (the item still pending) locks the item's
+                # row, so a settle run twice acts once; its follow-ups write blindly, or take
+                # the customer's orphan lock (storage.messages.lock_orphans) before deciding.
+                await self._db.write(settle, isolation="read committed")
             except StorageUnavailable as exc:
                 failures += 1
                 delay = backoff(failures, cfg.retry_base, cap)
