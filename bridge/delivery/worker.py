@@ -73,6 +73,7 @@ class OutboxWorker:
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._claiming: asyncio.Future[list[OutboxItem]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._claim_batch = max(1, settings.concurrency // 8)
@@ -97,6 +98,11 @@ class OutboxWorker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._claiming is not None:  # a claim cut short: let its transaction end first
+            await asyncio.wait([self._claiming])
+            if not self._claiming.cancelled():
+                self._claiming.exception()  # seen: its failure is the stop's no longer
+            self._claiming = None
         self._task = self._renewals = None
         self._inflight.clear()
         self._leased.clear()
@@ -139,7 +145,14 @@ class OutboxWorker:
             # READ COMMITTED: the claim's rows are locked (FOR UPDATE SKIP LOCKED) and a lane's
             # lease is taken by an upsert that re-checks the holder and expiry on the row it
             # locks, so two replicas never both take a lane; SERIALIZABLE added only rollbacks.
-            items = await self._db.write(claim, isolation="read committed")
+            # Shielded and kept: a stop that cancels this round must not leave the claim's
+            # transaction running on after it (its thread commits it anyway), or the lane leases
+            # it takes would outlive the stop's release of them, and hold those lanes from every
+            # replica until they expire. `stop` waits for it.
+            self._claiming = asyncio.ensure_future(
+                self._db.write(claim, isolation="read committed")
+            )
+            items = await asyncio.shield(self._claiming)
             for item in items:
                 if leases is not None:
                     self._leased[item.id] = lease_repo.lane_lease(item.lane)
