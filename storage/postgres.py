@@ -91,9 +91,10 @@ UNIQUE_RETRIES = 3
 CONFLICT_PAUSE = (0.005, 0.1)  # seconds: first pause (randomised), cap; doubling between
 # While writes fail, a probe write is tried this often, in seconds.
 WATCH_EVERY = 1.0
-# While writes are known to fail (`write_fault`), a work waits at most this long for its
-# connection: requests get their 503 at once rather than after `timeout` each (a load
-# balancer's health check would time out first), and a probe finds the server back.
+# While the server is known to be unreachable (writes failed and a connection of its own
+# could not be made), a work waits at most this long for its connection: requests get their
+# 503 at once rather than after `timeout` each (a load balancer's health check would time out
+# first). Not for a lock or a busy pool: those are waited for, the full `timeout`.
 FAULTED_WAIT = 0.5
 MIN_TIMEOUT = 0.05  # seconds: the least wait for a connection or a lock
 APPLICATION_NAME = "messenger-bridge"  # in pg_stat_activity, for the operators
@@ -212,6 +213,7 @@ class PostgresStore:
         self._executor: ThreadPoolExecutor | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._fault: str | None = None
+        self._down = False  # the server unreachable, as the watch loop last found it
         self._reads_only = False
         self._writers = threading.BoundedSemaphore(WRITERS)
         self.schema_version = 0
@@ -349,11 +351,12 @@ class PostgresStore:
         if self._fault is not None:
             log.warning("storage.write_recovered", after=self._fault)
             self._fault = None
+        self._down = False
         return result
 
     def _wait(self) -> float:
         """How long a work may wait for its connection and its locks now."""
-        return self._timeout if self._fault is None else min(self._timeout, FAULTED_WAIT)
+        return min(self._timeout, FAULTED_WAIT) if self._down else self._timeout
 
     async def read(self, work: Work[T]) -> T:
         """Run `work` read only, each statement in its own READ COMMITTED snapshot (autocommit:
@@ -497,12 +500,18 @@ class PostgresStore:
             await asyncio.sleep(WATCH_EVERY)
             if self._fault is None:
                 continue
-            with contextlib.suppress(StorageUnavailable):
-                await self.write(_probe)
-            if self._fault is not None and await self._in_thread(self._server_back):
+            # A connection of its own first: it tells a server that is down (answers fail fast
+            # meanwhile) from writes failing on a server that answers (a lock, a full disk).
+            if not await self._in_thread(self._server_back):
+                self._down = True
+                continue
+            if self._down:
                 # The pool retries its lost connections under a back-off of its own that grows
                 # to many seconds; the server answers again now: a fresh pool, at once.
+                self._down = False
                 await self._renew_pool()
+            with contextlib.suppress(StorageUnavailable):
+                await self.write(_probe)
 
     def _server_back(self) -> bool:
         """In a worker thread: a connection of its own (not the pool's) gets a transaction id."""
@@ -518,8 +527,6 @@ class PostgresStore:
         await self._in_thread(self._pool.open, False)
         if old is not None:
             await self._in_thread(old.close, 1.0)
-        with contextlib.suppress(StorageUnavailable):
-            await self.write(_probe)
 
 
 def _probe(conn: Connection) -> None:

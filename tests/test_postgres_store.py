@@ -462,8 +462,9 @@ async def test_while_the_server_is_down_answers_come_at_once_and_it_is_back_soon
     pg_dsn: str, pg_server: PgServer
 ) -> None:
     """A long `timeout` is for a lock held by another, not for a server known to be down: once
-    a write failed, the next fail within FAULTED_WAIT, so a request gets its 503 (and a health
-    check its answer) long before the timeout. And the server back, the pool is renewed at once
+    a write failed and the watch loop found the server unreachable, the next fail within
+    FAULTED_WAIT, so a request gets its 503 (and a health check its answer) long before the
+    timeout. And the server back, the pool is renewed at once
     rather than at its own reconnect back-off, which after an outage of several seconds waits
     many seconds more."""
     pg = store(pg_dsn, timeout=30.0)
@@ -475,6 +476,7 @@ async def test_while_the_server_is_down_answers_come_at_once_and_it_is_back_soon
             with pytest.raises(StorageUnavailable):
                 await pg.write(new_item("while down"))  # this one may wait: nothing known yet
             assert pg.write_fault is not None
+            await asyncio.sleep(2.5)  # the watch loop finds the server down (each second)
             for _ in range(3):
                 started = time.monotonic()
                 with pytest.raises(StorageUnavailable):
