@@ -319,10 +319,13 @@ class OutboxWorker:
         failures = 0
         while True:
             try:
-                # READ COMMITTED: the settle's guard (the item still pending) locks the item's
-                # row, so a settle run twice acts once; its follow-ups write blindly, or take
-                # the customer's orphan lock (storage.messages.lock_orphans) before deciding.
-                await self._db.write(settle, isolation="read committed")
+                # SERIALIZABLE (the default), not READ COMMITTED: a settle may link a chat to
+                # its live-chat customer and adopt the replies kept for it, while an operator's
+                # reply, in a SERIALIZABLE work of its own, looks for that link; a READ
+                # COMMITTED settle's link is invisible to the reply's conflict checks, and the
+                # reply was kept as an orphan after the adoption had run (once, in the
+                # three-replica kill -9 test).
+                await self._db.write(settle)
             except StorageUnavailable as exc:
                 failures += 1
                 delay = backoff(failures, cfg.retry_base, cap)
