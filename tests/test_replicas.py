@@ -303,6 +303,16 @@ async def test_a_lost_listen_connection_is_reconnected_and_wakes_again(
     a, _b = await replicas.start(2)
     await a.app[WORKER].stop()
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+
+        async def listening() -> bool:  # each replica's listener connects after its start
+            cur = await admin.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'messenger-bridge listen'"
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] == 2
+
+        await eventually(listening, what="both replicas listening")
         cur = await admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE application_name = 'messenger-bridge listen'"
