@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -218,8 +217,8 @@ async def _call_admin(
     base = (url or _admin_base(settings)).rstrip("/")
     target = base + path + (f"?{urlencode(params)}" if params else "")
     headers = {"Authorization": f"Bearer {settings.admin.token.get_secret_value()}"}
-    timeout = aiohttp.ClientTimeout(total=settings.delivery.request_timeout + 5)
-    async with outside.client_session(timeout) as http:
+    seconds = settings.delivery.request_timeout + 5
+    async with outside.Client(seconds, seconds, limit=4) as http:
         answer = await outside.request(http, method, target, body, headers=headers)
     if isinstance(answer, outside.NoResponse):
         print(f"cannot reach the bridge at {base}: {answer.error}", file=sys.stderr)

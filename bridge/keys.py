@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from connectors import http as outside
 from storage.port import Store
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE: web.AppKey[Store] = web.AppKey("database")
-HTTP = web.AppKey("http", aiohttp.ClientSession)
+HTTP = web.AppKey("http", outside.Client)
 METRICS = web.AppKey("metrics", Metrics)
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 CHANNELS: web.AppKey[ChannelManager] = web.AppKey("channels")

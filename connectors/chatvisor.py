@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp
 from pydantic import Field, SecretStr, field_validator
 
 from bridge.core.config import HttpUrl, RequiredSecret
@@ -228,9 +227,7 @@ def customer_tag(body: dict[str, Any]) -> str:
 class ChatvisorConnector:
     kind = "chatvisor"
 
-    def __init__(
-        self, livechat_id: str, settings: ChatvisorSettings, http: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, livechat_id: str, settings: ChatvisorSettings, http: outside.Client) -> None:
         self.livechat_id = livechat_id
         self._api = settings.api_url
         self._auth = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}

@@ -22,7 +22,6 @@ import time
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-import aiohttp
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 
 from bridge.core.config import PhoneRegion, RequiredSecret, http_url
@@ -406,9 +405,7 @@ def crm_reply(answers: list[CrmAnswer]) -> dict[str, Any]:
 class JivochatConnector:
     kind = "jivochat"
 
-    def __init__(
-        self, livechat_id: str, settings: JivochatSettings, http: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, livechat_id: str, settings: JivochatSettings, http: outside.Client) -> None:
         self.livechat_id = livechat_id
         self._url = settings.chat_api_url.get_secret_value()
         self._status_timeout = settings.status_timeout

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 from pydantic import Field, SecretStr, field_validator
 
 from bridge.core.errors import InvalidInput
@@ -167,9 +166,7 @@ class MessengerAccount(Protocol):
 class MessengerClient:
     """Calls to one messenger's webhook. Every call returns a DeliveryResult, never raises."""
 
-    def __init__(
-        self, http: aiohttp.ClientSession, channel_id: str, webhook: str, code: str
-    ) -> None:
+    def __init__(self, http: outside.Client, channel_id: str, webhook: str, code: str) -> None:
         self._http = http
         self._channel_id = channel_id
         self._webhook = webhook

@@ -12,8 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
+from connectors import http as outside
 from connectors.base import LiveChatConnector, LiveChatSettingsBase
 from connectors.chatvisor import ChatvisorConnector, ChatvisorSettings
 from connectors.jivochat import JivochatConnector, JivochatSettings
@@ -24,7 +23,7 @@ from connectors.messenger import MessengerAccount, MessengerClient
 class Kind:
     settings: type[LiveChatSettingsBase]
     # (livechat id, its settings (an instance of `settings`), the process's HTTP client)
-    connector: Callable[[str, Any, aiohttp.ClientSession], LiveChatConnector]
+    connector: Callable[[str, Any, outside.Client], LiveChatConnector]
 
 
 # Config `kind` -> what makes it; listed in this order in "unknown kind" config errors.
@@ -45,7 +44,7 @@ class Connectors:
 def build_connectors(
     livechats: Mapping[str, LiveChatSettingsBase],
     messengers: Mapping[str, MessengerAccount],
-    http: aiohttp.ClientSession,
+    http: outside.Client,
 ) -> Connectors:
     """The connectors for `[livechats.*]` and `[messengers.*]`, all calling out through `http`."""
     return Connectors(

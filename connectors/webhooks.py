@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
 from bridge.core.model import DeliveryResult, Failed, Retry
 from connectors import http as outside
 
@@ -63,7 +61,7 @@ def sign(secret: str, msg_id: str, timestamp: int, payload: bytes) -> str:
 
 
 async def deliver(
-    http: aiohttp.ClientSession, url: str, secret: str, msg_id: str, payload: bytes
+    http: outside.Client, url: str, secret: str, msg_id: str, payload: bytes
 ) -> DeliveryResult:
     timestamp = int(time.time())
     headers = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bridge.core.errors import InvalidInput
@@ -29,6 +28,7 @@ from bridge.core.model import (
 from bridge.relay import Relay
 from bridge.settings import LIVECHAT_KINDS, Settings, settings_from_dict
 from connectors import chatvisor, jivochat, messenger
+from connectors import http as outside
 from connectors.registry import KINDS, build_connectors
 from storage import chats, events
 from storage.open import build_store
@@ -134,7 +134,7 @@ async def test_livechat_settings_and_connectors_come_from_the_registry(tmp_path:
     settings = _settings(tmp_path)
     (lc,) = settings.livechats.values()
     assert type(lc) is KINDS["jivochat"].settings
-    async with aiohttp.ClientSession() as http:
+    async with outside.Client(5, 5, limit=4) as http:
         built = build_connectors(settings.livechats, settings.messengers, http)
     assert type(built.livechats["support"]) is KINDS["jivochat"].connector
     assert built.livechats["support"].kind == "jivochat"

@@ -18,11 +18,11 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 import structlog
 from aiohttp import web
 
+from bridge.core.model import Retry
 from bridge.logs import configure_logging
 from bridge.settings import LoggingSettings
 from connectors import http as outside
@@ -349,47 +349,89 @@ async def test_cli_does_not_follow_a_redirect(tmp_path: Path, trap: Trap) -> Non
     assert "secret-path" not in err.decode() + out.decode()
 
 
-async def test_a_session_of_ours_refuses_to_follow_even_when_asked(trap: Trap) -> None:
-    """The guard behind `request`: any call on a bridge session that asks aiohttp to follow a
-    redirect fails before the Location is reached."""
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_our_client_cannot_follow_a_redirect(trap: Trap, status: int, method: str) -> None:
+    """The client every outside call goes through is built unable to follow a redirect (a
+    request cannot ask otherwise): whatever the status and method, the answer is the 3xx
+    itself, read as a failed call, and nothing reaches the Location."""
     front = web.Application()
 
     async def moved(request: web.Request) -> web.Response:
-        raise web.HTTPFound(trap.location)
+        return web.Response(status=status, headers={"Location": trap.location})
 
-    front.router.add_get("/", moved)
+    front.router.add_route(method, "/", moved)
     server = SimServer(front)
     await server.start()
     try:
-        async with outside.client_session(aiohttp.ClientTimeout(total=5)) as session:
-            with pytest.raises(outside.RedirectRefused) as refused:
-                async with session.get(server.url + "/"):
-                    pass
+        async with outside.Client(5, 5, limit=4) as client:
+            body = {"a": 1} if method == "POST" else None
+            answer = await outside.request(client, method, server.url + "/", body)
     finally:
         await server.stop()
     assert trap.hits == []
-    assert str(refused.value) == f"HTTP 302: redirect to {trap.host} not followed"
+    assert isinstance(answer, outside.Response) and answer.status == status
+    assert answer.location_host == trap.host
+    assert outside.describe(answer) == f"HTTP {status}: redirect to {trap.host} not followed"
+    assert isinstance(outside.classify(answer), Retry)
 
 
-async def test_the_guard_costs_request_no_tracing(trap: Trap) -> None:
-    """The guard is a client middleware, skipped by `request` (which asks for no redirects
-    itself): a TraceConfig would make aiohttp create and await a trace at every step of every
-    outside call, a sixth of a call's CPU. `request` still reads the redirect as a failed call,
-    and never reaches the Location."""
+async def test_our_client_ignores_the_environments_proxy(
+    trap: Trap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy variable set for something else on the host must not reroute deliveries (the
+    proxy would see every message): calls go straight to their URL."""
+    front = web.Application()
+    reached: list[str] = []
+
+    async def party(request: web.Request) -> web.Response:
+        reached.append(request.path)
+        return web.json_response({"result": "ok"})
+
+    front.router.add_post("/hook", party)
+    server = SimServer(front)
+    await server.start()
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, trap.server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        async with outside.Client(5, 5, limit=4) as client:
+            answer = await outside.request(client, "POST", server.url + "/hook", {"a": 1})
+    finally:
+        await server.stop()
+    assert trap.hits == []
+    assert reached == ["/hook"]
+    assert isinstance(answer, outside.Response) and answer.status == 200
+
+
+async def test_an_answer_is_read_up_to_max_body_and_failures_never_quote_the_url() -> None:
+    """A party answering a huge body costs at most `max_body` bytes of memory; a call that
+    fails is described without its URL (a live chat's URL may carry a secret in its path)."""
     front = web.Application()
 
-    async def moved(request: web.Request) -> web.Response:
-        raise web.HTTPTemporaryRedirect(trap.location)
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"x" * 65536)
+        return response
 
-    front.router.add_post("/", moved)
+    front.router.add_post("/huge", huge)
     server = SimServer(front)
     await server.start()
+    closed = free_port()  # nothing listens there
     try:
-        async with outside.client_session(aiohttp.ClientTimeout(total=5)) as session:
-            assert session.trace_configs == []
-            answer = await outside.request(session, "POST", server.url + "/", {"a": 1})
+        async with outside.Client(5, 5, limit=4) as client:
+            answer = await outside.request(client, "POST", server.url + "/huge", max_body=100_000)
+            refused = await outside.request(
+                client, "POST", f"http://127.0.0.1:{closed}/secret-path-Zq81?token=t", {"a": 1}
+            )
+            slow = await outside.request(
+                client, "POST", server.url + "/huge", {"a": 1}, seconds=0.000001
+            )
     finally:
         await server.stop()
-    assert trap.hits == []
-    assert isinstance(answer, outside.Response) and answer.status == 307
-    assert outside.describe(answer) == f"HTTP 307: redirect to {trap.host} not followed"
+    assert isinstance(answer, outside.Response) and len(answer.body) == 100_000
+    assert refused == outside.NoResponse(f"cannot connect to 127.0.0.1:{closed}")
+    assert slow == outside.NoResponse("timed out")

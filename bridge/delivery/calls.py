@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 
 from bridge import chat_links
@@ -30,6 +29,7 @@ from bridge.core.model import (
 from bridge.core.outbox_kinds import messenger_lane
 from bridge.delivery import kinds
 from bridge.settings import Settings
+from connectors import http as outside
 from connectors import webhooks
 from connectors.base import LiveChatConnector
 from connectors.messenger import MessengerClient
@@ -106,7 +106,7 @@ class LocalCaller:
         self,
         db: Store,
         settings: Settings,
-        http: aiohttp.ClientSession,
+        http: outside.Client,
         connectors: Connectors,
         clock: Callable[[], float] = time.time,
     ) -> None:
