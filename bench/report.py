@@ -113,6 +113,10 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         )
         b["ratio.on_ingest"] = spread([x["on"]["ingest"] / base[sqlite] for base, x in pairs])
         b["ratio.e2e"] = spread([x["on"]["e2e"] / base["forward"] for base, x in pairs])
+        if all("forward_reqwest" in base for base, _ in pairs):  # runs saved before it: none
+            b["ratio.e2e_reqwest"] = spread(
+                [x["on"]["e2e"] / base["forward_reqwest"] for base, x in pairs]
+            )
         phases = ("paused", "on", "fixed", "near_max")
         b["lost"] = sum(x[p]["lost"] for x in bridge_rounds for p in phases)
         b["duplicated"] = sum(x[p]["duplicated"] for x in bridge_rounds for p in phases)
@@ -246,6 +250,14 @@ def report(summary: dict[str, Any], args: argparse.Namespace, started: str) -> s
             f"{base['forward_cpu_ms']['median']:.3f} CPU ms/msg",
         ),
     ]
+    if "forward_reqwest" in base:
+        lines.append(
+            line(
+                "the same, its POST on the bridge's client (pyreqwest)",
+                _r(base["forward_reqwest"], 0),
+                f"{base['forward_reqwest_cpu_ms']['median']:.3f} CPU ms/msg",
+            )
+        )
     for sync in args.synchronous:
         key = f"sqlite_{sync}"
         lines.append(
@@ -271,6 +283,11 @@ def report(summary: dict[str, Any], args: argparse.Namespace, started: str) -> s
     row("  ratio to insert-and-commit", lambda b: _r(b["ratio.on_ingest"], unit="x"), ">= 0.8")
     row("end to end (msg/s, to the last outcome)", lambda b: _m(b["on.e2e"]))
     row("  ratio to the forwarder", lambda b: _r(b["ratio.e2e"], unit="x"), ">= 0.35")
+    if any("ratio.e2e_reqwest" in b for b in bridges.values()):
+        row(
+            "  to the forwarder on pyreqwest",
+            lambda b: _r(b["ratio.e2e_reqwest"], unit="x") if "ratio.e2e_reqwest" in b else "-",
+        )
     row("backlog drain after the pause (msg/s)", lambda b: _m(b["paused.drain"]))
     row(
         "ack p50 / p99 ms, closed loop, paused",

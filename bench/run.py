@@ -603,25 +603,26 @@ async def measure_alone(ctx: Ctx, rnd: int) -> dict[str, Any]:
 async def measure_baselines(ctx: Ctx, rnd: int) -> dict[str, Any]:
     args, tmp, http = ctx.args, ctx.tmp, ctx.http
     out: dict[str, Any] = {}
-    port = free_port()
-    proc = Proc(
-        ["-m", "bench.baselines", "forward", str(port), f"{ctx.sinks.url}/forward"],
-        tmp / f"forward-r{rnd}.log",
-    )
-    try:
-        await wait_http(http, f"http://127.0.0.1:{port}/")
-        await ctx.sinks.clear()
-        cpu0 = proc.cpu()
-        result = await ctx.closed(f"http://127.0.0.1:{port}{WEBHOOK}", f"fwd{rnd}")
-        # Each request is forwarded before it is answered: nothing is left to do at this point.
-        cpu = (proc.cpu() - cpu0).total
-        stats = await ctx.sinks.stats()
-        out["forward"] = result.rate
-        out["forward_cpu_ms"] = cpu * 1000 / result.ok if result.ok else float("nan")
-        out["forward_lost"] = max(0, result.ok - stats["forwarded"]["unique"])
-        out["forward_duplicated"] = stats["forwarded"]["duplicates"]
-    finally:
-        proc.stop()
+    for kind, run_id in (("forward", "fwd"), ("forward_reqwest", "fwr")):
+        port = free_port()
+        proc = Proc(
+            ["-m", "bench.baselines", kind, str(port), f"{ctx.sinks.url}/forward"],
+            tmp / f"{kind}-r{rnd}.log",
+        )
+        try:
+            await wait_http(http, f"http://127.0.0.1:{port}/")
+            await ctx.sinks.clear()
+            cpu0 = proc.cpu()
+            result = await ctx.closed(f"http://127.0.0.1:{port}{WEBHOOK}", f"{run_id}{rnd}")
+            # Each request is forwarded before it is answered: nothing is left to do now.
+            cpu = (proc.cpu() - cpu0).total
+            stats = await ctx.sinks.stats()
+            out[kind] = result.rate
+            out[f"{kind}_cpu_ms"] = cpu * 1000 / result.ok if result.ok else float("nan")
+            out[f"{kind}_lost"] = max(0, result.ok - stats["forwarded"]["unique"])
+            out[f"{kind}_duplicated"] = stats["forwarded"]["duplicates"]
+        finally:
+            proc.stop()
     for synchronous in args.synchronous:
         port = free_port()
         db = str(tmp / f"baseline-{synchronous}-r{rnd}.sqlite3")  # empty, as the bridge's is
