@@ -24,7 +24,7 @@ from bridge.core.outbox_kinds import OUTCOME, target_of
 from bridge.delivery.calls import CallResult
 from bridge.delivery.settle import Settlement, Settler
 from bridge.leases import Leases
-from bridge.logs import Redactor
+from bridge.logs import Redactor, debug_enabled
 from bridge.metrics import Metrics
 from bridge.settings import DeliverySettings
 from storage import leases as lease_repo
@@ -193,9 +193,11 @@ class OutboxWorker:
                 ids["channel"] = item.channel_id
             attempt = self._settler.plan(item, done)
             if done.notified and done.message is not None:
-                self._metrics.deliveries.labels(target_of(OUTCOME.name), "delivered").inc()
+                m = self._metrics
+                m.child(m.deliveries, target_of(OUTCOME.name), "delivered").inc()
                 await self._channels.record_delivery(done.message.channel_id, Delivered())
-            self._metrics.delivery_seconds.labels(target).observe(time.perf_counter() - started)
+            m = self._metrics
+            m.child(m.delivery_seconds, target).observe(time.perf_counter() - started)
             await self._settle(item, attempt, ids)
         except asyncio.CancelledError:
             raise
@@ -221,21 +223,24 @@ class OutboxWorker:
                 log.error("delivery.channel_state_not_written", error=str(exc), **ids)
 
         follow_up = None
-        target = target_of(item.kind)
+        target, m = target_of(item.kind), self._metrics
         # An outside party's answer can echo a secret (a token in an error text): what is kept
         # as last_error reaches the admin API, the CLI and the console.
         error = "" if isinstance(result, Delivered) else self._scrub(result.error)
         if isinstance(result, Delivered):
-            self._metrics.deliveries.labels(target, "delivered").inc()
+            m.child(m.deliveries, target, "delivered").inc()
             follow_up = attempt.on_delivered
             # The hot path logs at debug; failures log louder.
-            log.debug("delivery.done", attempts=item.attempts + 1, notified=attempt.notified, **ids)
+            if debug_enabled():
+                log.debug(
+                    "delivery.done", attempts=item.attempts + 1, notified=attempt.notified, **ids
+                )
 
             def work(conn: Connection) -> bool:
                 return outbox.complete(conn, item.id)
         elif isinstance(result, Unauthorized):
             # Not the item's fault: the channel is now rejected and holds it until an admin acts.
-            self._metrics.deliveries.labels(target, "unauthorized").inc()
+            m.child(m.deliveries, target, "unauthorized").inc()
             log.warning("delivery.unauthorized", error=error, **ids)
             at = now + backoff(1, cfg.retry_base, cfg.retry_cap)
 
@@ -249,15 +254,15 @@ class OutboxWorker:
                 now - item.created_at >= cfg.give_up_after and attempts >= cfg.min_attempts
             )
             if give_up:
-                self._metrics.deliveries.labels(target, "dead").inc()
+                m.child(m.deliveries, target, "dead").inc()
                 follow_up = attempt.on_dead
                 log.error("delivery.dead", attempts=attempts, error=error, **ids)
 
                 def work(conn: Connection) -> bool:
                     return outbox.bury(conn, item.id, attempts=attempts, error=error, now=now)
             else:
-                self._metrics.deliveries.labels(target, "retry").inc()
-                self._metrics.retries.labels(target).inc()
+                m.child(m.deliveries, target, "retry").inc()
+                m.child(m.retries, target).inc()
                 delay = backoff(attempts, cfg.retry_base, cfg.retry_cap)
                 if isinstance(result, Retry) and result.after is not None:
                     delay = max(delay, min(result.after, cfg.retry_cap))

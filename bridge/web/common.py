@@ -26,6 +26,7 @@ from bridge.errors import (
     answer_for,
 )
 from bridge.keys import METRICS, SETTINGS
+from bridge.logs import debug_enabled
 from bridge.web.schemas import Error
 from storage.port import StorageUnavailable
 
@@ -178,17 +179,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     elapsed = time.perf_counter() - started
     route = _route(request)
     metrics = request.app[METRICS]
-    metrics.requests.labels(route, request.method, str(response.status)).inc()
-    metrics.request_seconds.labels(route).observe(elapsed)
+    metrics.child(metrics.requests, route, request.method, str(response.status)).inc()
+    metrics.child(metrics.request_seconds, route).observe(elapsed)
     # Successes are counted in /metrics; logging each at info would cost more than the request.
     level = "debug" if response.status < 400 else "info" if response.status < 500 else "error"
-    getattr(log, level)(
-        "http.request",
-        method=request.method,
-        route=route,
-        status=response.status,
-        ms=round(elapsed * 1000, 2),
-    )
+    if level != "debug" or debug_enabled():
+        getattr(log, level)(
+            "http.request",
+            method=request.method,
+            route=route,
+            status=response.status,
+            ms=round(elapsed * 1000, 2),
+        )
     return response
 
 
