@@ -20,6 +20,7 @@ from bridge.channels import DISCONNECTED
 from bridge.core.model import MessengerDisconnect, UserInfoQuery, UserMessage, UserRead
 from bridge.errors import Conflict, NotFound, Unauthenticated
 from bridge.keys import CHANNELS, METRICS, RELAY, SETTINGS
+from bridge.logs import debug_enabled
 from bridge.relay import Conflicting
 from bridge.secrets import same_secret
 from bridge.web.common import ok, read_body
@@ -69,14 +70,16 @@ async def messenger_webhook(request: web.Request) -> web.Response:
             )
         # The hot path logs at debug (every message is counted in /metrics); a duplicate, a
         # sender's retry, is worth a line at info, and so is a resend queued again.
-        (log.info if accepted.duplicate or accepted.requeued else log.debug)(
-            "messenger.message_accepted",
-            session=accepted.session_id,
-            message=accepted.uid,
-            external_message=req.external_message_id,
-            duplicate=accepted.duplicate,
-            requeued=accepted.requeued,
-        )
+        louder = accepted.duplicate or accepted.requeued
+        if louder or debug_enabled():
+            (log.info if louder else log.debug)(
+                "messenger.message_accepted",
+                session=accepted.session_id,
+                message=accepted.uid,
+                external_message=req.external_message_id,
+                duplicate=accepted.duplicate,
+                requeued=accepted.requeued,
+            )
         return ok()
     if isinstance(req, UserInfoQuery):
         profile = await relay.known_profile(channel_id, req.user_id)
