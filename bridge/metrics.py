@@ -78,6 +78,12 @@ class Metrics:
             ["step"],
             registry=r,
         )
+        self.lane_takeovers = Counter(
+            "bridge_lane_takeovers",
+            "Outbox lanes a replica took over from another whose lease had expired (it died or"
+            " stalled): their head items are performed again, with the same ids",
+            registry=r,
+        )
         self.outbox_pending = Gauge("bridge_outbox_pending", "Outbox items waiting", registry=r)
         self.outbox_dead = Gauge("bridge_outbox_dead", "Outbox items given up", registry=r)
         self.outbox_oldest_age = Gauge(

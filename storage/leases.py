@@ -46,32 +46,50 @@ def _marks(names: Collection[str]) -> str:
 
 def acquire(
     conn: Connection, names: Collection[str], holder: str, seconds: float, *, steal: bool = False
-) -> set[str]:
-    """Take (or extend) the leases of `names` for `seconds`; return the names taken. A name held
-    by another holder, unexpired, is not taken unless `steal` (an admin's explicit action)."""
+) -> dict[str, str | None]:
+    """Take (or extend) the leases of `names` for `seconds`; return the names taken, each with
+    the holder it was taken from: another replica whose lease had expired (a takeover: it died
+    or stalled, and what it had in flight under that name is done again), or None (the name was
+    free or already `holder`'s). A name held by another holder, unexpired, is not taken unless
+    `steal` (an admin's explicit action; its previous holder is returned likewise)."""
     if not names:
-        return set()
+        return {}
     now = server_now(conn.dialect)
     free = "" if steal else f" WHERE leases.holder = excluded.holder OR leases.expires_at <= {now}"
     upsert = f"""ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
                      expires_at = excluded.expires_at{free}
                  RETURNING name"""
     if conn.dialect == "postgres":  # one statement for a claim's whole batch
+        # `before` reads the statement's snapshot, the upsert the newest version of each row it
+        # locks: a row another replica changed in between is re-checked by the upsert, and
+        # only taken if that one's lease had expired too (or is ours), so a name taken with a
+        # `before` row of another holder was taken from a lease that had run out (or stolen).
+        # A row a replica settled or stopped is deleted, not left to expire: no takeover.
         rows = conn.execute(
-            f"""INSERT INTO leases (name, holder, expires_at)
-                SELECT n, ?, {now} + ? FROM unnest(CAST(? AS TEXT[])) AS n {upsert}""",  # noqa: S608 (constants)
-            (holder, seconds, list(names)),
+            f"""WITH before AS (SELECT name, holder FROM leases
+                                WHERE name = ANY(CAST(? AS TEXT[]))),
+                     taken AS (INSERT INTO leases (name, holder, expires_at)
+                               SELECT n, ?, {now} + ? FROM unnest(CAST(? AS TEXT[])) AS n
+                               {upsert})
+                SELECT taken.name, before.holder AS previous
+                FROM taken LEFT JOIN before ON before.name = taken.name""",  # noqa: S608 (constants)
+            (list(names), holder, seconds, list(names)),
         ).fetchall()
-        return {row["name"] for row in rows}
-    taken: set[str] = set()
+        return {row["name"]: _other(row["previous"], holder) for row in rows}
+    taken: dict[str, str | None] = {}
     for name in names:
+        before = conn.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
         row = conn.execute(
             f"INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, {now} + ?) {upsert}",  # noqa: S608 (constants)
             (name, holder, seconds),
         ).fetchone()
         if row is not None:
-            taken.add(row["name"])
+            taken[row["name"]] = _other(before["holder"] if before else None, holder)
     return taken
+
+
+def _other(previous: str | None, holder: str) -> str | None:
+    return previous if previous is not None and previous != holder else None
 
 
 def renew(conn: Connection, names: Collection[str], holder: str, seconds: float) -> set[str]:

@@ -125,10 +125,42 @@ def claim_ready(
     if conn.dialect != "postgres":
         rows = conn.execute(_CLAIM_ONE_PROCESS, (now, limit + n_busy)).fetchall()
         return [item for item in map(_item, rows) if item.id not in busy][:limit]
+    return claim_leased(
+        conn, now, limit, busy, n_busy, holder=holder, lease_seconds=lease_seconds
+    ).items
+
+
+@dataclass(frozen=True)
+class LeasedClaim:
+    """What one replica of several claimed: the items, and the lanes among theirs it took over
+    from another replica whose lease had expired (lane -> that replica's id, `host:pid:random`):
+    their heads were in flight there, and are performed again, with the same ids."""
+
+    items: list[OutboxItem]
+    taken_over: dict[str, str]
+
+
+def claim_leased(
+    conn: Connection,
+    now: float,
+    limit: int,
+    busy: Container[int],
+    n_busy: int,
+    *,
+    holder: str,
+    lease_seconds: float,
+) -> LeasedClaim:
+    """`claim_ready` on PostgreSQL, for `holder`, saying which lanes it took over."""
     rows = conn.execute(_CLAIM_LEASED, (now, holder, limit + n_busy)).fetchall()
     items = [item for item in map(_item, rows) if item.id not in busy][:limit]
     taken = leases.acquire(conn, {leases.lane_lease(i.lane) for i in items}, holder, lease_seconds)
-    return [item for item in items if leases.lane_lease(item.lane) in taken]
+    claimed = [item for item in items if leases.lane_lease(item.lane) in taken]
+    taken_over = {
+        item.lane: previous
+        for item in claimed
+        if (previous := taken[leases.lane_lease(item.lane)]) is not None
+    }
+    return LeasedClaim(claimed, taken_over)
 
 
 async def next_due(db: Store) -> float | None:

@@ -118,11 +118,14 @@ async def test_per_lane_order_holds_while_three_replicas_workers_race(
             assert await replicas.user_says(bridges[i % 3], chat, text) == 200
             sent[chat].append(text)
 
-    await asyncio.gather(*(one_chat(chat) for chat in chats))
-    total = sum(len(v) for v in sent.values())
-    await eventually(
-        lambda: len(world.chatvisor.all_texts()) >= total, timeout=30, what="all delivered"
-    )
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.gather(*(one_chat(chat) for chat in chats))
+        total = sum(len(v) for v in sent.values())
+        await eventually(
+            lambda: len(world.chatvisor.all_texts()) >= total, timeout=30, what="all delivered"
+        )
+    # Lanes passed from replica to replica as each settles (and lets go): no takeover.
+    assert not [e for e in logs if e["event"] == "delivery.lanes_taken_over"]
     for chat in chats:
         customer = world.chatvisor.customer_by_key[f"acme:{chat}"]
         assert world.chatvisor.texts(customer) == sent[chat]
@@ -165,8 +168,19 @@ async def test_a_dead_replicas_lease_expires_and_another_performs_its_item_with_
         # A dies (renews no more): once its lease expires, B claims the same item, same id and
         # payload, to perform it again.
         await asyncio.sleep(1.1)
-        again = await b.write(partial(claim, "replica-b"))
-        assert [(item.id, item.payload) for item in again] == [(first, {"n": 1})]
+        again = await b.write(
+            partial(
+                outbox.claim_leased,
+                now=time.time(),
+                limit=10,
+                busy=(),
+                n_busy=0,
+                holder="replica-b",
+                lease_seconds=1.0,
+            )
+        )
+        assert [(item.id, item.payload) for item in again.items] == [(first, {"n": 1})]
+        assert again.taken_over == {"lc:1": "replica-a"}  # said so: A's lease had expired
         # A's late settle of it, were it to come, finds it still pending at most once.
         assert await a.write(partial(outbox.complete, item_id=first)) is True
         assert await b.write(partial(outbox.complete, item_id=first)) is False
@@ -188,6 +202,44 @@ async def test_a_lane_leased_by_a_dead_replica_is_delivered_once_the_lease_expir
     await eventually(lambda: world.chatvisor.all_texts(), timeout=10, what="delivered")
     assert time.monotonic() - started > 1.0  # not before the dead replica's lease expired
     assert world.chatvisor.all_texts() == ["after the takeover"]
+
+
+async def test_a_replica_taking_over_a_stopped_replicas_lane_warns_and_counts_it(
+    world: World, replicas: Replicas
+) -> None:
+    world.chatvisor.delay = 1.8  # A's call hangs (under delivery.request_timeout, 2 s)
+    (a,) = await replicas.start(1, delivery={"lease_seconds": 1.5})
+    assert await replicas.user_says(a, "c1", "hello") == 200
+    await eventually(lambda: world.chatvisor.message_calls >= 1, what="A's call in flight")
+    held = await a.store.fetch_all("SELECT name, holder FROM leases WHERE name LIKE 'lane:%'")
+    assert len(held) == 1
+    a_holder = held[0]["holder"]
+    lane = held[0]["name"].removeprefix("lane:")
+    (head,) = [i["id"] for i in await stored.outbox_items(a.store, "pending") if i["lane"] == lane]
+    _, b = await replicas.start(1, delivery={"lease_seconds": 1.5})  # both, A first
+    with structlog.testing.capture_logs() as logs:
+        # A's worker stops mid-call, as if A had died: it neither settles nor renews the lease.
+        await a.app[WORKER].stop()
+        world.chatvisor.delay = 0.0
+        await eventually(
+            lambda: world.chatvisor.all_texts() == ["hello"], timeout=10, what="B delivered"
+        )
+    warned = [e for e in logs if e["event"] == "delivery.lanes_taken_over"]
+    assert len(warned) == 1, logs
+    assert warned[0]["log_level"] == "warning"
+    assert warned[0]["count"] == 1
+    assert warned[0]["previous_holders"] == [a_holder]
+    assert warned[0]["items"] == [head]  # the one A had in flight, performed again by B
+    assert "same ids" in warned[0]["effect"]
+    assert await _takeovers(world, b) == 1.0
+    assert await _takeovers(world, a) == 0.0
+
+
+async def _takeovers(world: World, bridge: Bridge) -> float:
+    async with world.http.get(f"{bridge.url}/metrics") as resp:
+        text = await resp.text()
+    (line,) = [x for x in text.splitlines() if x.startswith("bridge_lane_takeovers_total ")]
+    return float(line.split()[1])
 
 
 async def test_a_notify_wakes_another_replicas_worker_well_before_its_poll(

@@ -73,7 +73,7 @@ class OutboxWorker:
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._claiming: asyncio.Future[list[OutboxItem]] | None = None
+        self._claiming: asyncio.Future[outbox.LeasedClaim] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._claim_batch = max(1, settings.concurrency // 8)
@@ -128,11 +128,12 @@ class OutboxWorker:
         if free > 0 and (free >= self._claim_batch or len(self._inflight) < self._claim_batch):
             now, inflight, leases = self._clock(), self._inflight, self._leases
 
-            def claim(conn: Connection) -> list[OutboxItem]:
+            def claim(conn: Connection) -> outbox.LeasedClaim:
                 # `inflight` is read when the claim runs, after every settle queued before it.
                 if leases is None:
-                    return outbox.claim_ready(conn, now, free, inflight, len(inflight))
-                return outbox.claim_ready(
+                    items = outbox.claim_ready(conn, now, free, inflight, len(inflight))
+                    return outbox.LeasedClaim(items, {})
+                return outbox.claim_leased(
                     conn,
                     now,
                     free,
@@ -152,7 +153,10 @@ class OutboxWorker:
             self._claiming = asyncio.ensure_future(
                 self._db.write(claim, isolation="read committed")
             )
-            items = await asyncio.shield(self._claiming)
+            claimed = await asyncio.shield(self._claiming)
+            items = claimed.items
+            if claimed.taken_over:
+                self._taken_over(claimed)
             for item in items:
                 if leases is not None:
                     self._leased[item.id] = lease_repo.lane_lease(item.lane)
@@ -171,6 +175,19 @@ class OutboxWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(idle):
                 await self._wakeup.wait()
+
+    def _taken_over(self, claimed: outbox.LeasedClaim) -> None:
+        """Say that this claim took lanes over from replicas whose leases had expired (each
+        died, or stalled past its lease): the heads they had in flight are performed again."""
+        taken_over = claimed.taken_over
+        self._metrics.lane_takeovers.inc(len(taken_over))
+        log.warning(
+            "delivery.lanes_taken_over",
+            count=len(taken_over),
+            previous_holders=sorted(set(taken_over.values())),
+            items=[item.id for item in claimed.items if item.lane in taken_over],
+            effect="performed again, with the same ids (the receivers drop repeats)",
+        )
 
     async def _deliver(self, item: OutboxItem) -> None:
         ids: dict[str, object] = {
