@@ -41,7 +41,9 @@ from connectors import http as outside
 from storage.migrations import SchemaTooNew
 from storage.port import CannotOpen, DatabaseInUse
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+CHECK_TIMEOUT = 5.0  # seconds check-config waits for PostgreSQL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_argument("--config", help=config_help, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the service")
-    sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    check = sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the configuration (and reach PostgreSQL, if that is the backend) and exit",
+    )
+    check.add_argument(
+        "--offline", action="store_true", help="the file only: do not connect to PostgreSQL"
+    )
     admin_args = argparse.ArgumentParser(add_help=False, parents=[common])
     admin_args.add_argument("--url", help="admin API base URL (default: from [server])")
     sub.add_parser("channels", parents=[admin_args], help="list messenger channels and states")
@@ -113,12 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
 
     if args.command == "check-config":
-        for warning in config_warnings(settings):
-            print(f"warning: {warning}", file=sys.stderr)
-        print(
-            f"{path}: OK ({len(settings.livechats)} live chats, {len(settings.messengers)} messengers)"
-        )
-        return 0
+        return check_config(settings, path, offline=args.offline)
     if args.command == "serve":
         return serve(settings, path)
     if args.command in ("dead-letters", "retry", "purge"):
@@ -130,6 +134,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(
         admin_command(settings, args.command, getattr(args, "channel_id", None), args.url)
     )
+
+
+def check_config(settings: Settings, path: Path, *, offline: bool = False) -> int:
+    """`check-config`: the file's warnings; then, with `storage.backend = "postgres"` and not
+    `offline`, whether the database takes us (within CHECK_TIMEOUT seconds), the server's
+    version and the schema's. 0 when all is well; 1 when the database cannot be reached or
+    `serve` would refuse it, as `serve` exits then (2, a mistake in the file, comes before)."""
+    for warning in config_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
+    if settings.storage.backend == "postgres" and not offline:
+        from storage.pg_probe import probe  # psycopg: the `postgres` extra, which settings check
+
+        dsn = settings.storage.dsn.get_secret_value() if settings.storage.dsn else ""
+        try:
+            found = probe(dsn, CHECK_TIMEOUT)
+        except CannotOpen as exc:  # the message masks the DSN's password
+            print(f"storage.dsn: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if found.too_new:
+            print(
+                f"storage.dsn: the database {found.where} is at schema version"
+                f" {found.schema_version}, newer than this code knows ({found.code_version}):"
+                " `serve` refuses it; upgrade the bridge",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        if found.schema_version == 0:
+            schema = f"no schema yet (`serve` creates it, version {found.code_version})"
+        elif found.schema_version < found.code_version:
+            schema = (
+                f"schema version {found.schema_version}, this code's {found.code_version}"
+                " (`serve` upgrades it at start)"
+            )
+        else:
+            schema = f"schema version {found.schema_version}, this code's too"
+        print(
+            f"storage.dsn: reachable, PostgreSQL {found.server_version} at {found.where}; {schema}"
+        )
+    print(
+        f"{path}: OK ({len(settings.livechats)} live chats, {len(settings.messengers)} messengers)"
+    )
+    return 0
 
 
 def serve(settings: Settings, config_path: Path | None = None) -> int:

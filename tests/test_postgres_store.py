@@ -7,6 +7,8 @@ The storage layer's own tests: they may use raw SQL.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from storage.migrations import MIGRATIONS, SchemaTooNew
 from storage.migrations import migrate as migrate_sqlite
 from storage.pg_dsn import describe, passwords, redact
 from storage.port import CannotOpen, IntegrityError
-from tests.conftest import eventually
+from tests.conftest import eventually, free_port
 from tests.pg import PgServer
 
 psycopg = pytest.importorskip(
@@ -145,6 +147,107 @@ def test_a_postgres_config_mistake_exits_with_code_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("storage.dsn: not a libpq connection string")
     assert "hunter22" not in result.stdout + result.stderr
+
+
+def check_config(tmp_path: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`check-config` (with `args`) on a config whose storage is PostgreSQL at `dsn`."""
+    path = tmp_path / "pg.toml"
+    path.write_text(
+        f'[admin]\ntoken = "t-t-t-t-t-t-t"\n[storage]\nbackend = "postgres"\ndsn = {json.dumps(dsn)}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "--config", str(path), "check-config", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_reaches_postgres_and_compares_the_schema_versions(
+    tmp_path: Path, pg_server: PgServer, pg_dsn: str
+) -> None:
+    where = describe(pg_dsn)
+    assert where.startswith("postgresql://postgres:***@127.0.0.1:")
+    result = check_config(tmp_path, pg_dsn)  # a database serve has not started on yet
+    assert result.returncode == 0, result.stderr
+    found, ok = result.stdout.splitlines()
+    assert found.startswith("storage.dsn: reachable, PostgreSQL 1")
+    assert f" at {where}; no schema yet (`serve` creates it, version {LATEST})" in found
+    assert ok.endswith("pg.toml: OK (0 live chats, 0 messengers)")
+    assert pg_server.password not in result.stdout + result.stderr
+    assert versions_now(pg_dsn) is None  # the check created nothing
+
+    asyncio.run(migrated(pg_dsn))
+    result = check_config(tmp_path, pg_dsn)
+    assert result.returncode == 0, result.stderr
+    assert f"schema version {LATEST}, this code's too" in result.stdout
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # an older release's database
+        conn.execute("DELETE FROM schema_version WHERE version = %s", (LATEST,))
+    result = check_config(tmp_path, pg_dsn)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"schema version {LATEST - 1}, this code's {LATEST} (`serve` upgrades it at start)"
+        in result.stdout
+    )
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a newer release's database
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (LATEST + 1,))
+    result = check_config(tmp_path, pg_dsn)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"storage.dsn: the database {where} is at schema version {LATEST + 1}, newer than this"
+        f" code knows ({LATEST}): `serve` refuses it; upgrade the bridge\n"
+    )
+
+
+def test_check_config_says_precisely_why_postgres_cannot_be_reached(
+    tmp_path: Path, pg_server: PgServer, pg_dsn: str
+) -> None:
+    wrong = pg_server.dsn(pg_dsn.rsplit("/", 1)[1], password="not-the-password")
+    result = check_config(tmp_path, wrong)
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith(
+        "storage.dsn: cannot connect to PostgreSQL postgresql://postgres:***@127.0.0.1:"
+    )
+    assert "password authentication failed" in result.stderr
+    assert "not-the-password" not in result.stdout + result.stderr
+
+    closed = f"postgresql://postgres:hunter22@127.0.0.1:{free_port()}/bridge"
+    began = time.monotonic()
+    result = check_config(tmp_path, closed)
+    assert result.returncode == 1, result.stdout
+    assert time.monotonic() - began < 30  # bounded (5 s), whatever the interpreter's start
+    assert result.stderr.startswith(f"storage.dsn: cannot connect to PostgreSQL {describe(closed)}")
+    assert "Connection refused" in result.stderr
+    assert "hunter22" not in result.stdout + result.stderr
+    # --offline: the file only, as before.
+    result = check_config(tmp_path, closed, "--offline")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("pg.toml: OK (0 live chats, 0 messengers)\n")
+    assert "storage.dsn" not in result.stdout + result.stderr
+
+
+def versions_now(dsn: str) -> int | None:
+    """The database's schema version; None when it has no schema_version table."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        if not (row and row[0]):
+            return None
+        found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(found[0]) if found and found[0] is not None else 0
+
+
+async def migrated(dsn: str) -> None:
+    """The database as `serve` leaves it: migrated to this code's schema."""
+    db = store(dsn)
+    await db.open()
+    await db.close()
 
 
 # --- migrations ---------------------------------------------------------------------------
