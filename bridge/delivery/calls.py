@@ -1,5 +1,4 @@
-"""The outside call each kind of outbox item makes, and what it found out (which call goes
-with which kind: `bridge.delivery.kinds`).
+"""The outside call each kind of outbox item makes (`CALLS`, by kind), and what it found out.
 
 `LocalCaller.call` only reads the database and calls out; everything it learnt comes back as
 `CallResult`, plain data, so that it can run in the delivery process (see `bridge.delivery.child`)
@@ -9,12 +8,13 @@ while every write stays with the serving process (see `bridge.delivery.settle`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import structlog
 
 from bridge import chat_links
+from bridge.core import outbox_kinds
 from bridge.core.model import (
     Customer,
     Delivered,
@@ -27,7 +27,6 @@ from bridge.core.model import (
     UserProfile,
 )
 from bridge.core.outbox_kinds import messenger_lane
-from bridge.delivery import kinds
 from bridge.settings import Settings
 from connectors import http as outside
 from connectors import webhooks
@@ -121,10 +120,10 @@ class LocalCaller:
 
     async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """Make the item's outside call. `active`: the messenger channels now active."""
-        handling = kinds.handling_of(item.kind)
-        if handling is None:
+        call = CALLS.get(item.kind)
+        if call is None:
             return CallResult(Failed(f"unknown outbox kind {item.kind!r}"))
-        return await handling.call(self, item, active)
+        return await call(self, item, active)
 
     async def to_livechat(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """A user's message to its chat's live chat."""
@@ -293,3 +292,15 @@ class LocalCaller:
             webhooks.body(notice),
         )
         return CallResult(result)
+
+
+# Each performed kind's call (what the kind is: `bridge.core.outbox_kinds`; what follows its
+# outcome: `bridge.delivery.settle.FOLLOW_UPS`). A kind with none (one stored by another
+# release, or a kept reply, which is never performed) fails as an unknown outbox kind.
+CALLS: dict[str, Callable[[LocalCaller, OutboxItem, Collection[str]], Awaitable[CallResult]]] = {
+    outbox_kinds.TO_LIVECHAT.name: LocalCaller.to_livechat,
+    outbox_kinds.TO_MESSENGER.name: LocalCaller.to_messenger,
+    outbox_kinds.OUTCOME.name: LocalCaller.outcome,
+    outbox_kinds.READ.name: LocalCaller.read,
+    outbox_kinds.TO_SUBSCRIBER.name: LocalCaller.to_subscriber,
+}
