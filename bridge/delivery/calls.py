@@ -83,6 +83,15 @@ class CallResult:
     notified: bool = False
 
 
+# A delivery's message, its chat, its sender's cached profile (and when it was fetched), its facts.
+_Loaded = tuple[
+    messages.MessageRow,
+    chats.ChatRow,
+    tuple[UserProfile, float | None] | None,
+    MessageFacts,
+]
+
+
 def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
     """What follow-ups need of a loaded message; its ids also tag this delivery's log lines
     (each delivery runs in its own task, so they tag only its own)."""
@@ -127,12 +136,10 @@ class LocalCaller:
 
     async def to_livechat(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """A user's message to its chat's live chat."""
-        assert item.ref_id is not None
-        loaded = await messages.read_with_chat(self._db, item.ref_id)
-        if loaded is None:
-            return CallResult(Failed("the message is no longer stored"))
-        msg, chat, cached = loaded
-        facts = _facts(msg, chat)
+        loaded = await self._stored_message(item)
+        if isinstance(loaded, CallResult):
+            return loaded
+        msg, chat, cached, facts = loaded
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
             return CallResult(
@@ -200,12 +207,11 @@ class LocalCaller:
 
     async def to_messenger(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """An operator's reply to its chat's messenger."""
-        assert item.ref_id is not None and item.channel_id is not None
-        loaded = await messages.read_with_chat(self._db, item.ref_id)
-        if loaded is None:
-            return CallResult(Failed("the message is no longer stored"))
-        msg, chat, _ = loaded
-        facts = _facts(msg, chat)
+        assert item.channel_id is not None
+        loaded = await self._stored_message(item)
+        if isinstance(loaded, CallResult):
+            return loaded
+        msg, chat, _, facts = loaded
         client = self._clients.get(item.channel_id)
         if client is None:
             return CallResult(Retry(f"messenger {item.channel_id!r} is not configured"))
@@ -218,6 +224,16 @@ class LocalCaller:
             OperatorReply(msg.uid, chat.external_chat_id, msg.text, msg.files, operator)
         )
         return CallResult(result, channel_id=item.channel_id, message=facts)
+
+    async def _stored_message(self, item: OutboxItem) -> _Loaded | CallResult:
+        """The message a delivery's item names, with its chat, its sender's cached profile and
+        its facts (see `_facts`); the result when it is no longer stored."""
+        assert item.ref_id is not None
+        loaded = await messages.read_with_chat(self._db, item.ref_id)
+        if loaded is None:
+            return CallResult(Failed("the message is no longer stored"))
+        msg, chat, cached = loaded
+        return msg, chat, cached, _facts(msg, chat)
 
     async def outcome(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """A message's outcome (`success`: the live chat took it) to its messenger."""
