@@ -26,6 +26,7 @@ import structlog
 
 from bridge.backoff import backoff
 from bridge.core.model import ChannelState, Delivered, DeliveryResult, Unauthorized
+from bridge.core.tasks import cancel_and_wait
 from bridge.leases import Leases
 from bridge.settings import Settings
 from connectors.messenger import MessengerClient
@@ -136,12 +137,7 @@ class ChannelManager:
             )
 
     async def stop(self) -> None:
-        loops = [t for t in (self._refresher, *self._loops.values()) if t is not None]
-        for task in loops:
-            task.cancel()
-        for task in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._refresher, *self._loops.values())
         self._loops.clear()
         self._refresher = None
 

@@ -8,13 +8,13 @@ after start-up and then every `PASS_EVERY` seconds; `prune_once` runs one at onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from functools import partial
 
 import structlog
 
+from bridge.core.tasks import cancel_and_wait
 from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.settings import RetentionSettings
@@ -52,11 +52,8 @@ class Pruner:
         self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         await asyncio.sleep(FIRST_PASS_AFTER)

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from bridge.core.tasks import cancel_and_wait
 from storage.migrations import migrate
 from storage.port import CannotOpen, Connection, Dialect, IntegrityError, Isolation, Row, Work
 from storage.port import DatabaseInUse as DatabaseInUse
@@ -275,10 +276,7 @@ class Database:
 
     async def close(self) -> None:
         for task in (self._watch_task, self._checkpoint_task, self._task, self._backfill):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)  # one after another, in this order
         self._watch_task = self._checkpoint_task = self._task = self._backfill = None
         for fut in (q.future for q in self._queue if not q.future.done()):
             fut.set_exception(StorageUnavailable("database closed"))

@@ -14,7 +14,6 @@ The DSN is a secret: no message logged here contains its password.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable, Mapping
 
@@ -22,6 +21,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from bridge.core.tasks import cancel_and_wait
 from storage.pg_dsn import redact
 
 log = structlog.get_logger("storage")
@@ -52,11 +52,8 @@ class PgListener:
         self._task = asyncio.create_task(self._run(), name="pg-listen")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         failures = 0

@@ -65,6 +65,7 @@ from psycopg import errors
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from bridge.core.tasks import cancel_and_wait
 from storage.pg_dsn import describe, redact
 from storage.pg_listen import PgListener
 from storage.port import (
@@ -313,11 +314,8 @@ class PostgresStore:
             ) from None
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        await cancel_and_wait(self._watch_task)
+        self._watch_task = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)

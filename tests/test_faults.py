@@ -18,16 +18,18 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import API_TOKEN, CODE, eventually, free_port, make_config
-from tests.procs import BridgeProcess, Tally, post, together, until_200, user_message
+from tests.procs import BridgeProcess, Tally, post, together, user_message
 from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
 from tests.traffic import (
+    Conversations,
     HoldingChatvisor,
-    aid,
     all_outcomes,
     assert_delivered_once_in_order,
     mid,
     reply,
+    send_reply,
+    send_user,
     text,
 )
 
@@ -127,19 +129,12 @@ class Faults:
     async def send_user(self, chat: str, index: int, tally: Tally, timeout: float = 5.0) -> None:
         """User message number `index` of `chat`, sent until it gets a 200."""
         assert self.bridge is not None
-        url, body = self.bridge.webhook, user_message(mid(chat, index), chat, text(chat, index))
-        await until_200(lambda: post(self.http, url, body, timeout), tally, what=mid(chat, index))
+        bridge = self.bridge
+        await send_user(self.http, lambda: bridge.webhook, chat, index, tally, timeout)
 
     async def send_reply(self, chat: str, index: int, tally: Tally) -> None:
         """Operator reply number `index` in `chat`'s conversation, sent until it gets a 200."""
-        customer, cv = self.customer(chat), self.chatvisor
-        await until_200(
-            lambda: cv.agent_reply(
-                self.http, customer, reply(chat, index), message_id=aid(chat, index)
-            ),
-            tally,
-            what=aid(chat, index),
-        )
+        await send_reply(self.http, self.chatvisor, self.customer(chat), chat, index, tally)
 
     async def pending(self) -> dict[str, Any]:
         assert self.bridge is not None
@@ -176,23 +171,10 @@ async def test_kill_9_repeatedly_during_a_long_run(faults: Faults) -> None:
     per_chat, reply_chats, per_reply_chat = 100, chats[::3], 30
     total = len(chats) * per_chat
     kill_points = sorted(rng.sample(range(total // 10, total * 9 // 10), 4))
-    tally_in, tally_out = Tally(), Tally()
-    progress = dict.fromkeys(chats, 0)  # user messages of each chat that got a 200
+    talk = Conversations(f, per_chat, per_reply_chat, pace=3)
+    tally_in, tally_out = talk.users, talk.operators
     kills: list[tuple[int, float]] = []  # (acked so far, seconds to be ready again)
     started = time.monotonic()
-
-    async def user(chat: str) -> None:
-        for i in range(per_chat):
-            await f.send_user(chat, i, tally_in)
-            progress[chat] = i + 1
-
-    async def operator(chat: str) -> None:
-        # The operator answers once the bridge has linked the conversation (the outcome of the
-        # chat's first message is committed with that link), then keeps pace with the user.
-        await eventually(lambda: mid(chat, 0) in f.messenger.outcomes, timeout=60)
-        for j in range(per_reply_chat):
-            await eventually(lambda j=j: progress[chat] >= 3 * j, timeout=120)
-            await f.send_reply(chat, j, tally_out)
 
     async def killer() -> None:
         for point in kill_points:
@@ -203,7 +185,7 @@ async def test_kill_9_repeatedly_during_a_long_run(faults: Faults) -> None:
             await bridge.restart(f.http, kill=True)
             kills.append((acked, round(time.monotonic() - t0, 2)))
 
-    await together(*map(user, chats), *map(operator, reply_chats), killer())
+    await together(*map(talk.user, chats), *map(talk.operator, reply_chats), killer())
     sending = time.monotonic() - started
     # Once more while the backlog drains, if there is one left (it depends on the machine).
     drain_kill = (await f.pending())["depth"]["pending"] > 0

@@ -11,7 +11,8 @@ from functools import partial
 import pytest
 
 from bridge.core import outbox_kinds
-from bridge.delivery import kinds
+from bridge.delivery.calls import CALLS
+from bridge.delivery.settle import FOLLOW_UPS
 from bridge.keys import DATABASE, WORKER
 from storage import outbox
 from tests.conftest import World, eventually
@@ -22,14 +23,12 @@ from tests.test_metrics import scrape, value
 
 def test_every_performed_kind_has_a_call_a_target_and_a_follow_up() -> None:
     performed = {k.name for k in outbox_kinds.KINDS.values() if k.target is not None}
-    assert performed == set(kinds.HANDLINGS)
+    assert performed == set(CALLS) == set(FOLLOW_UPS)
     for name in performed:
-        handling = kinds.handling_of(name)
-        assert handling is not None and handling.kind is outbox_kinds.KINDS[name]
-        assert callable(handling.call) and callable(handling.follow_up)
+        assert callable(CALLS[name]) and callable(FOLLOW_UPS[name])
         assert outbox_kinds.target_of(name) in ("livechat", "messenger", "subscriber")
     # A kept reply is never performed: only an admin's retry routes it again.
-    assert kinds.handling_of(outbox.KEPT_REPLY) is None
+    assert outbox.KEPT_REPLY not in CALLS and outbox.KEPT_REPLY not in FOLLOW_UPS
 
 
 def test_the_groups_come_from_the_entries() -> None:

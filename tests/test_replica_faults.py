@@ -24,17 +24,17 @@ import aiohttp
 import pytest
 
 from tests.conftest import API_TOKEN, CODE, eventually, free_port, make_config
-from tests.procs import BridgeProcess, Tally, post, together, until_200, user_message
+from tests.procs import BridgeProcess, Tally, together
 from tests.sim.messenger import MessengerSim
 from tests.sim.server import SimServer
 from tests.traffic import (
+    Conversations,
     HoldingChatvisor,
-    aid,
     all_outcomes,
     assert_delivered_once_in_order,
     mid,
-    reply,
-    text,
+    send_reply,
+    send_user,
 )
 
 psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed")
@@ -99,27 +99,14 @@ class Cluster:
 
     async def send_user(self, chat: str, index: int, tally: Tally) -> None:
         """User message number `index` of `chat`, sent until some replica answers 200."""
-        body = user_message(mid(chat, index), chat, text(chat, index))
-        await until_200(
-            lambda: post(self.http, self.balanced().webhook, body, timeout=5),
-            tally,
-            what=mid(chat, index),
-        )
+        await send_user(self.http, lambda: self.balanced().webhook, chat, index, tally)
 
     async def send_reply(self, chat: str, index: int, tally: Tally) -> None:
         """Operator reply number `index` in `chat`'s conversation, sent until some replica's
         live-chat hook answers 200."""
         customer, cv = self.customer(chat), self.chatvisor
-        await until_200(
-            lambda: cv.agent_reply(
-                self.http,
-                customer,
-                reply(chat, index),
-                message_id=aid(chat, index),
-                url=self.balanced().hook_url(),
-            ),
-            tally,
-            what=aid(chat, index),
+        await send_reply(
+            self.http, cv, customer, chat, index, tally, url=lambda: self.balanced().hook_url()
         )
 
     async def depth(self) -> dict[str, Any]:
@@ -238,28 +225,15 @@ async def test_three_replicas_kill_9_at_random_lose_and_repeat_nothing(cluster: 
     chats = [f"r{n:02d}" for n in range(40)]
     per_chat, per_reply_chat, kill_count = 60, 15, 5
     total = len(chats) * per_chat
-    tally_in, tally_out = Tally(), Tally()
-    progress = dict.fromkeys(chats, 0)  # user messages of each chat that got a 200
     kills: list[Kill] = []
     ready = {r.name for r in c.replicas}  # replicas up, not being restarted
     restarts: list[asyncio.Task[None]] = []
     killed = asyncio.Event()
+    # The last TAIL user messages of each chat wait for the last kill: the traffic lasts until
+    # then, whatever the pace.
+    talk = Conversations(c, per_chat, per_reply_chat, pace=4, tail=TAIL, go_on=killed)
+    tally_in, tally_out = talk.users, talk.operators
     started = time.monotonic()
-
-    async def user(chat: str) -> None:
-        for i in range(per_chat):
-            if i == per_chat - TAIL:
-                await killed.wait()  # the traffic lasts until the last kill, whatever the pace
-            await c.send_user(chat, i, tally_in)
-            progress[chat] = i + 1
-
-    async def operator(chat: str) -> None:
-        # The operator answers once the bridge has linked the conversation (the outcome of the
-        # chat's first message is committed with that link), then keeps pace with the user.
-        await eventually(lambda: mid(chat, 0) in c.messenger.outcomes, timeout=60)
-        for j in range(per_reply_chat):
-            await eventually(lambda j=j: progress[chat] >= 4 * j, timeout=120)
-            await c.send_reply(chat, j, tally_out)
 
     async def restart(victim: BridgeProcess, kill: Kill) -> None:
         t0 = time.monotonic()
@@ -284,7 +258,7 @@ async def test_three_replicas_kill_9_at_random_lose_and_repeat_nothing(cluster: 
         await together(*restarts)
         killed.set()
 
-    await together(*map(user, chats), *map(operator, chats), killer())
+    await together(*map(talk.user, chats), *map(talk.operator, chats), killer())
     sending = time.monotonic() - started
     sent = dict.fromkeys(chats, per_chat)
     replied = dict.fromkeys(chats, per_reply_chat)

@@ -1,7 +1,7 @@
 """Traffic for the fault tests (test_faults, test_replica_faults): the ids and texts of each
-chat's messages both ways, a live chat that holds its answers, and what must hold at the
-receivers afterwards: every acknowledged message there once, in per-chat order, with its
-outcome.
+chat's messages both ways, senders that keep each message until it gets a 200, a live chat that
+holds its answers, and what must hold at the receivers afterwards: every acknowledged message
+there once, in per-chat order, with its outcome.
 
 The receivers drop repeats by the stable ids the bridge sends (shared/protocols): the live chat
 by a customer message's `id`, the messenger by an operator message's `data.messageId`; an
@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import aiohttp
 from aiohttp import web
 
+from tests.conftest import eventually
+from tests.procs import Tally, post, until_200, user_message
 from tests.sim.chatvisor import ChatvisorSim
 from tests.sim.messenger import MessengerSim
 
@@ -30,6 +35,14 @@ class Parties(Protocol):
     def chatvisor(self) -> ChatvisorSim: ...
 
     def customer(self, chat: str) -> str: ...
+
+
+class Senders(Parties, Protocol):
+    """The parties, with a sender for each way (`send_user`, `send_reply` below)."""
+
+    async def send_user(self, chat: str, index: int, tally: Tally) -> None: ...
+
+    async def send_reply(self, chat: str, index: int, tally: Tally) -> None: ...
 
 
 def mid(chat: str, i: int) -> str:
@@ -48,6 +61,73 @@ def aid(chat: str, j: int) -> str:
 
 def reply(chat: str, j: int) -> str:
     return f"operator to {chat}: {j}"
+
+
+async def send_user(
+    http: aiohttp.ClientSession,
+    url: Callable[[], str],
+    chat: str,
+    index: int,
+    tally: Tally,
+    timeout: float = 5.0,
+) -> None:
+    """User message number `index` of `chat`, sent until it gets a 200, each attempt to `url()`
+    (the same bridge, or a balancer's next replica). `timeout`: seconds per attempt."""
+    body = user_message(mid(chat, index), chat, text(chat, index))
+    await until_200(lambda: post(http, url(), body, timeout), tally, what=mid(chat, index))
+
+
+async def send_reply(
+    http: aiohttp.ClientSession,
+    cv: ChatvisorSim,
+    customer: str,
+    chat: str,
+    index: int,
+    tally: Tally,
+    url: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Operator reply number `index` in `chat`'s conversation (the live chat's `customer`), sent
+    until it gets a 200, each attempt to `url()` (None: the sim's `hook_url`)."""
+    await until_200(
+        lambda: cv.agent_reply(
+            http, customer, reply(chat, index), message_id=aid(chat, index), url=url()
+        ),
+        tally,
+        what=aid(chat, index),
+    )
+
+
+@dataclass
+class Conversations:
+    """Each chat's user sends its messages one after another, and its operator answers once the
+    bridge has linked the conversation, keeping pace with the user; every message is sent until
+    it gets a 200 (`Senders`)."""
+
+    parties: Senders
+    per_chat: int  # user messages of each chat
+    per_reply_chat: int  # operator replies in each chat the operator answers
+    pace: int  # reply number j waits until pace * j of the chat's user messages got a 200
+    tail: int = 0  # the last user messages of each chat, sent once `go_on` is set
+    go_on: asyncio.Event = field(default_factory=asyncio.Event)
+    users: Tally = field(default_factory=Tally)
+    operators: Tally = field(default_factory=Tally)
+    progress: dict[str, int] = field(default_factory=dict)  # user messages that got a 200
+
+    async def user(self, chat: str) -> None:
+        self.progress.setdefault(chat, 0)
+        for i in range(self.per_chat):
+            if self.tail and i == self.per_chat - self.tail:
+                await self.go_on.wait()
+            await self.parties.send_user(chat, i, self.users)
+            self.progress[chat] = i + 1
+
+    async def operator(self, chat: str) -> None:
+        # The operator answers once the bridge has linked the conversation (the outcome of the
+        # chat's first message is committed with that link), then keeps pace with the user.
+        await eventually(lambda: mid(chat, 0) in self.parties.messenger.outcomes, timeout=60)
+        for j in range(self.per_reply_chat):
+            await eventually(lambda j=j: self.progress.get(chat, 0) >= self.pace * j, timeout=120)
+            await self.parties.send_reply(chat, j, self.operators)
 
 
 class HoldingChatvisor(ChatvisorSim):

@@ -5,10 +5,11 @@ delivery metrics), which lane orders it, and which row its `ref_id` names. The g
 of the project asks about (kinds whose `ref_id` names a message, an event; kinds that deliver a
 message itself) are derived here from the entries, never listed elsewhere. How a kind is
 performed and what follows its outcome are bound to the same names in
-`bridge.delivery.kinds`; this module stays at the bottom layer so that storage can use it.
+`bridge.delivery.calls.CALLS` and `bridge.delivery.settle.FOLLOW_UPS`; this module stays at the
+bottom layer so that storage can use it.
 
-Adding a kind: an entry here and its binding in `bridge.delivery.kinds` (its call in
-`bridge.delivery.calls`, its follow-up in `bridge.delivery.settle`).
+Adding a kind: an entry here, its call (a `LocalCaller` method, named in `CALLS`) and its
+follow-up (a `Settler` method, named in `FOLLOW_UPS`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The outside call each kind of outbox item makes, and what it found out (which call goes
-with which kind: `bridge.delivery.kinds`).
+"""The outside call each kind of outbox item makes (`CALLS`, by kind), and what it found out.
 
 `LocalCaller.call` only reads the database and calls out; everything it learnt comes back as
 `CallResult`, plain data, so that it can run in the delivery process (see `bridge.delivery.child`)
@@ -9,12 +8,13 @@ while every write stays with the serving process (see `bridge.delivery.settle`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import structlog
 
 from bridge import chat_links
+from bridge.core import outbox_kinds
 from bridge.core.model import (
     Customer,
     Delivered,
@@ -27,7 +27,6 @@ from bridge.core.model import (
     UserProfile,
 )
 from bridge.core.outbox_kinds import messenger_lane
-from bridge.delivery import kinds
 from bridge.settings import Settings
 from connectors import http as outside
 from connectors import webhooks
@@ -84,6 +83,15 @@ class CallResult:
     notified: bool = False
 
 
+# A delivery's message, its chat, its sender's cached profile (and when it was fetched), its facts.
+_Loaded = tuple[
+    messages.MessageRow,
+    chats.ChatRow,
+    tuple[UserProfile, float | None] | None,
+    MessageFacts,
+]
+
+
 def _facts(msg: messages.MessageRow, chat: chats.ChatRow) -> MessageFacts:
     """What follow-ups need of a loaded message; its ids also tag this delivery's log lines
     (each delivery runs in its own task, so they tag only its own)."""
@@ -121,19 +129,17 @@ class LocalCaller:
 
     async def call(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """Make the item's outside call. `active`: the messenger channels now active."""
-        handling = kinds.handling_of(item.kind)
-        if handling is None:
+        call = CALLS.get(item.kind)
+        if call is None:
             return CallResult(Failed(f"unknown outbox kind {item.kind!r}"))
-        return await handling.call(self, item, active)
+        return await call(self, item, active)
 
     async def to_livechat(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """A user's message to its chat's live chat."""
-        assert item.ref_id is not None
-        loaded = await messages.read_with_chat(self._db, item.ref_id)
-        if loaded is None:
-            return CallResult(Failed("the message is no longer stored"))
-        msg, chat, cached = loaded
-        facts = _facts(msg, chat)
+        loaded = await self._stored_message(item)
+        if isinstance(loaded, CallResult):
+            return loaded
+        msg, chat, cached, facts = loaded
         connector = self._livechats.get(chat.livechat_id)
         if connector is None:
             return CallResult(
@@ -201,12 +207,11 @@ class LocalCaller:
 
     async def to_messenger(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """An operator's reply to its chat's messenger."""
-        assert item.ref_id is not None and item.channel_id is not None
-        loaded = await messages.read_with_chat(self._db, item.ref_id)
-        if loaded is None:
-            return CallResult(Failed("the message is no longer stored"))
-        msg, chat, _ = loaded
-        facts = _facts(msg, chat)
+        assert item.channel_id is not None
+        loaded = await self._stored_message(item)
+        if isinstance(loaded, CallResult):
+            return loaded
+        msg, chat, _, facts = loaded
         client = self._clients.get(item.channel_id)
         if client is None:
             return CallResult(Retry(f"messenger {item.channel_id!r} is not configured"))
@@ -219,6 +224,16 @@ class LocalCaller:
             OperatorReply(msg.uid, chat.external_chat_id, msg.text, msg.files, operator)
         )
         return CallResult(result, channel_id=item.channel_id, message=facts)
+
+    async def _stored_message(self, item: OutboxItem) -> _Loaded | CallResult:
+        """The message a delivery's item names, with its chat, its sender's cached profile and
+        its facts (see `_facts`); the result when it is no longer stored."""
+        assert item.ref_id is not None
+        loaded = await messages.read_with_chat(self._db, item.ref_id)
+        if loaded is None:
+            return CallResult(Failed("the message is no longer stored"))
+        msg, chat, cached = loaded
+        return msg, chat, cached, _facts(msg, chat)
 
     async def outcome(self, item: OutboxItem, active: Collection[str]) -> CallResult:
         """A message's outcome (`success`: the live chat took it) to its messenger."""
@@ -293,3 +308,15 @@ class LocalCaller:
             webhooks.body(notice),
         )
         return CallResult(result)
+
+
+# Each performed kind's call (what the kind is: `bridge.core.outbox_kinds`; what follows its
+# outcome: `bridge.delivery.settle.FOLLOW_UPS`). A kind with none (one stored by another
+# release, or a kept reply, which is never performed) fails as an unknown outbox kind.
+CALLS: dict[str, Callable[[LocalCaller, OutboxItem, Collection[str]], Awaitable[CallResult]]] = {
+    outbox_kinds.TO_LIVECHAT.name: LocalCaller.to_livechat,
+    outbox_kinds.TO_MESSENGER.name: LocalCaller.to_messenger,
+    outbox_kinds.OUTCOME.name: LocalCaller.outcome,
+    outbox_kinds.READ.name: LocalCaller.read,
+    outbox_kinds.TO_SUBSCRIBER.name: LocalCaller.to_subscriber,
+}

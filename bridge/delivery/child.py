@@ -14,7 +14,6 @@ not arrive within SETTINGS_TIMEOUT end it too (exit code EXIT_NO_SETTINGS).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import sys
 from collections.abc import Collection
@@ -23,6 +22,7 @@ from typing import Any
 import structlog
 
 from bridge.core.model import Retry
+from bridge.core.tasks import cancel_and_wait
 from bridge.delivery.calls import CallResult, LocalCaller
 from bridge.delivery.child_process import READY, Link, connect
 from bridge.logs import configure_logging
@@ -108,10 +108,10 @@ async def serve(sock: socket.socket) -> None:
     try:
         await asyncio.wait([work, link.closed], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-        link.close()
+        try:
+            await cancel_and_wait(work)
+        finally:
+            link.close()
 
 
 def main(fd: int, event_loop: str) -> None:

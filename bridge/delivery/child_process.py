@@ -36,6 +36,7 @@ import structlog
 
 from bridge.backoff import backoff
 from bridge.core.model import Retry
+from bridge.core.tasks import cancel_and_wait
 from bridge.delivery.calls import CallResult
 from bridge.metrics import Metrics
 from bridge.settings import Settings
@@ -177,11 +178,8 @@ class ChildProcess:
             self._pending.pop(seq, None)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _supervise(self) -> None:
         failures = 0

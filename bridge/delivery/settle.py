@@ -13,7 +13,6 @@ from bridge import relay
 from bridge.core import outbox_kinds
 from bridge.core.model import Delivered, DeliveryResult, Failed, Retry
 from bridge.core.outbox_kinds import messenger_lane
-from bridge.delivery import kinds
 from bridge.delivery.calls import CallResult, MessageFacts
 from storage import chats, messages, outbox
 from storage.outbox import OutboxItem
@@ -34,7 +33,7 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """What follows an item's outcome, by kind (see `bridge.delivery.kinds`)."""
+    """What follows an item's outcome, by kind (see `FOLLOW_UPS`)."""
 
     on_delivered: Work | None = None  # committed with the item's completion
     on_dead: Work | None = None  # committed when the item is given up
@@ -49,8 +48,8 @@ class Settler:
         self._clock = clock
 
     def plan(self, item: OutboxItem, done: CallResult) -> Settlement:
-        handling = kinds.handling_of(item.kind)
-        follow = NO_FOLLOW_UP if handling is None else handling.follow_up(self, done)
+        follow_up = FOLLOW_UPS.get(item.kind)
+        follow = NO_FOLLOW_UP if follow_up is None else follow_up(self, done)
         return Settlement(
             done.result,
             on_delivered=follow.on_delivered,
@@ -151,6 +150,17 @@ class Settler:
                 chats.mark_profile_tried(conn, fetch.channel_id, fetch.user_id, fetch.at)
 
         return work
+
+
+# What follows each performed kind's outcome in our database, committed with the item's settle
+# (its call: `bridge.delivery.calls.CALLS`). A kind with none has nothing to follow.
+FOLLOW_UPS: dict[str, Callable[[Settler, CallResult], FollowUp]] = {
+    outbox_kinds.TO_LIVECHAT.name: Settler.after_livechat,
+    outbox_kinds.TO_MESSENGER.name: Settler.after_messenger,
+    outbox_kinds.OUTCOME.name: Settler.nothing,
+    outbox_kinds.READ.name: Settler.nothing,
+    outbox_kinds.TO_SUBSCRIBER.name: Settler.nothing,
+}
 
 
 def _news(found: str | None, known: str | None) -> bool:

@@ -21,6 +21,7 @@ from bridge.backoff import backoff
 from bridge.channels import ChannelManager
 from bridge.core.model import Delivered, Failed, Retry, Unauthorized
 from bridge.core.outbox_kinds import OUTCOME, target_of
+from bridge.core.tasks import cancel_and_wait
 from bridge.delivery.calls import CallResult
 from bridge.delivery.settle import Settlement, Settler
 from bridge.leases import Leases
@@ -92,12 +93,7 @@ class OutboxWorker:
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [t for t in (self._task, self._renewals, *self._inflight.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._task, self._renewals, *self._inflight.values())
         if self._claiming is not None:  # a claim cut short: let its transaction end first
             await asyncio.wait([self._claiming])
             if not self._claiming.cancelled():
