@@ -93,15 +93,17 @@ class OutboxWorker:
 
     async def stop(self) -> None:
         self._stopping = True
-        await cancel_and_wait(self._task, self._renewals, *self._inflight.values())
-        if self._claiming is not None:  # a claim cut short: let its transaction end first
-            await asyncio.wait([self._claiming])
-            if not self._claiming.cancelled():
-                self._claiming.exception()  # seen: its failure is the stop's no longer
-            self._claiming = None
-        self._task = self._renewals = None
-        self._inflight.clear()
-        self._leased.clear()
+        try:
+            await cancel_and_wait(self._task, self._renewals, *self._inflight.values())
+        finally:  # even when this stop is itself cancelled: the claim's leases must not outlive it
+            if self._claiming is not None:  # a claim cut short: let its transaction end first
+                await asyncio.wait([self._claiming])
+                if not self._claiming.cancelled():
+                    self._claiming.exception()  # seen: its failure is the stop's no longer
+                self._claiming = None
+            self._task = self._renewals = None
+            self._inflight.clear()
+            self._leased.clear()
 
     async def _run(self) -> None:
         while not self._stopping:
