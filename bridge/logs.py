@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from bridge.settings import LoggingSettings
@@ -54,6 +53,9 @@ class Redactor:
         return {k: self._clean(v) for k, v in event.items()}
 
 
+_MALFORMED = frozenset({"HttpProcessingError", "RequestPayloadError"})
+
+
 class MalformedRequests(logging.Filter):
     """aiohttp logs a request it cannot parse (a bad request line, bad headers, broken
     chunked framing, also in a body it reads and discards after the answer) at error level
@@ -64,11 +66,10 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        # aiohttp.web_protocol.RequestPayloadError, named rather than imported: importing it
-        # would load aiohttp's server into the delivery process, which logs through here too.
-        malformed = isinstance(exc, HttpProcessingError) or (
-            type(exc).__name__ == "RequestPayloadError"
-        )
+        # aiohttp's HttpProcessingError and RequestPayloadError, named rather than imported:
+        # importing either loads aiohttp (about 20 MB) into the delivery process, which logs
+        # through here too and makes no use of aiohttp.
+        malformed = any(kind.__name__ in _MALFORMED for kind in type(exc).__mro__)
         if record.name == "aiohttp.server" and malformed:
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
             record.levelno, record.levelname = logging.INFO, "INFO"

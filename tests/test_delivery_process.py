@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.delivery.child_process import READY, connect
+from bridge.delivery.link import READY, connect
 from bridge.keys import DELIVERY_PROCESS
 from bridge.settings import settings_from_dict
 from tests import conftest

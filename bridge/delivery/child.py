@@ -24,7 +24,7 @@ import structlog
 from bridge.core.model import Retry
 from bridge.core.tasks import cancel_and_wait
 from bridge.delivery.calls import CallResult, LocalCaller
-from bridge.delivery.child_process import READY, Link, connect
+from bridge.delivery.link import READY, Link, connect
 from bridge.logs import configure_logging
 from bridge.loop import new_event_loop
 from bridge.settings import Settings
