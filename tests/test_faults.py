@@ -246,7 +246,14 @@ async def test_live_chat_down_mid_run(faults: Faults) -> None:
             down_at, reached = tally.ok, len(f.chatvisor.message_ids)
             await eventually(failing, timeout=30, interval=0.05, what="deliveries failing")
             # The bridge keeps taking messages while the live chat is away.
-            await eventually(lambda: tally.ok >= down_at + 400, timeout=60, what="taken")
+            try:
+                await eventually(lambda: tally.ok >= down_at + 400, timeout=60, what="taken")
+            except AssertionError as exc:  # seen once in a whole-suite run on PostgreSQL
+                depth = (await f.pending())["depth"]
+                raise AssertionError(
+                    f"{exc}: {tally.ok - down_at} taken after the outage began at {down_at};"
+                    f" answers {tally.answers}, retries {tally.retries}, outbox {depth}"
+                ) from None
             assert len(f.chatvisor.message_ids) == reached
             held: int = (await f.pending())["depth"]["pending"]
             assert held > 0
