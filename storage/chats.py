@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.model import ChatRef, UserProfile
-from storage.port import Connection, Row, Store, matching
+from storage.port import Connection, Row, Store, matching, transaction_lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +174,8 @@ def lock_chat(conn: Connection, channel_id: str, external_chat_id: str) -> bool:
     queued again once, not by each of two resends at once): taken first, it makes two works on
     the same chat run one after the other, each seeing the other's commit, while works on other
     chats run at once (SERIALIZABLE made those roll each other back). Returns whether a lock was
-    taken: a SQLite database has one writer at a time, and needs none."""
-    if conn.dialect != "postgres":
-        return False
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
-        (f"chat:{channel_id}:{external_chat_id}",),
-    )
-    return True
+    taken (see `storage.port.transaction_lock`)."""
+    return transaction_lock(conn, f"chat:{channel_id}:{external_chat_id}")
 
 
 def ensure_user(conn: Connection, channel_id: str, user_id: str) -> None:

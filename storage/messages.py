@@ -9,7 +9,7 @@ from typing import Any
 
 from bridge.core.model import FileRef, UserProfile
 from storage.chats import ChatRow
-from storage.port import Connection, Row, Store
+from storage.port import Connection, Row, Store, transaction_lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,14 +275,8 @@ def lock_orphans(conn: Connection, livechat_id: str, customer_id: str) -> bool:
     orphan, which would wait until `retention.orphan_after` made it a dead letter. Both take
     this lock first (`take_orphans` itself; the hook before it looks for the chat again), so
     the hook either sees the link or keeps its orphan before the take runs. Returns whether a
-    lock was taken: a SQLite database has one writer at a time, and needs none."""
-    if conn.dialect != "postgres":
-        return False
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
-        (f"orphans:{livechat_id}:{customer_id}",),
-    )
-    return True
+    lock was taken (see `storage.port.transaction_lock`)."""
+    return transaction_lock(conn, f"orphans:{livechat_id}:{customer_id}")
 
 
 def take_orphans(

@@ -154,6 +154,17 @@ def json_text(dialect: Dialect, column: str, key: str) -> str:
     return f"json_extract({column}, '$.{key}')"
 
 
+def transaction_lock(conn: Connection, key: str) -> bool:
+    """Take, until this transaction ends, the lock named `key` (a PostgreSQL advisory lock on
+    the key's 64-bit hash): works that take the same key run one after the other, others at
+    once. Returns whether a lock was taken: a SQLite database has one writer at a time, and
+    needs none."""
+    if conn.dialect != "postgres":
+        return False
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
+    return True
+
+
 def matching(filters: Mapping[str, object]) -> tuple[str, list[object]]:
     """A WHERE condition that every filter whose value is not None matches exactly, and its
     parameters: `("c.a = ? AND b = ?", [a, b])`, or `("1 = 1", [])` for none. The keys are
