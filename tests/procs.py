@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,24 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a sender does on trouble: wait a little and send the same thing again.
 RETRY_PAUSE = 0.05
 TRANSIENT = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
+
+
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m bridge *args` as an operator runs it, to its end: no BRIDGE_* variable of
+    the test run's own environment, only `env`'s."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def toml(config: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from storage.migrations import migrate as migrate_sqlite
 from storage.port import DatabaseInUse
 from tests.conftest import World, eventually
 from tests.pg import PgServer
-from tests.procs import BridgeProcess, toml
+from tests.procs import BridgeProcess, run_cli, toml
 
 psycopg = pytest.importorskip(
     "psycopg", reason="the PostgreSQL driver is not installed (pip install -e '.[postgres]')"
@@ -191,17 +191,8 @@ def write_config(tmp_path: Path, dsn: str | None, backend: str = "postgres") -> 
     return path
 
 
-def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", "--config", str(config), "migrate-to-postgres", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+def migrate(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("--config", str(config), "migrate-to-postgres", *args, timeout=120)
 
 
 # --- the copy -----------------------------------------------------------------------------
@@ -391,14 +382,14 @@ async def test_the_command_copies_a_real_bridges_file_and_refuses_it_while_the_b
         await eventually(lambda: world.messenger.outcomes.get("m9") is True, what="delivered")
 
         config = write_config(tmp_path, pg_dsn)
-        running = run_cli(config, "--from", str(bridge.db_path))
+        running = migrate(config, "--from", str(bridge.db_path))
         assert running.returncode == 1, running.stderr
         assert "in use by another bridge process" in running.stderr
         assert "stop the bridge" in running.stderr
     finally:
         await bridge.terminate()
 
-    done = run_cli(config, "--from", str(bridge.db_path))
+    done = migrate(config, "--from", str(bridge.db_path))
     assert done.returncode == 0, done.stderr
     assert "every table matches" in done.stdout
     assert_same_rows(bridge.db_path, pg_dsn)
@@ -434,7 +425,7 @@ def test_the_command_killed_mid_copy_and_run_again_copies_each_row_once(
         proc.wait(timeout=30)
     assert 0 < copied < 300
 
-    done = run_cli(config, "--from", str(path), "--batch", "50")
+    done = migrate(config, "--from", str(path), "--batch", "50")
     assert done.returncode == 0, done.stderr
     assert_same_rows(path, pg_dsn)
     summary = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:-1]}
@@ -457,19 +448,19 @@ def test_the_command_says_what_is_missing_with_exit_code_2(
     path = tmp_path / "bridge.sqlite3"
     asyncio.run(make_sqlite(path, chats_count=1, per_chat=1))
     sqlite_config = write_config(tmp_path, None, backend="sqlite")
-    result = run_cli(sqlite_config, "--from", str(path))
+    result = migrate(sqlite_config, "--from", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith('storage.backend: "sqlite"; migrate-to-postgres copies')
 
     no_dsn = write_config(tmp_path, None)
-    result = run_cli(no_dsn, "--from", str(path))
+    result = migrate(no_dsn, "--from", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith('storage.dsn: required with backend = "postgres"')
 
     wrong = write_config(tmp_path, pg_server.dsn(password="not-the-password"))
-    result = run_cli(wrong, "--from", str(tmp_path / "nothing.sqlite3"))
+    result = migrate(wrong, "--from", str(tmp_path / "nothing.sqlite3"))
     assert result.returncode == 2 and "nothing.sqlite3: no such file" in result.stderr
-    result = run_cli(wrong, "--from", str(path))
+    result = migrate(wrong, "--from", str(path))
     assert result.returncode == 1
     assert "cannot connect to PostgreSQL postgresql://postgres:***@127.0.0.1" in result.stderr
     assert "not-the-password" not in result.stdout + result.stderr

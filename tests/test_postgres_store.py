@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from storage.pg_dsn import describe, passwords, redact
 from storage.port import CannotOpen, IntegrityError
 from tests.conftest import eventually, free_port
 from tests.pg import PgServer
+from tests.procs import run_cli
 
 psycopg = pytest.importorskip(
     "psycopg", reason="the PostgreSQL driver is not installed (pip install -e '.[postgres]')"
@@ -155,16 +155,7 @@ def check_config(tmp_path: Path, dsn: str, *args: str) -> subprocess.CompletedPr
     path.write_text(
         f'[admin]\ntoken = "t-t-t-t-t-t-t"\n[storage]\nbackend = "postgres"\ndsn = {json.dumps(dsn)}\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", "--config", str(path), "check-config", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("--config", str(path), "check-config", *args)
 
 
 def test_check_config_reaches_postgres_and_compares_the_schema_versions(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.settings import ConfigError, load_settings, settings_from_dict
+from tests.procs import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,21 +138,6 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.server.port == 9999
     assert settings.messengers["acme"].confirmation_code.get_secret_value() == "from-env"
     assert settings.messengers["acme"].name == "Support"
-
-
-def run_cli(
-    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=60,
-    )
 
 
 def test_cli_reports_problems_with_exit_code_2(tmp_path: Path) -> None:
