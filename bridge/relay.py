@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import structlog
@@ -203,13 +202,10 @@ class Relay:
         dedupe_key = f"in:{channel_id}:{msg.external_message_id}"
         url_key = self._url_key(livechat_id, chats.client_key(channel_id, msg.external_chat_id))
 
-        def work(conn: Connection, serial: bool) -> Accepted | Conflicting | None:
-            # Run READ COMMITTED first (below): the chat's lock orders two works on this chat;
-            # the chat, its user and its open session are inserted with ON CONFLICT, and the
-            # idempotency key is unique (the same message id at once in two chats: the loser
-            # runs again and is Conflicting). Queuing a failed message again decides on its
-            # dead items, which an admin's retry (another work, not about one chat) changes
-            # too: that rare case returns None and runs again SERIALIZABLE.
+        def work(conn: Connection) -> Accepted | Conflicting:
+            # The chat's lock (PostgreSQL only) is what a READ COMMITTED ingest needs first
+            # (docs/decisions.md); under SERIALIZABLE, below, it is not what keeps two works on
+            # one chat apart: the server's conflict checks are.
             chats.lock_chat(conn, channel_id, msg.external_chat_id)
             stored = messages.stored(conn, dedupe_key)
             if stored is not None:
@@ -218,8 +214,6 @@ class Relay:
                     return Conflicting(stored.uid, stored.external_chat_id, differs)
                 if not _failed_for_good(conn, stored):
                     return Accepted(duplicate=True, uid=stored.uid, session_id=stored.session_id)
-                if not serial:
-                    return None
             now = self._clock()
             chat_id = chats.upsert_chat(
                 conn,
@@ -275,9 +269,8 @@ class Relay:
         # events (a session closed, a customer linked) that decide on the same rows; the
         # chat's lock alone does not order those. Measured: READ COMMITTED here cut
         # serialization failures from 1.8 to 0.1 per message, but the three-replica kill -9
-        # test then failed about one run in five. `serial=True`: no second run is needed.
-        accepted = await self._db.write(partial(work, serial=True))
-        assert accepted is not None
+        # test then failed about one run in five.
+        accepted = await self._db.write(work)
         if isinstance(accepted, Accepted) and not accepted.duplicate:
             self._wake()
         return accepted
