@@ -17,7 +17,9 @@ one of them back instead, and the store runs it again: SQLite's outcome, whateve
 Its cost: conflicts are checked by index page, so concurrent ingests of different chats (on
 the same newest pages) roll each other back. A hot work whose decisions are each protected
 explicitly (ON CONFLICT on a unique key, a row lock, the chat's advisory lock
-`storage.chats.lock_chat`) runs READ COMMITTED instead: the user-message ingest does.
+`storage.chats.lock_chat`) may run READ COMMITTED instead. Only the outbox claim does (its
+rows locked FOR UPDATE SKIP LOCKED); the user-message ingest was measured so and moved back to
+SERIALIZABLE (docs/decisions.md says why).
 Reads (`read`, `fetch_all`...) run READ COMMITTED, read only: one statement's snapshot
 (in autocommit: no transaction of their own to open and roll back).
 
