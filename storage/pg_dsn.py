@@ -55,6 +55,13 @@ def redact(text: str, dsn: str) -> str:
     return _KEYWORD_PASSWORD.sub(lambda m: m["head"] + MASK, text)
 
 
+def error_line(exc: BaseException, dsn: str) -> str:
+    """The first line of a driver's error (the rest is DETAIL and HINT), with `dsn`'s
+    password masked (see `redact`)."""
+    text = str(exc).strip().splitlines()
+    return redact(text[0] if text else type(exc).__name__, dsn)
+
+
 def describe(dsn: str) -> str:
     """The DSN as it may be logged and shown: its password masked. For `postgresql://u:p@h/db`,
     `postgresql://u:***@h/db`."""

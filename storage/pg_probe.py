@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import tuple_row
 
-from storage.pg_dsn import describe, redact
+from storage.pg_dsn import describe, error_line
 from storage.port import CannotOpen
 from storage.postgres_migrations import LATEST
 
@@ -49,7 +49,7 @@ def probe(dsn: str, timeout: float = 5.0) -> Probe:
             options=options,
         )
     except psycopg.Error as exc:
-        raise CannotOpen(f"cannot connect to PostgreSQL {where}: {_first_line(exc, dsn)}") from None
+        raise CannotOpen(f"cannot connect to PostgreSQL {where}: {error_line(exc, dsn)}") from None
     try:
         with conn:
             server = conn.execute("SHOW server_version").fetchone()
@@ -61,16 +61,10 @@ def probe(dsn: str, timeout: float = 5.0) -> Probe:
     except psycopg.Error as exc:
         raise CannotOpen(
             f"connected to PostgreSQL {where}, but cannot read its schema version:"
-            f" {_first_line(exc, dsn)}"
+            f" {error_line(exc, dsn)}"
         ) from None
     return Probe(
         where=where,
         server_version=str(server[0]) if server else "unknown",
         schema_version=int(version[0]) if version and version[0] is not None else 0,
     )
-
-
-def _first_line(exc: BaseException, dsn: str) -> str:
-    """A driver error's first line (the rest is DETAIL and HINT), without the DSN's password."""
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0] if lines else type(exc).__name__, dsn)

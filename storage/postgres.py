@@ -68,7 +68,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.core.tasks import cancel_and_wait
-from storage.pg_dsn import describe, redact
+from storage.pg_dsn import describe, error_line
 from storage.pg_listen import PgListener
 from storage.port import (
     CannotOpen,
@@ -480,10 +480,7 @@ class PostgresStore:
             return result
 
     def _message(self, exc: BaseException) -> str:
-        """The first line of a driver's error (the rest is DETAIL and HINT), without the
-        DSN's password."""
-        text = str(exc).strip().splitlines()
-        return redact(text[0] if text else type(exc).__name__, self._dsn)
+        return error_line(exc, self._dsn)
 
     def listener(
         self, handlers: Mapping[str, Callable[[str], None]], on_connect: Callable[[], None]
